@@ -1,0 +1,40 @@
+"""Narrow fixes that let RecBole 1.2.1 run on today's numpy / scipy / torch.
+
+Each fix is applied once, at ``import recbole_letter``, and touches only what RecBole itself calls:
+
+* numpy 2 removed ``np.float_`` / ``np.complex_`` / ``np.unicode_``; ``Config.compatibility_settings``
+  assigns ``np.float = np.float_`` (and friends) and so raises on every ``Config(...)``. We restore the
+  three removed aliases; RecBole then sets ``np.float`` etc. itself, which its metrics need.
+* scipy >= 1.12 dropped ``dok_matrix._update``, which LightGCN / NGCF / NCL call to fill their
+  adjacency matrix. We give it back as a plain dict update (what it was).
+* ``recbole.model.sequential_recommender.sine`` turns autograd anomaly detection on for the whole
+  process at import (about +35 % per training step for every model). We turn it back off.
+* ``recbole.quick_start`` imports ray, which needs numpy<2: this package never imports it and builds
+  runs from ``Config`` / ``create_dataset`` / ``data_preparation`` / the trainer instead
+  (see ``recbole_letter.quick_start``).
+* torch >= 2.6 loads with ``weights_only=True``; RecBole checkpoints pickle their ``Config``. We do not
+  change ``torch.load``; ``recbole_letter.trainer.load_checkpoint`` loads our own checkpoints
+  knowingly, and the quick start evaluates the best model through it.
+"""
+
+import numpy as np
+import scipy.sparse as sp
+import torch
+
+_APPLIED = False
+
+
+def apply():
+    """Apply the fixes (idempotent)."""
+    global _APPLIED
+    if _APPLIED:
+        return
+    for old, new in (("float_", np.float64), ("complex_", np.complex128), ("unicode_", np.str_)):
+        if not hasattr(np, old):
+            setattr(np, old, new)
+    if not hasattr(sp.dok_matrix, "_update"):
+        sp.dok_matrix._update = lambda self, data: self._dict.update(data)
+    import recbole.model.sequential_recommender  # noqa: F401  (imports sine.py)
+
+    torch.autograd.set_detect_anomaly(False)
+    _APPLIED = True

