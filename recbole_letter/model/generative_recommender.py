@@ -1,0 +1,155 @@
+"""GenerativeRecommender: the base of every code-generating recommender (TIGER, LC-Rec).
+
+The base owns everything that is the same for both generators:
+
+* the tokenizer hook: ``recbole_letter.tokenizer.get_item_codes(config, dataset)`` in ``__init__``
+  (the training split, before training starts);
+* the token layout: ``item_code_tokens`` buffer ``[n_items, T]`` (see
+  ``recbole_letter.generation.trie.item_code_token_table``) and the ``CodeTrie`` built from it
+  (rebuilt lazily when the buffer changes, e.g. on a checkpoint load, or moves device);
+* history -> code tokens (``history_code_tokens``);
+* the ranking-guided loss (``calculate_loss``: cross-entropy of ``logits / tau`` over the whole
+  vocabulary, targets = the next item's ``T`` tokens, ``pad`` positions ignored);
+* ``predict``: the log-likelihood of the item's tokens (``tau`` = 1);
+* ``full_sort_predict``: constrained beam search -> ``[B, n_items]`` scores, beam log-probabilities
+  for the generated items and ``-inf`` for all others.
+
+Hooks a subclass implements
+---------------------------
+``code_logits(item_seq, item_seq_len, target_tokens) -> FloatTensor [B, T, V]``
+    Teacher-forced logits: position ``t`` predicts ``target_tokens[:, t]`` given the user's history
+    and ``target_tokens[:, :t]``. ``target_tokens`` is ``[B, T]`` (``pad`` after ``eos`` in uneven
+    layouts). Used by the loss and by ``predict``.
+``build_step_fn(item_seq, item_seq_len) -> step_fn``
+    The decoding step function of ``recbole_letter.generation.beam_search`` for these ``B`` users:
+    ``step_fn(None, None) -> [B, V]``, then ``step_fn(last_tokens [R], beam_origin [R]) -> [R, V]``
+    (reorder the cache by ``beam_origin`` first). Called under ``torch.no_grad`` in eval mode.
+
+Token layout: a subclass with its own vocabulary (an LLM) passes ``first_code_token`` (id of the
+first added code token), ``eos_token_id`` and ``pad_token_id`` to ``__init__``; the default is
+pad = 0, eos = 1, codes from 2 (``vocab_size`` = 2 + sum of codebook sizes). ``self.vocab_size`` is
+``first_code_token + sum(codebook_sizes)``: the smallest vocabulary holding every code token.
+
+Config keys read here: ``tau`` (loss temperature), ``beam_size`` (>= max ``topk``),
+``beam_batch_size`` (users decoded at once in ``full_sort_predict``), ``item_codes_file`` and the
+tokenizer's keys (through ``get_item_codes``).
+"""
+
+import torch
+import torch.nn.functional as F
+from recbole.model.abstract_recommender import SequentialRecommender
+
+from recbole_letter.generation import (
+    EOS_TOKEN_ID,
+    FIRST_CODE_TOKEN,
+    PAD_TOKEN_ID,
+    CodeTrie,
+    constrained_beam_search,
+    item_code_token_table,
+)
+from recbole_letter.tokenizer import get_item_codes
+
+
+class GenerativeRecommender(SequentialRecommender):
+    def __init__(self, config, dataset, first_code_token=FIRST_CODE_TOKEN, eos_token_id=EOS_TOKEN_ID,
+                 pad_token_id=PAD_TOKEN_ID):
+        super().__init__(config, dataset)
+        self.tau = float(config["tau"] if config["tau"] is not None else 1.0)
+        self.beam_size = int(config["beam_size"] or 20)
+        self.beam_batch_size = int(config["beam_batch_size"] or 256)
+        topk = config["topk"]
+        max_topk = max(topk) if isinstance(topk, (list, tuple)) else int(topk or 0)
+        if self.beam_size < max_topk:
+            raise ValueError(f"beam_size ({self.beam_size}) must be >= the largest topk ({max_topk})")
+        if self.tau <= 0:
+            raise ValueError(f"tau must be > 0, got {self.tau}")
+
+        self.item_codes = get_item_codes(config, dataset)  # the tokenizer hook (training split)
+        if self.item_codes.n_items != self.n_items:
+            raise ValueError(f"item codes cover {self.item_codes.n_items} items, the dataset has {self.n_items}")
+        self.pad_token_id = int(pad_token_id)
+        self.eos_token_id = int(eos_token_id)
+        self.first_code_token = int(first_code_token)
+        self.vocab_size = self.first_code_token + sum(self.item_codes.codebook_sizes)
+        tokens = item_code_token_table(self.item_codes.codes, self.item_codes.codebook_sizes,
+                                       self.first_code_token, self.eos_token_id, self.pad_token_id)
+        self.register_buffer("item_code_tokens", tokens)  # [n_items, T]
+        self.code_len = tokens.shape[1]  # T: tokens per item (codes, + eos when depths differ)
+        self._trie = None
+        self._trie_key = None
+
+    # ---- token helpers --------------------------------------------------------------------------
+    @property
+    def trie(self):
+        """The ``CodeTrie`` of ``item_code_tokens`` on the buffer's device (rebuilt when it changes)."""
+        buf = self.item_code_tokens
+        key = (buf.device, buf._version, buf.data_ptr())
+        if self._trie is None or self._trie_key != key:
+            self._trie = CodeTrie(buf, pad_token_id=self.pad_token_id).to(buf.device)
+            self._trie_key = key
+        return self._trie
+
+    def history_code_tokens(self, item_seq, item_seq_len=None):
+        """History items ``[B, N]`` (0-padded) -> code tokens ``[B, N * T]`` and their mask (bool).
+
+        Each item contributes its codes in order (no ``eos``); padding items and the ``pad`` of shorter
+        items are masked out.
+        """
+        tokens = self.item_code_tokens[item_seq]  # [B, N, T]
+        if self.code_len > self.item_codes.n_levels:  # uneven layout: drop the eos column's eos
+            tokens = tokens.masked_fill(tokens == self.eos_token_id, self.pad_token_id)
+        tokens = tokens.flatten(1)  # [B, N * T]
+        return tokens, tokens != self.pad_token_id
+
+    # ---- hooks ----------------------------------------------------------------------------------
+    def code_logits(self, item_seq, item_seq_len, target_tokens):
+        raise NotImplementedError
+
+    def build_step_fn(self, item_seq, item_seq_len):
+        raise NotImplementedError
+
+    # ---- RecBole interface ----------------------------------------------------------------------
+    def calculate_loss(self, interaction):
+        item_seq = interaction[self.ITEM_SEQ]
+        item_seq_len = interaction[self.ITEM_SEQ_LEN]
+        targets = self.item_code_tokens[interaction[self.POS_ITEM_ID]]  # [B, T]
+        logits = self.code_logits(item_seq, item_seq_len, targets)  # [B, T, V]
+        return self.ranking_loss(logits, targets)
+
+    def ranking_loss(self, logits, targets):
+        """Cross-entropy of ``logits / tau`` over the whole vocabulary (``pad`` targets ignored)."""
+        return F.cross_entropy((logits.float() / self.tau).flatten(0, 1), targets.flatten(),
+                               ignore_index=self.pad_token_id)
+
+    def sequence_log_likelihood(self, item_seq, item_seq_len, items):
+        """``log p(item's tokens | history)`` for one item per user: ``[B]``; same scale as beam scores."""
+        targets = self.item_code_tokens[items]  # [B, T]
+        log_probs = F.log_softmax(self.code_logits(item_seq, item_seq_len, targets).float(), dim=-1)
+        token_log_prob = log_probs.gather(2, targets.unsqueeze(2)).squeeze(2)  # [B, T]
+        counted = targets != self.pad_token_id
+        return (token_log_prob * counted).sum(dim=1)
+
+    def predict(self, interaction):
+        return self.sequence_log_likelihood(interaction[self.ITEM_SEQ], interaction[self.ITEM_SEQ_LEN],
+                                            interaction[self.ITEM_ID])
+
+    @torch.no_grad()
+    def generate_items(self, item_seq, item_seq_len, beam_size=None):
+        """Constrained beam search for a batch of users -> ``(item_ids [B, K], scores [B, K])``."""
+        beam_size = beam_size or self.beam_size
+        trie = self.trie
+        ids, scores = [], []
+        for start in range(0, item_seq.shape[0], self.beam_batch_size):
+            seq = item_seq[start : start + self.beam_batch_size]
+            seq_len = item_seq_len[start : start + self.beam_batch_size]
+            step_fn = self.build_step_fn(seq, seq_len)
+            chunk_ids, chunk_scores = constrained_beam_search(step_fn, trie, seq.shape[0], beam_size)
+            ids.append(chunk_ids)
+            scores.append(chunk_scores)
+        return torch.cat(ids), torch.cat(scores)
+
+    def full_sort_predict(self, interaction):
+        item_ids, beam_scores = self.generate_items(interaction[self.ITEM_SEQ], interaction[self.ITEM_SEQ_LEN])
+        scores = torch.full((item_ids.shape[0], self.n_items), float("-inf"), device=item_ids.device)
+        # unfilled beams carry item 0 with -inf: scattering them leaves the padding item at -inf
+        return scores.scatter_(1, item_ids, beam_scores)

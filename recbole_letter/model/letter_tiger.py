@@ -1,0 +1,152 @@
+"""LETTER-TIGER and TIGER: a T5 encoder-decoder that generates the next item's code tokens.
+
+Reference:
+    Rajput et al. "Recommender Systems with Generative Retrieval" (TIGER), NeurIPS 2023.
+    Wang et al. "Learnable Item Tokenization for Generative Recommendation" (LETTER), CIKM 2024.
+
+Input = the code tokens of the last <= ``MAX_ITEM_LIST_LENGTH`` history items; target = the next item's
+code tokens; loss = the ranking-guided cross-entropy of ``logits / tau``; ranking = trie-constrained
+beam search. The two classes differ only in their tokenizer settings (``properties/model/*.yaml``):
+LETTER_TIGER uses the LETTER tokenizer (alpha, beta > 0), TIGER the plain RQ-VAE (alpha = beta = 0).
+
+The T5 is built from a ``transformers.T5Config`` (random init, no download). Decoding does not go
+through ``generate``: ``_T5BeamDecoder`` runs the encoder once per batch, computes every decoder
+layer's cross-attention keys/values once per **user** (broadcast to the user's beams instead of
+copied per beam) and keeps a self-attention cache reordered by ``beam_origin``.
+"""
+
+import torch
+from recbole.utils import InputType
+from transformers import T5Config, T5ForConditionalGeneration
+
+from recbole_letter.model.generative_recommender import GenerativeRecommender
+
+
+class LETTER_TIGER(GenerativeRecommender):
+    input_type = InputType.POINTWISE
+
+    def __init__(self, config, dataset):
+        super().__init__(config, dataset)
+        # load parameters info
+        self.d_model = config["d_model"]
+        self.d_ff = config["d_ff"]
+        self.num_heads = config["num_heads"]
+        self.d_kv = config["d_kv"]
+        self.num_encoder_layers = config["num_encoder_layers"]
+        self.num_decoder_layers = config["num_decoder_layers"]
+        self.dropout_prob = config["dropout_prob"]
+        self.feed_forward_proj = config["feed_forward_proj"]
+        self.relative_attention_num_buckets = config["relative_attention_num_buckets"]
+        self.relative_attention_max_distance = config["relative_attention_max_distance"]
+        self.initializer_factor = config["initializer_factor"]
+
+        # define layers: T5 with pad = decoder start = 0, eos = 1, code tokens from 2
+        t5_config = T5Config(
+            vocab_size=self.vocab_size,
+            d_model=self.d_model,
+            d_ff=self.d_ff,
+            d_kv=self.d_kv,
+            num_heads=self.num_heads,
+            num_layers=self.num_encoder_layers,
+            num_decoder_layers=self.num_decoder_layers,
+            dropout_rate=self.dropout_prob,
+            feed_forward_proj=self.feed_forward_proj,
+            relative_attention_num_buckets=self.relative_attention_num_buckets,
+            relative_attention_max_distance=self.relative_attention_max_distance,
+            initializer_factor=self.initializer_factor,
+            pad_token_id=self.pad_token_id,
+            eos_token_id=self.eos_token_id,
+            decoder_start_token_id=self.pad_token_id,
+        )
+        self.t5 = T5ForConditionalGeneration(t5_config)
+
+    def _trim(self, tokens, mask):
+        """Drop the all-padding columns at the end of a batch of left-aligned histories."""
+        used = mask.any(dim=0).nonzero()
+        width = int(used.max()) + 1 if len(used) else 1
+        return tokens[:, :width], mask[:, :width]
+
+    def code_logits(self, item_seq, item_seq_len, target_tokens):
+        tokens, mask = self._trim(*self.history_code_tokens(item_seq, item_seq_len))  # [B, S]
+        start = torch.full_like(target_tokens[:, :1], self.pad_token_id)
+        decoder_input = torch.cat([start, target_tokens[:, :-1]], dim=1)  # [B, T]
+        output = self.t5(input_ids=tokens, attention_mask=mask.long(), decoder_input_ids=decoder_input,
+                         use_cache=False)
+        return output.logits  # [B, T, V]
+
+    def build_step_fn(self, item_seq, item_seq_len):
+        tokens, mask = self._trim(*self.history_code_tokens(item_seq, item_seq_len))
+        return _T5BeamDecoder(self.t5, tokens, mask, self.pad_token_id)
+
+
+class TIGER(LETTER_TIGER):
+    """TIGER: the same generator on plain RQ-VAE codes (``alpha: 0``, ``beta: 0`` in its YAML)."""
+
+
+class _T5BeamDecoder:
+    """The beam-search ``step_fn`` of a ``T5ForConditionalGeneration`` (eval mode, no dropout).
+
+    Mirrors the T5 decoder stack step by step: pre-norm self-attention with the first layer's
+    relative position bias (unscaled dot products, as T5), cross-attention, ReLU/gated feed-forward,
+    final norm, output scaling when embeddings are tied, ``lm_head``. Equal to the teacher-forced
+    ``T5ForConditionalGeneration`` forward up to float rounding (tested).
+    """
+
+    def __init__(self, t5, input_ids, attention_mask, decoder_start_token_id):
+        self.t5 = t5
+        self.n_heads = t5.config.num_heads
+        self.d_kv = t5.config.d_kv
+        self.start_token = decoder_start_token_id
+        self.scale = t5.config.d_model ** -0.5 if getattr(t5.config, "scale_decoder_outputs", True) else 1.0
+        encoded = t5.encoder(input_ids=input_ids, attention_mask=attention_mask.long()).last_hidden_state
+        self.batch_size, source_len, _ = encoded.shape  # [B, S, d]
+        self.cross_kv = []  # per decoder layer: keys, values [B, H, S, d_kv], shared by a user's beams
+        for block in t5.decoder.block:
+            attention = block.layer[1].EncDecAttention
+            keys = attention.k(encoded).view(self.batch_size, source_len, self.n_heads, self.d_kv)
+            values = attention.v(encoded).view(self.batch_size, source_len, self.n_heads, self.d_kv)
+            self.cross_kv.append((keys.transpose(1, 2), values.transpose(1, 2)))
+        neg = torch.finfo(encoded.dtype).min
+        self.cross_bias = torch.zeros(attention_mask.shape, dtype=encoded.dtype, device=encoded.device)
+        self.cross_bias = self.cross_bias.masked_fill(~attention_mask.bool(), neg)[:, None, None, :]  # [B,1,1,S]
+        self.self_kv = [None] * len(t5.decoder.block)  # per layer: keys, values [R, H, t, d_kv]
+        self.position = 0
+
+    def __call__(self, last_tokens, beam_origin):
+        if last_tokens is None:
+            last_tokens = torch.full((self.batch_size,), self.start_token, dtype=torch.long,
+                                     device=self.cross_bias.device)
+        else:
+            self.self_kv = [(k.index_select(0, beam_origin), v.index_select(0, beam_origin))
+                            for k, v in self.self_kv]
+        rows = last_tokens.shape[0]
+        beams = rows // self.batch_size
+        decoder = self.t5.decoder
+        hidden = decoder.embed_tokens(last_tokens)  # [R, d]
+        position_bias = decoder.block[0].layer[0].SelfAttention.compute_bias(
+            1, self.position + 1, device=hidden.device, past_seen_tokens=self.position)  # [1, H, 1, t+1]
+        for i, block in enumerate(decoder.block):
+            # self-attention over this beam's tokens so far
+            attention = block.layer[0].SelfAttention
+            normed = block.layer[0].layer_norm(hidden)
+            query = attention.q(normed).view(rows, self.n_heads, 1, self.d_kv)
+            key = attention.k(normed).view(rows, self.n_heads, 1, self.d_kv)
+            value = attention.v(normed).view(rows, self.n_heads, 1, self.d_kv)
+            if self.self_kv[i] is not None:
+                key = torch.cat([self.self_kv[i][0], key], dim=2)
+                value = torch.cat([self.self_kv[i][1], value], dim=2)
+            self.self_kv[i] = (key, value)
+            weights = torch.softmax(query @ key.transpose(2, 3) + position_bias, dim=-1)  # [R, H, 1, t+1]
+            hidden = hidden + attention.o((weights @ value).reshape(rows, -1))
+            # cross-attention: the user's encoder keys/values broadcast over its beams
+            attention = block.layer[1].EncDecAttention
+            normed = block.layer[1].layer_norm(hidden)
+            query = attention.q(normed).view(self.batch_size, beams, self.n_heads, self.d_kv).transpose(1, 2)
+            keys, values = self.cross_kv[i]
+            weights = torch.softmax(query @ keys.transpose(2, 3) + self.cross_bias, dim=-1)  # [B, H, k, S]
+            attended = (weights @ values).transpose(1, 2).reshape(rows, -1)  # [R, H * d_kv]
+            hidden = hidden + attention.o(attended)
+            hidden = block.layer[2](hidden)  # feed-forward (pre-norm, residual)
+        hidden = decoder.final_layer_norm(hidden) * self.scale
+        self.position += 1
+        return self.t5.lm_head(hidden)  # [R, V]

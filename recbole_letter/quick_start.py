@@ -1,0 +1,219 @@
+"""The one place that builds config, data, model and trainer.
+
+``run("SASRec", "ml-100k")`` trains and evaluates one model; ``run_models(["SASRec", "LETTER_TIGER"],
+"Beauty")`` runs several on the same split and returns their results side by side. Everything goes
+through RecBole's ``Config`` / ``create_dataset`` / ``data_preparation`` / trainer; ``recbole.quick_start``
+itself is never imported (it imports ray, which needs numpy<2).
+"""
+
+import os
+import time
+from logging import getLogger
+from pathlib import Path
+
+import torch
+import torch.multiprocessing as mp
+from recbole.config import Config
+from recbole.data import create_dataset, data_preparation
+from recbole.trainer import Trainer
+from recbole.utils import get_trainer, init_logger, init_seed
+
+import recbole_letter  # noqa: F401  (applies the compatibility fixes)
+from recbole_letter.model import canonical_name, get_model_class, is_generative
+
+PROPERTIES_DIR = Path(__file__).resolve().parent.parent / "properties"
+EMBEDDED_DATASETS = ("ml-100k",)  # ship inside the recbole package
+DISTRIBUTED_KEYS = ("nproc", "world_size", "ip", "port", "offset")
+
+
+class LetterConfig(Config):
+    """RecBole's ``Config`` with two changes.
+
+    * It does not read ``sys.argv`` itself: ``run_recbole_letter.py`` parses the command line and
+      passes the overrides in ``config_dict`` (RecBole's own parsing would pick up pytest's or our
+      own flags).
+    * DDP without a GPU uses the gloo backend on CPU (RecBole hard-codes nccl + cuda).
+    """
+
+    def _load_cmd_line(self):
+        return {}
+
+    def _init_device(self):
+        distributed = "local_rank" in self.final_config_dict
+        if distributed and not torch.cuda.is_available():
+            cfg = self.final_config_dict
+            torch.distributed.init_process_group(
+                backend="gloo",
+                rank=cfg["local_rank"] + cfg["offset"],
+                world_size=cfg["world_size"],
+                init_method=f"tcp://{cfg['ip']}:{cfg['port']}",
+            )
+            cfg["gpu_id"] = ""
+            cfg["device"] = torch.device("cpu")
+            cfg["single_spec"] = False
+            if cfg["local_rank"] != 0:
+                cfg["state"] = "error"
+                cfg["show_progress"] = False
+                cfg["verbose"] = False
+            return
+        super()._init_device()
+
+
+def property_files(model, dataset):
+    """The layered property files for (model, dataset), most general first."""
+    files = [PROPERTIES_DIR / "overall.yaml", PROPERTIES_DIR / "dataset" / f"{dataset}.yaml"]
+    if is_generative(model):
+        files.append(PROPERTIES_DIR / "tokenizer.yaml")
+    files.append(PROPERTIES_DIR / "model" / f"{canonical_name(model)}.yaml")
+    return [str(f) for f in files if f.is_file()]
+
+
+def known_datasets():
+    return sorted({p.stem for p in (PROPERTIES_DIR / "dataset").glob("*.yaml")} | set(EMBEDDED_DATASETS))
+
+
+def build_config(model, dataset, config_files=None, config_dict=None):
+    """Config layered as overall -> dataset -> tokenizer -> model -> ``config_files`` -> ``config_dict``."""
+    for path in config_files or []:
+        if not os.path.isfile(path):
+            raise FileNotFoundError(f"config file not found: {path}")
+    model_class = get_model_class(model)
+    config = LetterConfig(
+        model=model_class,
+        dataset=dataset,
+        config_file_list=property_files(model, dataset) + list(config_files or []),
+        config_dict=dict(config_dict or {}),
+    )
+    check_atomic_files(config)
+    return config
+
+
+def check_atomic_files(config):
+    """Fail with one line when the dataset's atomic files are missing, empty or lack a column."""
+    dataset, data_path = config["dataset"], config["data_path"]
+    for suffix, columns in (config["load_col"] or {}).items():
+        path = os.path.join(data_path, f"{dataset}.{suffix}")
+        if not os.path.isfile(path):
+            if suffix != "inter":
+                raise FileNotFoundError(f"dataset {dataset!r}: load_col asks for {suffix!r} but {path} does not exist")
+            raise FileNotFoundError(
+                f"dataset {dataset!r} not found: no file {path}. Known datasets: {', '.join(known_datasets())}; "
+                "set data_path, or convert raw data with `python -m recbole_letter.data convert` (dataset/README.md)"
+            )
+        with open(path, encoding="utf-8") as f:
+            header, first_row = f.readline().rstrip("\n"), f.readline()
+        if not first_row.strip():
+            raise ValueError(f"dataset {dataset!r}: {path} has no rows")
+        present = [field.split(":")[0] for field in header.split(config["field_separator"])]
+        missing = [c for c in columns if c not in present]
+        if missing:
+            raise ValueError(f"{path}: missing column(s) {missing}; the file has {present}")
+
+
+def prepare(model, dataset, config_files=None, config_dict=None):
+    """Config, filtered dataset and the three loaders of one (model, dataset) pair."""
+    config = build_config(model, dataset, config_files, config_dict)
+    init_seed(config["seed"], config["reproducibility"])
+    init_logger(config)
+    full_dataset = create_dataset(config)
+    getLogger().info(full_dataset)
+    train_data, valid_data, test_data = data_preparation(config, full_dataset)
+    return config, full_dataset, train_data, valid_data, test_data
+
+
+def build_trainer(config, model):
+    trainer_class = get_trainer(config["MODEL_TYPE"], config["model"])
+    if trainer_class is Trainer:
+        from recbole_letter.trainer import LetterTrainer
+
+        trainer_class = LetterTrainer
+    return trainer_class(config, model)
+
+
+def _as_floats(result):
+    return {k: float(v) for k, v in (result or {}).items()}
+
+
+def _run_single(model, dataset, config_files=None, config_dict=None, saved=True, queue=None):
+    config, _, train_data, valid_data, test_data = prepare(model, dataset, config_files, config_dict)
+    logger = getLogger()
+    if config["tokenize_only"] and is_generative(model):
+        from recbole_letter.tokenizer.trainer import tokenize_only
+
+        report = tokenize_only(config, train_data.dataset)
+        result = {"model": config["model"], "dataset": dataset, "tokenizer_report": report}
+        if queue is not None and config["local_rank"] == 0:
+            queue.put(result)
+        return result
+
+    init_seed(config["seed"] + config["local_rank"], config["reproducibility"])
+    model_obj = get_model_class(model)(config, train_data.dataset).to(config["device"])
+    logger.info(model_obj)
+    trainer = build_trainer(config, model_obj)
+
+    start = time.perf_counter()
+    best_valid_score, best_valid_result = trainer.fit(
+        train_data, valid_data, saved=saved, show_progress=config["show_progress"]
+    )
+    train_seconds = time.perf_counter() - start
+    start = time.perf_counter()
+    test_result = trainer.evaluate(test_data, load_best_model=saved, show_progress=config["show_progress"])
+    test_seconds = time.perf_counter() - start
+    epochs = len(trainer.train_loss_dict)
+    result = {
+        "model": config["model"],
+        "dataset": dataset,
+        "best_valid_score": float(best_valid_score),
+        "best_valid_result": _as_floats(best_valid_result),
+        "test_result": _as_floats(test_result),
+        "epochs": epochs,
+        "train_seconds": train_seconds,
+        "seconds_per_epoch": train_seconds / max(1, epochs),
+        "test_seconds": test_seconds,
+        "checkpoint": trainer.saved_model_file if saved else None,
+    }
+    logger.info(f"best valid: {result['best_valid_result']}")
+    logger.info(f"test result: {result['test_result']}")
+    if not config["single_spec"]:
+        torch.distributed.destroy_process_group()
+    if queue is not None and config["local_rank"] == 0:
+        queue.put(result)
+    return result
+
+
+def _spawned_worker(rank, model, dataset, config_files, config_dict, saved, queue):
+    _run_single(model, dataset, config_files, {**config_dict, "local_rank": rank}, saved, queue)
+
+
+def run(model, dataset, config_files=None, config_dict=None, saved=True):
+    """Train and evaluate one model; returns its result dict.
+
+    ``config_dict["nproc"] > 1`` trains with RecBole's DDP path (one process per rank, spawned here;
+    gloo on CPU, nccl on GPUs). ``world_size`` / ``ip`` / ``port`` / ``offset`` as in RecBole for several
+    machines.
+    """
+    config_dict = dict(config_dict or {})
+    nproc = int(config_dict.get("nproc", 1))
+    world_size = int(config_dict.get("world_size", -1))
+    if nproc == 1 and world_size <= 0:
+        return _run_single(model, dataset, config_files, config_dict, saved)
+    config_dict.setdefault("world_size", world_size if world_size > 0 else nproc)
+    config_dict.setdefault("ip", "127.0.0.1")
+    config_dict.setdefault("port", "29500")
+    config_dict.setdefault("offset", 0)
+    config_dict["nproc"] = nproc
+    # RecBole's init_logger creates ./log/<model>/ with a check-then-create that races between ranks
+    os.makedirs(os.path.join("log", canonical_name(model)), exist_ok=True)
+    queue = mp.get_context("spawn").SimpleQueue()
+    mp.spawn(
+        _spawned_worker,
+        args=(model, dataset, config_files, config_dict, saved, queue),
+        nprocs=nproc,
+        join=True,
+    )
+    return None if queue.empty() else queue.get()
+
+
+def run_models(models, dataset, config_files=None, config_dict=None, saved=True):
+    """Run each model on the same split (same dataset, filters and seed); a list of result dicts."""
+    return [run(model, dataset, config_files, config_dict, saved) for model in models]

@@ -1,0 +1,77 @@
+"""What RecBole's Trainer cannot already do: a warm-up + cosine LR schedule, DDP on CPU (gloo),
+and reading back its own best checkpoint on torch >= 2.6."""
+
+import math
+
+import torch
+from recbole.trainer import Trainer
+from torch.nn.parallel import DistributedDataParallel
+from torch.optim.lr_scheduler import LambdaLR
+
+
+def load_checkpoint(path, device="cpu"):
+    """Load a checkpoint written by RecBole's trainer.
+
+    RecBole pickles its ``Config`` into every checkpoint, which torch >= 2.6's default
+    ``weights_only=True`` refuses. Only call this on files this package wrote (``checkpoint_dir``):
+    unpickling runs code, so never point it at a checkpoint from an untrusted source.
+    """
+    return torch.load(path, map_location=device, weights_only=False)
+
+
+def warmup_cosine(total_steps, warmup_ratio):
+    """LR multiplier: linear warm-up over ``warmup_ratio * total_steps``, then cosine decay to 0."""
+    warmup_steps = max(1, int(round(total_steps * warmup_ratio)))
+
+    def factor(step):
+        if step < warmup_steps:
+            return (step + 1) / warmup_steps
+        progress = (step - warmup_steps) / max(1, total_steps - warmup_steps)
+        return 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
+
+    return factor
+
+
+class LetterTrainer(Trainer):
+    """RecBole's ``Trainer`` plus:
+
+    * ``lr_scheduler: cosine`` with ``warmup_ratio`` (stepped once per batch over ``epochs`` epochs);
+    * DDP on CPU: RecBole wraps the model with ``device_ids=[local_rank]``, which only GPU modules accept;
+    * ``evaluate(load_best_model=True)`` reads the best checkpoint through :func:`load_checkpoint`.
+    """
+
+    def __init__(self, config, model):
+        cpu_ddp = not config["single_spec"] and config["device"].type == "cpu"
+        if cpu_ddp:  # let RecBole skip its GPU-only DDP wrapper, then wrap for CPU ourselves
+            config["single_spec"] = True
+        super().__init__(config, model)
+        if cpu_ddp:
+            config["single_spec"] = False
+            self.distributed_model = DistributedDataParallel(self.model)
+        if not config["single_spec"]:  # every rank reads the file rank 0 writes (names carry a timestamp)
+            name = [self.saved_model_file]
+            torch.distributed.broadcast_object_list(name, src=0)
+            self.saved_model_file = name[0]
+        self.lr_scheduler_name = config["lr_scheduler"]
+        self.warmup_ratio = config["warmup_ratio"] if config["warmup_ratio"] is not None else 0.01
+        self.scheduler = None
+        if self.lr_scheduler_name not in (None, "cosine"):
+            raise ValueError(f"lr_scheduler must be ~ or 'cosine', got {self.lr_scheduler_name!r}")
+
+    def fit(self, train_data, valid_data=None, verbose=True, saved=True, show_progress=False, callback_fn=None):
+        if self.lr_scheduler_name == "cosine" and self.scheduler is None:
+            total_steps = max(1, len(train_data) * self.epochs)
+            self.scheduler = LambdaLR(self.optimizer, warmup_cosine(total_steps, self.warmup_ratio))
+            # one scheduler step after every optimiser step, without copying RecBole's epoch loop
+            self.optimizer.register_step_post_hook(lambda *_: self.scheduler.step())
+        return super().fit(train_data, valid_data, verbose, saved, show_progress, callback_fn)
+
+    @torch.no_grad()
+    def evaluate(self, eval_data, load_best_model=True, model_file=None, show_progress=False):
+        if load_best_model:
+            if not self.config["single_spec"]:
+                torch.distributed.barrier()  # rank 0 has finished writing the checkpoint
+            checkpoint = load_checkpoint(model_file or self.saved_model_file, self.device)
+            self.model.load_state_dict(checkpoint["state_dict"])
+            self.model.load_other_parameter(checkpoint.get("other_parameter"))
+        return super().evaluate(eval_data, load_best_model=False, show_progress=show_progress)

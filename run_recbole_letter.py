@@ -1,0 +1,73 @@
+"""One command for LETTER generative recommenders and RecBole baselines on one split.
+
+    python run_recbole_letter.py --model=SASRec --dataset=ml-100k
+    python run_recbole_letter.py --model=SASRec,LightGCN,BPR --dataset=ml-100k
+    python run_recbole_letter.py --model=LETTER_TIGER --dataset=ml-100k --tokenize_only=True
+    python run_recbole_letter.py --model=BPR --dataset=ml-100k --nproc=2
+
+Arguments follow RecBole: --model (one name or a comma list), --dataset, --config_files (space or comma
+separated YAML files) and any --key=value config override. --results_dir (default results/) receives
+the side-by-side table as <dataset>.md/.csv/.json.
+"""
+
+import argparse
+import sys
+
+RUNNER_KEYS = ("results_dir",)
+
+
+def parse_overrides(unknown):
+    """``--key=value`` pairs -> config dict, values typed as RecBole types its own command line."""
+    from recbole.config import Config
+
+    overrides = {}
+    for arg in unknown:
+        if not arg.startswith("--") or "=" not in arg:
+            raise ValueError(f"unrecognised argument {arg!r}: overrides are written --key=value")
+        key, value = arg[2:].split("=", 1)
+        overrides[key] = value
+    return Config._convert_config_dict(None, overrides)
+
+
+def print_single(result):
+    from recbole_letter.benchmark import METRIC_ORDER
+
+    print(f"{result['model']} on {result['dataset']}")
+    print("split  " + "  ".join(f"{m:>9}" for m in METRIC_ORDER))
+    for split, key in (("valid", "best_valid_result"), ("test", "test_result")):
+        print(f"{split:<6} " + "  ".join(f"{result[key][m]:>9.4f}" for m in METRIC_ORDER))
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--model", default="LETTER_TIGER", help="model name or comma-separated list")
+    parser.add_argument("--dataset", default="ml-100k")
+    parser.add_argument("--config_files", default=None, help="YAML files, space or comma separated")
+    parser.add_argument("--results_dir", default="results")
+    args, unknown = parser.parse_known_args(argv)
+    try:
+        from recbole_letter import quick_start
+        from recbole_letter.benchmark import write_results
+
+        overrides = parse_overrides(unknown)
+        config_files = args.config_files.replace(",", " ").split() if args.config_files else None
+        models = [m.strip() for m in args.model.split(",") if m.strip()]
+        results = []
+        for model in models:
+            results.append(quick_start.run(model, args.dataset, config_files, overrides))
+    except (ValueError, FileNotFoundError, KeyError) as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    results = [r for r in results if r is not None]
+    if not results or "tokenizer_report" in results[0]:
+        return 0
+    if len(results) == 1:
+        print_single(results[0])
+    markdown = write_results(results, args.results_dir, args.dataset)
+    print(markdown)
+    print(f"results written to {args.results_dir}/{args.dataset}.{{md,csv,json}}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
