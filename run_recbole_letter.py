@@ -4,6 +4,9 @@
     python run_recbole_letter.py --model=SASRec,LightGCN,BPR --dataset=ml-100k
     python run_recbole_letter.py --model=LETTER_TIGER --dataset=ml-100k --tokenize_only=True
     python run_recbole_letter.py --model=BPR --dataset=ml-100k --nproc=2
+    python run_recbole_letter.py --benchmark=table1 --dataset=Beauty --data_path=../shared/data [--quick]
+    python run_recbole_letter.py --benchmark=ablation|codes --dataset=Beauty ...
+    python run_recbole_letter.py --benchmark=sweep --param=tau --dataset=Beauty ...
 
 Arguments follow RecBole: --model (one name or a comma list), --dataset, --config_files (space or comma
 separated YAML files) and any --key=value config override. --results_dir (default results/) receives
@@ -38,12 +41,39 @@ def print_single(result):
         print(f"{split:<6} " + "  ".join(f"{result[key][m]:>9.4f}" for m in METRIC_ORDER))
 
 
+def run_benchmark(args, config_files, overrides, models):
+    from recbole_letter import benchmark
+
+    common = dict(config_files=config_files, overrides=overrides, out_dir=args.results_dir, quick=args.quick)
+    if args.benchmark == "table1":
+        return benchmark.table1(args.dataset, models=models, **common)
+    if args.benchmark == "ablation":
+        return benchmark.ablation(args.dataset, **common)
+    if args.benchmark == "codes":
+        return benchmark.codes(args.dataset, **common)
+    if not args.param:
+        raise ValueError("--benchmark=sweep needs --param=<tau|alpha|beta|num_levels|codebook_size>")
+    values = None
+    if args.values:
+        values = [type_value(v) for v in args.values.split(",")]
+    return benchmark.sweep(args.dataset, args.param, values, **common)
+
+
+def type_value(text):
+    return parse_overrides([f"--v={text}"])["v"]
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--model", default="LETTER_TIGER", help="model name or comma-separated list")
+    parser.add_argument("--model", default=None, help="model name or comma list (default LETTER_TIGER)")
     parser.add_argument("--dataset", default="ml-100k")
     parser.add_argument("--config_files", default=None, help="YAML files, space or comma separated")
     parser.add_argument("--results_dir", default="results")
+    parser.add_argument("--benchmark", choices=["table1", "ablation", "sweep", "codes"], default=None,
+                        help="reproduce a paper table/figure (resumable; docs/results.md)")
+    parser.add_argument("--param", default=None, help="--benchmark=sweep: tau|alpha|beta|num_levels|codebook_size")
+    parser.add_argument("--values", default=None, help="--benchmark=sweep: comma list (default: the paper's range)")
+    parser.add_argument("--quick", action="store_true", help="--benchmark: token epochs and sizes (smoke test)")
     args, unknown = parser.parse_known_args(argv)
     try:
         from recbole_letter import quick_start
@@ -51,11 +81,15 @@ def main(argv=None):
 
         overrides = parse_overrides(unknown)
         config_files = args.config_files.replace(",", " ").split() if args.config_files else None
-        models = [m.strip() for m in args.model.split(",") if m.strip()]
+        models = [m.strip() for m in args.model.split(",") if m.strip()] if args.model else None
+        if args.benchmark:
+            print(run_benchmark(args, config_files, overrides, models))
+            print(f"written under {args.results_dir}/")
+            return 0
         results = []
-        for model in models:
+        for model in models or ["LETTER_TIGER"]:
             results.append(quick_start.run(model, args.dataset, config_files, overrides))
-    except (ValueError, FileNotFoundError, KeyError) as error:
+    except (ValueError, FileNotFoundError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
     results = [r for r in results if r is not None]

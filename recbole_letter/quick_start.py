@@ -19,7 +19,7 @@ from recbole.trainer import Trainer
 from recbole.utils import get_trainer, init_logger, init_seed
 
 import recbole_letter  # noqa: F401  (applies the compatibility fixes)
-from recbole_letter.model import canonical_name, get_model_class, is_generative
+from recbole_letter.model import PROPERTY_BASE, canonical_name, get_model_class, is_generative
 
 PROPERTIES_DIR = Path(__file__).resolve().parent.parent / "properties"
 EMBEDDED_DATASETS = ("ml-100k",)  # ship inside the recbole package
@@ -64,7 +64,10 @@ def property_files(model, dataset):
     files = [PROPERTIES_DIR / "overall.yaml", PROPERTIES_DIR / "dataset" / f"{dataset}.yaml"]
     if is_generative(model):
         files.append(PROPERTIES_DIR / "tokenizer.yaml")
-    files.append(PROPERTIES_DIR / "model" / f"{canonical_name(model)}.yaml")
+    name = canonical_name(model)
+    if name in PROPERTY_BASE:
+        files.append(PROPERTIES_DIR / "model" / f"{PROPERTY_BASE[name]}.yaml")
+    files.append(PROPERTIES_DIR / "model" / f"{name}.yaml")
     return [str(f) for f in files if f.is_file()]
 
 
@@ -140,7 +143,7 @@ def _run_single(model, dataset, config_files=None, config_dict=None, saved=True,
     if config["tokenize_only"] and is_generative(model):
         from recbole_letter.tokenizer.trainer import tokenize_only
 
-        report = tokenize_only(config, train_data.dataset)
+        report = tokenize_only(config, train_data.dataset, eval_data=valid_data)
         result = {"model": config["model"], "dataset": dataset, "tokenizer_report": report}
         if queue is not None and config["local_rank"] == 0:
             queue.put(result)

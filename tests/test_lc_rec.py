@@ -21,9 +21,11 @@ from recbole_letter.model.letter_lc_rec import (
     load_prompt_templates,
 )
 from recbole_letter.trainer import load_checkpoint
+from conftest import tiny_config, write_ml100k_slice
 
 CODEBOOK_SIZES = [16, 16, 8]
 SPECIALS = ["<pad>", "<eos>", "<bos>", "<unk>"]
+DATASET = "ml-lc"
 
 
 def _build_tiny_llm(folder, tie_word_embeddings):
@@ -56,24 +58,29 @@ def tiny_llm(tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def tiny_codes_file(tiny_data_path, tmp_path_factory):
+def lc_data_path(tmp_path_factory):
+    """A 40-user slice of ml-100k: a full train + evaluate run of the tiny LM takes a few seconds."""
+    return write_ml100k_slice(tmp_path_factory.mktemp("data"), DATASET, n_users=40)
+
+
+@pytest.fixture(scope="module")
+def tiny_codes_file(lc_data_path, tmp_path_factory):
     """Random unique 3-level codes (16 x 16 x 8) for every item of the slice, as a LETTER index json."""
-    lines = (tiny_data_path / "ml-tiny" / "ml-tiny.inter").read_text().splitlines()[1:]
+    lines = (lc_data_path / DATASET / f"{DATASET}.inter").read_text().splitlines()[1:]
     items = sorted({line.split("\t")[1] for line in lines}, key=int)
     rng = np.random.default_rng(0)
     flat = rng.choice(int(np.prod(CODEBOOK_SIZES)), size=len(items), replace=False)
     codes = np.stack(np.unravel_index(flat, CODEBOOK_SIZES), axis=1)
     index = {item: [f"<{'abc'[l]}_{c}>" for l, c in enumerate(row)] for item, row in zip(items, codes.tolist())}
-    path = tmp_path_factory.mktemp("codes") / "ml-tiny.index.json"
+    path = tmp_path_factory.mktemp("codes") / f"{DATASET}.index.json"
     path.write_text(json.dumps(index))
     return str(path)
 
 
 @pytest.fixture
-def lc_config(tiny_dataset, tiny_llm, tiny_codes_file):
-    name, cfg = tiny_dataset
-    return name, {
-        **cfg,
+def lc_config(lc_data_path, tiny_llm, tiny_codes_file):
+    return DATASET, {
+        **tiny_config(lc_data_path),
         "llm_path": tiny_llm,
         "item_codes_file": tiny_codes_file,
         "MAX_ITEM_LIST_LENGTH": 5,

@@ -10,6 +10,8 @@ GENERATIVE_MODELS = {
     "LETTER_LC_Rec": "recbole_letter.model.letter_lc_rec",
     "LC_Rec": "recbole_letter.model.letter_lc_rec",
 }
+# A plain variant reads its LETTER model's property file first, then its own (only what differs).
+PROPERTY_BASE = {"TIGER": "LETTER_TIGER", "LC_Rec": "LETTER_LC_Rec"}
 # The paper's names for RecBole models.
 ALIASES = {"MF": "BPR"}
 RECBOLE_FAMILIES = [

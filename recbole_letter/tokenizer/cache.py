@@ -47,6 +47,7 @@ def is_valid(path):
 
 def save_arrays(path, **arrays):
     """``np.savez`` atomically (``path`` ends in ``.npz``) + checksum."""
+    os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
     tmp = f"{path}.tmp.npz"
     np.savez(tmp, **arrays)
     os.replace(tmp, path)
@@ -65,6 +66,7 @@ def load_arrays(path):
 
 
 def save_torch(path, state):
+    os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
     tmp = f"{path}.tmp"
     torch.save(state, tmp)
     os.replace(tmp, path)

@@ -27,20 +27,23 @@ def mlp(dims):
 
 
 def sinkhorn_codes(distances, epsilon, iterations):
-    """Balanced code choice: argmax of the Sinkhorn-Knopp transport plan, in the log domain.
+    """Balanced code choice: argmax of the Sinkhorn-Knopp transport plan (each code gets mass 1/N, each
+    item 1/B).
 
     ``distances`` [B, N] are first centred and scaled to [-1, 1] (as the release does), so epsilon has
-    the same meaning for any embedding scale. Plain exp(-d / 0.003) overflows float32; logs do not.
+    the same meaning for any embedding scale. The plan is kept in float64: exp(1 / 0.003) overflows
+    float32 but not float64 (a log-domain version gives the same codes and is ~10x slower on CPU).
     """
     d_max, d_min = distances.max(), distances.min()
     middle = (d_max + d_min) / 2
     scaled = (distances - middle) / (d_max - middle + 1e-5)
-    log_plan = -scaled.double() / epsilon  # [B, N]
-    n_items, n_codes = log_plan.shape
+    plan = torch.exp(-scaled.double() / epsilon)  # [B, N], within [e^-1/eps, e^1/eps]
+    plan = plan / plan.sum()
+    n_items, n_codes = plan.shape
     for _ in range(iterations):
-        log_plan = log_plan - torch.logsumexp(log_plan, dim=0, keepdim=True) - math.log(n_codes)  # codes: 1/N each
-        log_plan = log_plan - torch.logsumexp(log_plan, dim=1, keepdim=True) - math.log(n_items)  # items: 1/B each
-    return log_plan.argmax(dim=1)
+        plan = plan / (plan.sum(dim=0, keepdim=True) * n_codes)  # codes: 1/N each
+        plan = plan / (plan.sum(dim=1, keepdim=True) * n_items)  # items: 1/B each
+    return plan.argmax(dim=1)
 
 
 def balanced_kmeans(points, n_clusters, size_min, size_max, seed, n_init=1, max_iter=100):

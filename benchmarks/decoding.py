@@ -1,0 +1,196 @@
+"""Decoding throughput: our trie-constrained beam search vs transformers' generate (the release's way).
+
+    python benchmarks/decoding.py --dataset=Beauty            # codes: <data_path>/Beauty/raw/Beauty.index.json
+    python benchmarks/decoding.py --dataset=ml-100k           # random unique codes (4 x 256)
+
+Same LETTER_TIGER weights (release architecture, random init unless --checkpoint), same user histories
+(the first --users test users of RecBole's leave-one-out split), beam 20, top-20 lists:
+
+* ours: ``GenerativeRecommender.generate_items`` (``constrained_beam_search`` + ``_T5BeamDecoder``);
+* release: ``T5ForConditionalGeneration.generate(num_beams=20, num_return_sequences=20,
+  prefix_allowed_tokens_fn=...)`` over a Python dict trie ``prefix tuple -> allowed tokens``.
+
+Prints both throughputs (users/s), the agreement of the lists (identical, or differing only where the
+two scores tie within --tie_tol) and, as the last line, ``speedup: <ratio>``. ``--full_eval`` also
+times one full RecBole test evaluation (every test user) with our decoding.
+"""
+
+import argparse
+import json
+import os
+import random
+import sys
+import tempfile
+import time
+
+import numpy as np
+import torch
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+import recbole_letter  # noqa: E402,F401
+from recbole_letter.quick_start import build_trainer, prepare  # noqa: E402
+
+
+def random_index(dataset_path, name, out, levels=4, size=256, seed=0):
+    """Random unique codes for every item of ``<dataset_path>/<name>/<name>.inter`` (LETTER json)."""
+    with open(os.path.join(dataset_path, name, f"{name}.inter")) as f:
+        header = f.readline().rstrip("\n").split("\t")
+        column = [i for i, h in enumerate(header) if h.startswith("item_id")][0]
+        items = sorted({line.rstrip("\n").split("\t")[column] for line in f})
+    rng = random.Random(seed)
+    codes = set()
+    index = {}
+    for item in items:
+        code = tuple(rng.randrange(size) for _ in range(levels))
+        while code in codes:
+            code = tuple(rng.randrange(size) for _ in range(levels))
+        codes.add(code)
+        index[item] = [f"<{'abcdefgh'[level]}_{c}>" for level, c in enumerate(code)]
+    with open(out, "w") as f:
+        json.dump(index, f)
+    return out
+
+
+def test_histories(model, test_data, n_users):
+    seqs, lens = [], []
+    for batch in test_data:
+        interaction = batch[0]
+        seqs.append(interaction[model.ITEM_SEQ])
+        lens.append(interaction[model.ITEM_SEQ_LEN])
+        if sum(len(s) for s in seqs) >= n_users:
+            break
+    return torch.cat(seqs)[:n_users], torch.cat(lens)[:n_users]
+
+
+def release_generate(model, item_seq, item_seq_len, beam, batch_size):
+    """transformers generate + prefix_allowed_tokens_fn over a dict trie (the LETTER release's method)."""
+    allowed = {}
+    for seq in model.item_code_tokens[1:].tolist():
+        for t in range(len(seq)):
+            allowed.setdefault((model.pad_token_id, *seq[:t]), []).append(seq[t])
+    allowed = {prefix: sorted(set(tokens)) for prefix, tokens in allowed.items()}
+    sequence_to_item = {tuple(seq): item for item, seq in enumerate(model.item_code_tokens.tolist()) if item}
+
+    def prefix_allowed_tokens(batch_id, sentence):
+        return allowed.get(tuple(sentence.tolist()), [])
+
+    items, scores = [], []
+    for start in range(0, len(item_seq), batch_size):
+        tokens, mask = model._trim(*model.history_code_tokens(item_seq[start : start + batch_size]))
+        out = model.t5.generate(input_ids=tokens, attention_mask=mask.long(), num_beams=beam,
+                                num_return_sequences=beam, max_new_tokens=model.code_len, do_sample=False,
+                                length_penalty=0.0, early_stopping=True, output_scores=True,
+                                return_dict_in_generate=True, prefix_allowed_tokens_fn=prefix_allowed_tokens)
+        rows = [sequence_to_item.get(tuple(seq[1:]), 0) for seq in out.sequences.tolist()]
+        items.append(torch.tensor(rows).view(-1, beam))
+        scores.append(out.sequences_scores.view(-1, beam))
+    return torch.cat(items), torch.cat(scores)
+
+
+def agreement(ours, our_scores, theirs, their_scores, tie_tol):
+    """Share of identical lists, and of lists whose differences are all within-tie reorderings."""
+    identical = tie_only = 0
+    for a, sa, b, sb in zip(ours.tolist(), our_scores.tolist(), theirs.tolist(), their_scores.tolist()):
+        if a == b:
+            identical += 1
+            continue
+        # differing only in exact ties: same multiset of scores (within tol) and every item's score
+        # equal in both; the last slot may swap an item for another of equal score
+        sa, sb = np.array(sa), np.array(sb)
+        same_scores = np.allclose(sa, sb, atol=tie_tol, rtol=0)
+        ours_pos, their_pos = {i: s for i, s in zip(a, sa)}, {i: s for i, s in zip(b, sb)}
+        consistent = all(abs(ours_pos[i] - their_pos[i]) <= tie_tol for i in set(a) & set(b))
+        if same_scores and consistent:
+            tie_only += 1
+    return identical, tie_only
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--dataset", default="Beauty")
+    parser.add_argument("--data_path", default=os.path.join(os.path.dirname(__file__), "..", "..", "shared", "data"))
+    parser.add_argument("--codes", default=None, help="*.index.json (default: <data_path>/<dataset>/raw/<dataset>.index.json, else random)")
+    parser.add_argument("--beam", type=int, default=20)
+    parser.add_argument("--users", type=int, default=512, help="test users decoded by ours")
+    parser.add_argument("--release_users", type=int, default=64, help="test users decoded by generate (a prefix of ours)")
+    parser.add_argument("--batch", type=int, default=256, help="users per batch, ours")
+    parser.add_argument("--release_batch", type=int, default=32, help="users per generate call")
+    parser.add_argument("--checkpoint", default=None, help="trained LETTER_TIGER checkpoint (default: random init)")
+    parser.add_argument("--tie_tol", type=float, default=1e-4)
+    parser.add_argument("--full_eval", action="store_true", help="also time one full test evaluation")
+    parser.add_argument("--seed", type=int, default=2020)
+    args = parser.parse_args()
+
+    work = tempfile.mkdtemp(prefix="decoding_bench_")
+    os.chdir(work)  # RecBole writes ./log*, ./saved
+    data_path = os.path.abspath(args.data_path)
+    codes = args.codes or os.path.join(data_path, args.dataset, "raw", f"{args.dataset}.index.json")
+    config_dict = {"show_progress": False, "state": "WARNING", "beam_size": args.beam, "beam_batch_size": args.batch,
+                   "eval_batch_size": args.batch, "checkpoint_dir": os.path.join(work, "saved"), "seed": args.seed}
+    if args.dataset != "ml-100k":
+        config_dict["data_path"] = data_path
+    if not os.path.isfile(codes):
+        from recbole.config import Config  # noqa: F401
+
+        import recbole
+
+        embedded = os.path.join(os.path.dirname(recbole.__file__), "dataset_example")
+        codes = random_index(data_path if args.dataset != "ml-100k" else embedded, args.dataset,
+                             os.path.join(work, "random.index.json"))
+        print(f"codes: random unique 4 x 256 ({codes})")
+    else:
+        print(f"codes: {codes}")
+    config_dict["item_codes_file"] = codes
+
+    t0 = time.perf_counter()
+    config, _, train_data, _, test_data = prepare("LETTER_TIGER", args.dataset, config_dict=config_dict)
+    from recbole_letter.model.letter_tiger import LETTER_TIGER
+
+    model = LETTER_TIGER(config, train_data.dataset)
+    if args.checkpoint:
+        from recbole_letter.trainer import load_checkpoint
+
+        model.load_state_dict(load_checkpoint(args.checkpoint)["state_dict"])
+    model.eval()
+    print(f"data + model: {time.perf_counter() - t0:.1f} s; items {model.n_items - 1}, tokens/item {model.code_len}, "
+          f"vocab {model.vocab_size}, torch threads {torch.get_num_threads()}")
+    item_seq, item_seq_len = test_histories(model, test_data, args.users)
+    n_release = min(args.release_users, len(item_seq))
+
+    with torch.no_grad():
+        model.generate_items(item_seq[:8], item_seq_len[:8])  # warm-up
+        start = time.perf_counter()
+        ours, our_scores = model.generate_items(item_seq, item_seq_len)
+        ours_seconds = time.perf_counter() - start
+        release_generate(model, item_seq[:4], item_seq_len[:4], args.beam, args.release_batch)  # warm-up
+        start = time.perf_counter()
+        theirs, their_scores = release_generate(model, item_seq[:n_release], item_seq_len[:n_release], args.beam,
+                                                args.release_batch)
+        release_seconds = time.perf_counter() - start
+    ours_rate = len(item_seq) / ours_seconds
+    release_rate = n_release / release_seconds
+    print(f"ours:    {len(item_seq)} users in {ours_seconds:.2f} s = {ours_rate:.1f} users/s (batch {args.batch})")
+    print(f"release: {n_release} users in {release_seconds:.2f} s = {release_rate:.1f} users/s "
+          f"(generate, batch {args.release_batch})")
+    identical, tie_only = agreement(ours[:n_release], our_scores[:n_release], theirs, their_scores, args.tie_tol)
+    max_diff = (our_scores[:n_release] - their_scores).abs().max().item()
+    print(f"top-{args.beam} lists: {identical}/{n_release} identical, {tie_only} differ only in ties "
+          f"(|score diff| <= {args.tie_tol}), {n_release - identical - tie_only} differ; "
+          f"max |score diff| at equal rank {max_diff:.2e}")
+
+    if args.full_eval:
+        trainer = build_trainer(config, model)
+        start = time.perf_counter()
+        result = trainer.evaluate(test_data, load_best_model=False, show_progress=False)
+        seconds = time.perf_counter() - start
+        n_test = len(test_data.dataset.inter_feat) if hasattr(test_data, "dataset") else -1
+        print(f"full test evaluation: {seconds:.1f} s for {n_test} users ({dict(result)})")
+    else:
+        n_test = sum(len(b[0]) for b in test_data)
+        print(f"full test evaluation ({n_test} users), extrapolated from ours: {n_test / ours_rate:.0f} s")
+    print(f"speedup: {ours_rate / release_rate:.1f}")
+
+
+if __name__ == "__main__":
+    main()

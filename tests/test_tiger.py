@@ -1,0 +1,166 @@
+"""TIGER / LETTER-TIGER: the incremental T5 decoder, agreement with transformers' generate, and the
+RecBole model end to end (training, full-sort scores, predict, checkpoint reload)."""
+
+import json
+import random
+
+import numpy as np
+import pytest
+import torch
+from transformers import T5Config, T5ForConditionalGeneration
+
+from recbole_letter.generation import CodeTrie, constrained_beam_search, item_code_token_table
+from recbole_letter.model.letter_tiger import _T5BeamDecoder
+from test_generation import random_codes
+
+SIZES = [4, 5, 3]
+
+
+def tiny_t5(vocab, seed=0):
+    torch.manual_seed(seed)
+    config = T5Config(vocab_size=vocab, d_model=32, d_ff=64, d_kv=8, num_heads=4, num_layers=2,
+                      num_decoder_layers=2, dropout_rate=0.1, feed_forward_proj="relu", pad_token_id=0,
+                      eos_token_id=1, decoder_start_token_id=0, initializer_factor=5.0)
+    return T5ForConditionalGeneration(config).eval()
+
+
+def histories(n_users, vocab, seed=0):
+    gen = torch.Generator().manual_seed(seed)
+    tokens = torch.randint(2, vocab, (n_users, 9), generator=gen)
+    mask = torch.ones_like(tokens, dtype=torch.bool)
+    mask[0, 6:] = False  # a shorter history, right-padded
+    return tokens.masked_fill(~mask, 0), mask
+
+
+def teacher_forced_scores(t5, tokens, mask, item_tokens):
+    """Brute force: log p(item tokens | history) of every item for every user -> [B, n_items - 1]."""
+    n_users, n_items = tokens.shape[0], item_tokens.shape[0] - 1
+    targets = item_tokens[1:].repeat(n_users, 1)  # [B * n_items, T]
+    start = torch.zeros_like(targets[:, :1])
+    with torch.no_grad():
+        logits = t5(input_ids=tokens.repeat_interleave(n_items, 0), attention_mask=mask.long().repeat_interleave(n_items, 0),
+                    decoder_input_ids=torch.cat([start, targets[:, :-1]], 1)).logits
+    log_probs = torch.log_softmax(logits, -1).gather(2, targets.unsqueeze(2)).squeeze(2)
+    return log_probs.sum(1).view(n_users, n_items)
+
+
+def test_t5_beam_decoder_is_exact_against_brute_force():
+    rng = np.random.default_rng(0)
+    item_tokens = item_code_token_table(random_codes(rng, 40, SIZES), SIZES)
+    vocab = 2 + sum(SIZES)
+    t5 = tiny_t5(vocab)
+    tokens, mask = histories(3, vocab)
+    step_fn = _T5BeamDecoder(t5, tokens, mask, decoder_start_token_id=0)
+    with torch.no_grad():
+        item_ids, scores = constrained_beam_search(step_fn, CodeTrie(item_tokens), 3, beam_size=40)
+    brute = teacher_forced_scores(t5, tokens, mask, item_tokens)  # [3, 40]
+    for user in range(3):
+        order = torch.argsort(brute[user], descending=True, stable=True) + 1
+        assert item_ids[user].tolist() == order.tolist()
+        torch.testing.assert_close(scores[user], brute[user][order - 1], rtol=1e-5, atol=1e-5)
+
+
+def test_same_lists_as_transformers_generate_with_prefix_trie():
+    """The release's decoding: generate(num_beams, prefix_allowed_tokens_fn) over a dict trie."""
+    rng = np.random.default_rng(1)
+    item_tokens = item_code_token_table(random_codes(rng, 50, SIZES), SIZES)
+    vocab = 2 + sum(SIZES)
+    t5 = tiny_t5(vocab, seed=1)
+    tokens, mask = histories(4, vocab, seed=1)
+    beam = 6
+    allowed = {}
+    for item, seq in enumerate(item_tokens.tolist()[1:], start=1):
+        for t in range(len(seq)):
+            allowed.setdefault((0, *seq[:t]), set()).add(seq[t])
+    sequence_to_item = {tuple(seq): item for item, seq in enumerate(item_tokens.tolist()) if item}
+    with torch.no_grad():
+        generated = t5.generate(input_ids=tokens, attention_mask=mask.long(), num_beams=beam,
+                                num_return_sequences=beam, max_new_tokens=len(SIZES), do_sample=False,
+                                length_penalty=0.0, early_stopping=True,
+                                prefix_allowed_tokens_fn=lambda b, sent: sorted(allowed[tuple(sent.tolist())]))
+        ours, _ = constrained_beam_search(_T5BeamDecoder(t5, tokens, mask, 0), CodeTrie(item_tokens), 4, beam)
+    theirs = [sequence_to_item[tuple(seq[1:])] for seq in generated.tolist()]
+    assert ours.flatten().tolist() == theirs
+
+
+# ---- the RecBole model ---------------------------------------------------------------------------
+def write_random_index(data_path, name, path, levels=3, size=16, seed=0):
+    """A LETTER-style *.index.json with random unique codes for every item of the dataset."""
+    lines = (data_path / name / f"{name}.inter").read_text().splitlines()[1:]
+    items = sorted({line.split("\t")[1] for line in lines})
+    rng = random.Random(seed)
+    picked = rng.sample(range(size ** levels), len(items))
+    index = {item: [f"<{'abcd'[l]}_{(code // size ** l) % size}>" for l in range(levels)]
+             for item, code in zip(items, picked)}
+    path.write_text(json.dumps(index))
+    return path
+
+
+@pytest.fixture(scope="module")
+def trained_tiger(tiny_data_path, tmp_path_factory):
+    from conftest import tiny_config
+    from recbole_letter.quick_start import build_trainer, prepare
+    from recbole_letter.model.letter_tiger import LETTER_TIGER
+
+    folder = tmp_path_factory.mktemp("tiger")
+    index = write_random_index(tiny_data_path, "ml-tiny", folder / "tiny.index.json")
+    config_dict = tiny_config(tiny_data_path)
+    config_dict.update(item_codes_file=str(index), MAX_ITEM_LIST_LENGTH=5, d_model=16, d_ff=32, num_heads=2,
+                       d_kv=8, num_encoder_layers=1, num_decoder_layers=1, train_batch_size=1024,
+                       checkpoint_dir=str(folder / "saved"), beam_size=12, learning_rate=0.01)
+    config, _, train_data, valid_data, test_data = prepare("LETTER_TIGER", "ml-tiny", config_dict=config_dict)
+    model = LETTER_TIGER(config, train_data.dataset)
+    trainer = build_trainer(config, model)
+    trainer.fit(train_data, valid_data, saved=True, show_progress=False)
+    test_result = trainer.evaluate(test_data, load_best_model=True, show_progress=False)
+    return config, train_data, test_data, trainer, test_result
+
+
+def test_tiger_trains_and_ranks_with_recbole(trained_tiger):
+    config, train_data, test_data, trainer, test_result = trained_tiger
+    assert set(test_result) == {"recall@5", "recall@10", "ndcg@5", "ndcg@10"}
+    model = trainer.model.eval()
+    batch = next(iter(test_data))[0]
+    with torch.no_grad():
+        scores = model.full_sort_predict(batch)
+    n_users = batch[model.ITEM_SEQ].shape[0]
+    assert scores.shape == (n_users, model.n_items)
+    generated = torch.isfinite(scores)
+    assert (generated.sum(1) == 12).all() and not generated[:, 0].any()
+    # predict = the same log-likelihood the beam assigned to the generated items
+    users, items = generated[:5].nonzero(as_tuple=True)
+    pointwise = batch[:5][users]
+    pointwise.update(type(pointwise)({model.ITEM_ID: items}))
+    with torch.no_grad():
+        torch.testing.assert_close(model.predict(pointwise), scores[users, items], rtol=1e-4, atol=1e-4)
+
+
+def test_tiger_checkpoint_reloads_to_identical_scores(trained_tiger):
+    from recbole_letter.model.letter_tiger import LETTER_TIGER
+    from recbole_letter.trainer import load_checkpoint
+
+    config, train_data, test_data, trainer, _ = trained_tiger
+    checkpoint = load_checkpoint(trainer.saved_model_file)
+    fresh = LETTER_TIGER(config, train_data.dataset)
+    fresh.load_state_dict(checkpoint["state_dict"])
+    fresh.eval()
+    batch = next(iter(test_data))[0]
+    with torch.no_grad():
+        torch.testing.assert_close(fresh.full_sort_predict(batch), trainer.model.eval().full_sort_predict(batch))
+    assert "item_code_tokens" in checkpoint["state_dict"]
+
+
+def test_tiger_config_and_bad_beam(tiny_data_path, tmp_path):
+    from conftest import tiny_config
+    from recbole_letter.quick_start import build_config, prepare
+
+    index = write_random_index(tiny_data_path, "ml-tiny", tmp_path / "tiny.index.json")
+    config = build_config("TIGER", "ml-tiny", config_dict=tiny_config(tiny_data_path))
+    assert config["alpha"] == 0 and config["beta"] == 0 and config["beam_size"] == 20
+    assert build_config("LETTER_TIGER", "ml-tiny", config_dict=tiny_config(tiny_data_path))["alpha"] > 0
+    config_dict = {**tiny_config(tiny_data_path), "item_codes_file": str(index), "beam_size": 5}
+    config, _, train_data, _, _ = prepare("TIGER", "ml-tiny", config_dict=config_dict)
+    from recbole_letter.model.letter_tiger import TIGER
+
+    with pytest.raises(ValueError, match="beam_size"):
+        TIGER(config, train_data.dataset)

