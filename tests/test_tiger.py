@@ -50,7 +50,7 @@ def test_t5_beam_decoder_is_exact_against_brute_force():
     vocab = 2 + sum(SIZES)
     t5 = tiny_t5(vocab)
     tokens, mask = histories(3, vocab)
-    step_fn = _T5BeamDecoder(t5, tokens, mask, decoder_start_token_id=0)
+    step_fn = _T5BeamDecoder(t5, tokens, mask, decoder_start_token_id=0, max_steps=len(SIZES))
     with torch.no_grad():
         item_ids, scores = constrained_beam_search(step_fn, CodeTrie(item_tokens), 3, beam_size=40)
     brute = teacher_forced_scores(t5, tokens, mask, item_tokens)  # [3, 40]
@@ -78,7 +78,7 @@ def test_same_lists_as_transformers_generate_with_prefix_trie():
                                 num_return_sequences=beam, max_new_tokens=len(SIZES), do_sample=False,
                                 length_penalty=0.0, early_stopping=True,
                                 prefix_allowed_tokens_fn=lambda b, sent: sorted(allowed[tuple(sent.tolist())]))
-        ours, _ = constrained_beam_search(_T5BeamDecoder(t5, tokens, mask, 0), CodeTrie(item_tokens), 4, beam)
+        ours, _ = constrained_beam_search(_T5BeamDecoder(t5, tokens, mask, 0, len(SIZES)), CodeTrie(item_tokens), 4, beam)
     theirs = [sequence_to_item[tuple(seq[1:])] for seq in generated.tolist()]
     assert ours.flatten().tolist() == theirs
 

@@ -56,7 +56,7 @@ class GenerativeRecommender(SequentialRecommender):
         super().__init__(config, dataset)
         self.tau = float(config["tau"] if config["tau"] is not None else 1.0)
         self.beam_size = int(config["beam_size"] or 20)
-        self.beam_batch_size = int(config["beam_batch_size"] or 256)
+        self.beam_batch_size = int(config["beam_batch_size"] or 64)
         topk = config["topk"]
         max_topk = max(topk) if isinstance(topk, (list, tuple)) else int(topk or 0)
         if self.beam_size < max_topk:
@@ -138,15 +138,17 @@ class GenerativeRecommender(SequentialRecommender):
         """Constrained beam search for a batch of users -> ``(item_ids [B, K], scores [B, K])``."""
         beam_size = beam_size or self.beam_size
         trie = self.trie
+        # decode users of similar history length together: less padding in every chunk
+        order = torch.argsort(item_seq_len, stable=True)
         ids, scores = [], []
         for start in range(0, item_seq.shape[0], self.beam_batch_size):
-            seq = item_seq[start : start + self.beam_batch_size]
-            seq_len = item_seq_len[start : start + self.beam_batch_size]
-            step_fn = self.build_step_fn(seq, seq_len)
-            chunk_ids, chunk_scores = constrained_beam_search(step_fn, trie, seq.shape[0], beam_size)
+            chunk = order[start : start + self.beam_batch_size]
+            step_fn = self.build_step_fn(item_seq[chunk], item_seq_len[chunk])
+            chunk_ids, chunk_scores = constrained_beam_search(step_fn, trie, len(chunk), beam_size)
             ids.append(chunk_ids)
             scores.append(chunk_scores)
-        return torch.cat(ids), torch.cat(scores)
+        restore = torch.argsort(order)
+        return torch.cat(ids)[restore], torch.cat(scores)[restore]
 
     def full_sort_predict(self, interaction):
         item_ids, beam_scores = self.generate_items(interaction[self.ITEM_SEQ], interaction[self.ITEM_SEQ_LEN])

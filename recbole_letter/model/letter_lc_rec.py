@@ -160,7 +160,8 @@ def load_causal_lm(config):
         from transformers import BitsAndBytesConfig
 
         kwargs["quantization_config"] = BitsAndBytesConfig(load_in_8bit=True)
-        kwargs["device_map"] = {"": torch.cuda.current_device()}
+        device = config["device"]  # under DDP: this process's GPU
+        kwargs["device_map"] = {"": device if device is not None and device.type == "cuda" else torch.cuda.current_device()}
     return AutoModelForCausalLM.from_pretrained(path, **kwargs)
 
 

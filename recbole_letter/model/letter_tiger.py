@@ -16,6 +16,7 @@ copied per beam) and keeps a self-attention cache reordered by ``beam_origin``.
 """
 
 import torch
+import torch.nn.functional as F
 from recbole.utils import InputType
 from transformers import T5Config, T5ForConditionalGeneration
 
@@ -76,7 +77,7 @@ class LETTER_TIGER(GenerativeRecommender):
 
     def build_step_fn(self, item_seq, item_seq_len):
         tokens, mask = self._trim(*self.history_code_tokens(item_seq, item_seq_len))
-        return _T5BeamDecoder(self.t5, tokens, mask, self.pad_token_id)
+        return _T5BeamDecoder(self.t5, tokens, mask, self.pad_token_id, max_steps=self.code_len)
 
 
 class TIGER(LETTER_TIGER):
@@ -92,58 +93,66 @@ class _T5BeamDecoder:
     ``T5ForConditionalGeneration`` forward up to float rounding (tested).
     """
 
-    def __init__(self, t5, input_ids, attention_mask, decoder_start_token_id):
+    def __init__(self, t5, input_ids, attention_mask, decoder_start_token_id, max_steps):
         self.t5 = t5
         self.n_heads = t5.config.num_heads
         self.d_kv = t5.config.d_kv
         self.start_token = decoder_start_token_id
+        self.max_steps = max_steps
         self.scale = t5.config.d_model ** -0.5 if getattr(t5.config, "scale_decoder_outputs", True) else 1.0
         encoded = t5.encoder(input_ids=input_ids, attention_mask=attention_mask.long()).last_hidden_state
         self.batch_size, source_len, _ = encoded.shape  # [B, S, d]
-        self.cross_kv = []  # per decoder layer: keys, values [B, H, S, d_kv], shared by a user's beams
+        self.cross_kv = []  # per decoder layer: (keys^T, values), shared by a user's beams
+        self.qkv_weight = []  # per decoder layer: self-attention q, k, v projections fused [3 * H * d_kv, d]
         for block in t5.decoder.block:
             attention = block.layer[1].EncDecAttention
             keys = attention.k(encoded).view(self.batch_size, source_len, self.n_heads, self.d_kv)
             values = attention.v(encoded).view(self.batch_size, source_len, self.n_heads, self.d_kv)
-            self.cross_kv.append((keys.transpose(1, 2), values.transpose(1, 2)))
+            # laid out once for the per-step products: keys^T [B, H, d_kv, S], values [B, H, S, d_kv]
+            self.cross_kv.append((keys.permute(0, 2, 3, 1).contiguous(), values.transpose(1, 2).contiguous()))
+            own = block.layer[0].SelfAttention
+            self.qkv_weight.append(torch.cat([own.q.weight, own.k.weight, own.v.weight]))
         neg = torch.finfo(encoded.dtype).min
         self.cross_bias = torch.zeros(attention_mask.shape, dtype=encoded.dtype, device=encoded.device)
         self.cross_bias = self.cross_bias.masked_fill(~attention_mask.bool(), neg)[:, None, None, :]  # [B,1,1,S]
-        self.self_kv = [None] * len(t5.decoder.block)  # per layer: keys, values [R, H, t, d_kv]
+        # self-attention cache of every layer: [n_layers, 2 (keys, values), R, H, max_steps, d_kv]
+        self.self_cache = None
         self.position = 0
 
     def __call__(self, last_tokens, beam_origin):
+        decoder = self.t5.decoder
         if last_tokens is None:
             last_tokens = torch.full((self.batch_size,), self.start_token, dtype=torch.long,
                                      device=self.cross_bias.device)
+            self.self_cache = self.cross_bias.new_zeros(
+                (len(decoder.block), 2, self.batch_size, self.n_heads, self.max_steps, self.d_kv))
         else:
-            self.self_kv = [(k.index_select(0, beam_origin), v.index_select(0, beam_origin))
-                            for k, v in self.self_kv]
+            if self.position >= self.max_steps:
+                raise ValueError(f"the decoder was built for {self.max_steps} steps")
+            self.self_cache = self.self_cache.index_select(2, beam_origin)  # follow the beams
         rows = last_tokens.shape[0]
         beams = rows // self.batch_size
-        decoder = self.t5.decoder
+        step = self.position
         hidden = decoder.embed_tokens(last_tokens)  # [R, d]
         position_bias = decoder.block[0].layer[0].SelfAttention.compute_bias(
-            1, self.position + 1, device=hidden.device, past_seen_tokens=self.position)  # [1, H, 1, t+1]
+            1, step + 1, device=hidden.device, past_seen_tokens=step)  # [1, H, 1, t+1]
         for i, block in enumerate(decoder.block):
             # self-attention over this beam's tokens so far
             attention = block.layer[0].SelfAttention
             normed = block.layer[0].layer_norm(hidden)
-            query = attention.q(normed).view(rows, self.n_heads, 1, self.d_kv)
-            key = attention.k(normed).view(rows, self.n_heads, 1, self.d_kv)
-            value = attention.v(normed).view(rows, self.n_heads, 1, self.d_kv)
-            if self.self_kv[i] is not None:
-                key = torch.cat([self.self_kv[i][0], key], dim=2)
-                value = torch.cat([self.self_kv[i][1], value], dim=2)
-            self.self_kv[i] = (key, value)
-            weights = torch.softmax(query @ key.transpose(2, 3) + position_bias, dim=-1)  # [R, H, 1, t+1]
-            hidden = hidden + attention.o((weights @ value).reshape(rows, -1))
+            qkv = F.linear(normed, self.qkv_weight[i]).view(rows, 3, self.n_heads, self.d_kv)
+            self.self_cache[i, :, :, :, step] = qkv[:, 1:].transpose(0, 1)  # this step's keys, values
+            keys = self.self_cache[i, 0, :, :, : step + 1]  # [R, H, t+1, d_kv]
+            values = self.self_cache[i, 1, :, :, : step + 1]
+            query = qkv[:, 0].unsqueeze(2)  # [R, H, 1, d_kv]
+            weights = torch.softmax(query @ keys.transpose(2, 3) + position_bias, dim=-1)  # [R, H, 1, t+1]
+            hidden = hidden + attention.o((weights @ values).reshape(rows, -1))
             # cross-attention: the user's encoder keys/values broadcast over its beams
             attention = block.layer[1].EncDecAttention
             normed = block.layer[1].layer_norm(hidden)
             query = attention.q(normed).view(self.batch_size, beams, self.n_heads, self.d_kv).transpose(1, 2)
             keys, values = self.cross_kv[i]
-            weights = torch.softmax(query @ keys.transpose(2, 3) + self.cross_bias, dim=-1)  # [B, H, k, S]
+            weights = torch.softmax(query @ keys + self.cross_bias, dim=-1)  # [B, H, k, S]
             attended = (weights @ values).transpose(1, 2).reshape(rows, -1)  # [R, H * d_kv]
             hidden = hidden + attention.o(attended)
             hidden = block.layer[2](hidden)  # feed-forward (pre-norm, residual)
