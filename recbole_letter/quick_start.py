@@ -61,9 +61,10 @@ class LetterConfig(Config):
 
 def property_files(model, dataset):
     """The layered property files for (model, dataset), most general first."""
-    files = [PROPERTIES_DIR / "overall.yaml", PROPERTIES_DIR / "dataset" / f"{dataset}.yaml"]
-    if is_generative(model):
+    files = [PROPERTIES_DIR / "overall.yaml"]
+    if is_generative(model):  # tokenizer defaults; a dataset file may tune them (e.g. text_fields)
         files.append(PROPERTIES_DIR / "tokenizer.yaml")
+    files.append(PROPERTIES_DIR / "dataset" / f"{dataset}.yaml")
     name = canonical_name(model)
     if name in PROPERTY_BASE:
         files.append(PROPERTIES_DIR / "model" / f"{PROPERTY_BASE[name]}.yaml")
@@ -76,7 +77,7 @@ def known_datasets():
 
 
 def build_config(model, dataset, config_files=None, config_dict=None):
-    """Config layered as overall -> dataset -> tokenizer -> model -> ``config_files`` -> ``config_dict``."""
+    """Config layered as overall -> tokenizer -> dataset -> model -> ``config_files`` -> ``config_dict``."""
     for path in config_files or []:
         if not os.path.isfile(path):
             raise FileNotFoundError(f"config file not found: {path}")

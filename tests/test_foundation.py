@@ -31,9 +31,14 @@ def test_layering_order(tiny_dataset, tmp_path):
 
 
 def test_property_files_order():
-    files = [Path(f).relative_to(REPO / "properties").as_posix() for f in quick_start.property_files("LETTER_TIGER", "Beauty")]
-    assert files[0] == "overall.yaml" and files[1] == "dataset/Beauty.yaml"
-    assert files[-1] == "model/LETTER_TIGER.yaml" or "model/LETTER_TIGER.yaml" not in files
+    def names(model, dataset):
+        return [Path(f).relative_to(REPO / "properties").as_posix() for f in quick_start.property_files(model, dataset)]
+
+    assert names("LETTER_TIGER", "Beauty") == [
+        "overall.yaml", "tokenizer.yaml", "dataset/Beauty.yaml", "model/LETTER_TIGER.yaml"]
+    # a plain variant reads its LETTER model's file, then its own
+    assert names("TIGER", "Beauty")[-2:] == ["model/LETTER_TIGER.yaml", "model/TIGER.yaml"]
+    assert names("MF", "ml-100k") == ["overall.yaml", "dataset/ml-100k.yaml", "model/BPR.yaml"]
 
 
 @pytest.mark.parametrize("model", ["MF", "Caser", "HGN", "BERT4Rec", "LightGCN", "SASRec"])
