@@ -2,6 +2,7 @@
 RecBole model end to end (training, full-sort scores, predict, checkpoint reload)."""
 
 import json
+import os
 import random
 
 import numpy as np
@@ -98,11 +99,21 @@ def write_random_index(data_path, name, path, levels=3, size=16, seed=0):
 
 @pytest.fixture(scope="module")
 def trained_tiger(tiny_data_path, tmp_path_factory):
+    folder = tmp_path_factory.mktemp("tiger")
+    # module scope runs before the per-test temp cwd: keep RecBole's ./log* out of the caller's folder
+    previous_cwd = os.getcwd()
+    os.chdir(folder)
+    try:
+        return _train_tiny_tiger(tiny_data_path, folder)
+    finally:
+        os.chdir(previous_cwd)
+
+
+def _train_tiny_tiger(tiny_data_path, folder):
     from conftest import tiny_config
     from recbole_letter.quick_start import build_trainer, prepare
     from recbole_letter.model.letter_tiger import LETTER_TIGER
 
-    folder = tmp_path_factory.mktemp("tiger")
     index = write_random_index(tiny_data_path, "ml-tiny", folder / "tiny.index.json")
     config_dict = tiny_config(tiny_data_path)
     config_dict.update(item_codes_file=str(index), MAX_ITEM_LIST_LENGTH=5, d_model=16, d_ff=32, num_heads=2,

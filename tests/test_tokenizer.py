@@ -25,6 +25,43 @@ def test_sinkhorn_balances_codes_without_overflow():
     assert torch.bincount(distances.argmin(1), minlength=8).max() > counts.max()  # argmin alone is less even
 
 
+def test_sinkhorn_scaling_vectors_give_the_full_plan_codes():
+    """The u/v form must pick the same codes as iterating on the full [B, N] plan (the release's loop)."""
+    torch.manual_seed(1)
+    distances = torch.cdist(torch.randn(200, 4), torch.randn(16, 4)).pow(2)
+    middle = (distances.max() + distances.min()) / 2
+    plan = torch.exp(-((distances - middle) / (distances.max() - middle + 1e-5)).double() / 0.003)
+    plan = plan / plan.sum()
+    for _ in range(30):
+        plan = plan / (plan.sum(0, keepdim=True) * 16)
+        plan = plan / (plan.sum(1, keepdim=True) * 200)
+    assert torch.equal(sinkhorn_codes(distances, epsilon=0.003, iterations=30), plan.argmax(1))
+
+
+def test_dead_codes_are_reseeded_onto_residuals_and_picked_again():
+    model = small_rqvae(levels=2, codes=8, sinkhorn=0.0)
+    quantizer = model.quantizer
+    out = model(torch.randn(40, 16), use_sinkhorn=False)
+    counts = torch.stack([torch.bincount(c, minlength=8) for c in out["codes"].T])
+    counts[0, :3] = 0  # pretend codes 0..2 of level 1 were never picked
+    optimizer = torch.optim.AdamW(model.parameters())
+    model(torch.randn(4, 16))["quant_loss"].backward()
+    optimizer.step()  # creates Adam moments
+    before = quantizer.codebooks.detach().clone()
+    moved = quantizer.reseed_dead_codes(counts, out["residuals"], torch.Generator().manual_seed(0), optimizer)
+    assert moved[0] == 3
+    books = quantizer.codebooks.detach()
+    live = counts > 0
+    assert torch.equal(books[live], before[live])  # codes in use stay where they are
+    residual_rows = out["residuals"][:, 0]
+    for code in range(3):  # each re-seeded code sits on a real level-1 residual, and that residual now picks it
+        match = (residual_rows == books[0, code]).all(1)
+        assert match.any()
+        assert torch.cdist(residual_rows[match][:1], books[0]).argmin().item() == code
+    assert not torch.equal(books[0, :3], before[0, :3])
+    assert (optimizer.state[quantizer.codebooks]["exp_avg"][0, :3] == 0).all()
+
+
 def test_residual_quantisation_and_straight_through():
     model = small_rqvae(sinkhorn=0.0)
     s = torch.randn(10, 16)

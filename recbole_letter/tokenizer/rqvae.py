@@ -31,19 +31,23 @@ def sinkhorn_codes(distances, epsilon, iterations):
     item 1/B).
 
     ``distances`` [B, N] are first centred and scaled to [-1, 1] (as the release does), so epsilon has
-    the same meaning for any embedding scale. The plan is kept in float64: exp(1 / 0.003) overflows
-    float32 but not float64 (a log-domain version gives the same codes and is ~10x slower on CPU).
+    the same meaning for any embedding scale. The plan is ``diag(u) K diag(v)`` with the Gibbs kernel
+    ``K = exp(-scaled / epsilon)``; each Sinkhorn-Knopp step (columns to 1/N, then rows to 1/B) only
+    rescales ``v`` and ``u``, so an iteration is two matrix-vector products instead of four passes over
+    the [B, N] plan (same codes, ~10x faster). Kept in float64: exp(1 / 0.003) overflows float32.
+    A row's argmax of the plan is the argmax of ``K[i] * v`` (``u_i`` is a positive row factor).
     """
     d_max, d_min = distances.max(), distances.min()
     middle = (d_max + d_min) / 2
     scaled = (distances - middle) / (d_max - middle + 1e-5)
-    plan = torch.exp(-scaled.double() / epsilon)  # [B, N], within [e^-1/eps, e^1/eps]
-    plan = plan / plan.sum()
-    n_items, n_codes = plan.shape
+    kernel = torch.exp(-scaled.double() / epsilon)  # [B, N], within [e^-1/eps, e^1/eps]
+    n_items, n_codes = kernel.shape
+    u = torch.ones(n_items, dtype=kernel.dtype, device=kernel.device)  # [B]
+    v = torch.ones(n_codes, dtype=kernel.dtype, device=kernel.device)  # [N]
     for _ in range(iterations):
-        plan = plan / (plan.sum(dim=0, keepdim=True) * n_codes)  # codes: 1/N each
-        plan = plan / (plan.sum(dim=1, keepdim=True) * n_items)  # items: 1/B each
-    return plan.argmax(dim=1)
+        v = 1.0 / ((kernel.T @ u) * n_codes)  # codes: column sums u^T K v = 1/N
+        u = 1.0 / ((kernel @ v) * n_items)  # items: row sums = 1/B
+    return (kernel * v).argmax(dim=1)
 
 
 def balanced_kmeans(points, n_clusters, size_min, size_max, seed, n_init=1, max_iter=100):
@@ -83,15 +87,18 @@ class ResidualQuantizer(nn.Module):
             residual = residual - centers[labels]
 
     def forward(self, z, use_sinkhorn=True):
-        """``z`` [B, d] -> z_hat (straight-through) [B, d], codes [B, L], quantisation loss, picked [B, L, d].
+        """``z`` [B, d] -> z_hat (straight-through) [B, d], codes [B, L], quantisation loss, picked [B, L, d],
+        residuals [B, L, d].
 
-        ``picked`` are the chosen codebook rows with their gradient (for the diversity loss).
+        ``picked`` are the chosen codebook rows with their gradient (for the diversity loss); ``residuals``
+        are each level's (detached) input r_{l-1}, for re-seeding dead codes.
         """
         residual = z
-        codes, picked, level_losses = [], [], []
+        codes, picked, level_losses, residuals = [], [], [], []
         z_hat = torch.zeros_like(z)
         for level in range(self.num_levels):
             codebook = self.codebooks[level]  # [N, d]
+            residuals.append(residual.detach())
             distances = torch.cdist(residual.detach(), codebook.detach()).pow(2)  # [B, N]
             last = level == self.num_levels - 1
             if last and use_sinkhorn and self.sinkhorn_epsilon > 0:
@@ -108,7 +115,32 @@ class ResidualQuantizer(nn.Module):
             codes.append(code)
             picked.append(chosen)
         z_hat_st = z + (z_hat - z).detach()  # straight-through: forward = z_hat, gradient -> encoder
-        return z_hat_st, torch.stack(codes, dim=1), torch.stack(level_losses).mean(), torch.stack(picked, dim=1)
+        return (z_hat_st, torch.stack(codes, dim=1), torch.stack(level_losses).mean(), torch.stack(picked, dim=1),
+                torch.stack(residuals, dim=1))
+
+    @torch.no_grad()
+    def reseed_dead_codes(self, counts, residuals, generator, optimizer=None):
+        """Move every code that no item picked (``counts`` [L, N] == 0) onto a random residual of its level.
+
+        ``residuals`` [B, L, d] are recent level inputs; a re-seeded code starts exactly on a real residual,
+        so it is picked again (it typically splits a crowded code). Adam's moments of the moved rows are
+        zeroed. This touches the parameters only, not the loss. Returns the number of codes moved per level.
+        """
+        moved = []
+        state = optimizer.state.get(self.codebooks, {}) if optimizer is not None else {}
+        for level in range(self.num_levels):
+            dead = torch.nonzero(counts[level] == 0).flatten()
+            moved.append(len(dead))
+            if len(dead) == 0:
+                continue
+            rows = torch.randperm(len(residuals), generator=generator)[: len(dead)]
+            if len(rows) < len(dead):
+                rows = torch.randint(len(residuals), (len(dead),), generator=generator)
+            self.codebooks.data[level, dead] = residuals[rows, level].to(self.codebooks.dtype)
+            for moment in ("exp_avg", "exp_avg_sq"):
+                if moment in state:
+                    state[moment][level, dead] = 0.0
+        return moved
 
 
 class RQVAE(nn.Module):
@@ -126,8 +158,9 @@ class RQVAE(nn.Module):
 
     def forward(self, semantic_emb, use_sinkhorn=True):
         z = self.encoder(semantic_emb)  # [B, d]
-        z_hat, codes, quant_loss, picked = self.quantizer(z, use_sinkhorn)
-        return {"z": z, "z_hat": z_hat, "codes": codes, "quant_loss": quant_loss, "picked": picked, "s_hat": self.decoder(z_hat)}
+        z_hat, codes, quant_loss, picked, residuals = self.quantizer(z, use_sinkhorn)
+        return {"z": z, "z_hat": z_hat, "codes": codes, "quant_loss": quant_loss, "picked": picked,
+                "residuals": residuals, "s_hat": self.decoder(z_hat)}  # fmt: skip
 
     @torch.no_grad()
     def encode_codes(self, semantic_emb, use_sinkhorn=False, batch_size=4096):

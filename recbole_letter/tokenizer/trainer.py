@@ -36,7 +36,8 @@ TOKENIZER_KEYS = (
     "alpha", "beta", "div_num_clusters", "div_cluster_size_min", "div_cluster_size_max", "div_cluster_interval",
     "sinkhorn_epsilon", "sinkhorn_iters", "tokenizer_epochs", "tokenizer_lr", "tokenizer_weight_decay",
     "tokenizer_lr_scheduler", "tokenizer_batch_size", "tokenizer_init_samples", "tokenizer_eval_interval",
-    "tokenizer_stop_collision_rate", "max_resolve_rounds",
+    "tokenizer_stop_collision_rate", "max_resolve_rounds", "tokenizer_reseed_dead_codes",
+    "tokenizer_warmup_ratio",
 )  # fmt: skip
 CF_KEYS = ("cf_loss_type", "cf_hidden_size", "cf_inner_size", "cf_n_layers", "cf_n_heads", "cf_dropout_prob",
            "cf_epochs", "cf_learning_rate", "cf_batch_size", "MAX_ITEM_LIST_LENGTH")  # fmt: skip
@@ -152,12 +153,16 @@ def train_tokenizer(config, semantic_emb, cf_emb, show_progress=True):
     optimizer = torch.optim.AdamW(model.parameters(), lr=float(config["tokenizer_lr"]),
                                   weight_decay=float(config["tokenizer_weight_decay"]))  # fmt: skip
     steps_per_epoch = (n_items + batch_size - 1) // batch_size
-    scheduler = _scheduler(optimizer, config["tokenizer_lr_scheduler"], epochs * steps_per_epoch)
+    warmup_steps = int(float(config["tokenizer_warmup_ratio"] or 0.0) * epochs * steps_per_epoch)
+    scheduler = _scheduler(optimizer, config["tokenizer_lr_scheduler"], epochs * steps_per_epoch, warmup_steps)
     eval_interval = max(1, int(config["tokenizer_eval_interval"]))
     stop_rate = config["tokenizer_stop_collision_rate"]
     cluster_interval = max(1, int(config["div_cluster_interval"]))
     history = {"epoch": [], "loss": [], "collision_rate": [], "seconds_forward_backward": 0.0,
                "seconds_clustering": 0.0, "seconds_sinkhorn": 0.0, "seconds_eval": 0.0, "epochs_run": 0}  # fmt: skip
+    reseed = bool(config["tokenizer_reseed_dead_codes"])
+    n_levels, n_codes = int(config["num_levels"]), int(config["codebook_size"])
+    history["codes_reseeded"] = []
     best_rate, best_state, clusters = float("inf"), None, None
     progress = tqdm(range(epochs), desc="LETTER tokenizer", disable=not show_progress, leave=False)
     for epoch in progress:
@@ -169,6 +174,7 @@ def train_tokenizer(config, semantic_emb, cf_emb, show_progress=True):
             history["seconds_clustering"] += time.perf_counter() - start
         start, sinkhorn_before = time.perf_counter(), model.quantizer.sinkhorn_seconds
         order, epoch_loss = torch.randperm(n_items, generator=generator), 0.0
+        counts = torch.zeros(n_levels, n_codes, dtype=torch.long)  # [L, N] picks this epoch
         for first in range(0, n_items, batch_size):
             rows = order[first : first + batch_size]
             out = model(semantic[rows], use_sinkhorn=True)
@@ -182,6 +188,10 @@ def train_tokenizer(config, semantic_emb, cf_emb, show_progress=True):
             optimizer.step()
             scheduler.step()
             epoch_loss += loss.item() * len(rows)
+            if reseed:
+                counts += torch.stack([torch.bincount(c, minlength=n_codes) for c in out["codes"].T])
+        if reseed and epoch + 1 < epochs:
+            history["codes_reseeded"].append(model.quantizer.reseed_dead_codes(counts, out["residuals"], generator, optimizer))
         sinkhorn = model.quantizer.sinkhorn_seconds - sinkhorn_before
         history["seconds_sinkhorn"] += sinkhorn
         history["seconds_forward_backward"] += time.perf_counter() - start - sinkhorn
@@ -207,14 +217,21 @@ def train_tokenizer(config, semantic_emb, cf_emb, show_progress=True):
     return model, history
 
 
-def _scheduler(optimizer, name, total_steps):
-    if name in (None, "constant", "none"):
-        return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 1.0)
-    if name == "cosine":
-        return torch.optim.lr_scheduler.LambdaLR(
-            optimizer, lambda step: 0.5 * (1.0 + np.cos(np.pi * min(step, total_steps) / max(total_steps, 1)))
-        )
-    raise ValueError(f"tokenizer_lr_scheduler must be constant or cosine, got {name!r}")
+def _scheduler(optimizer, name, total_steps, warmup_steps=0):
+    """Per-step multiplier of the learning rate: linear warm-up over ``warmup_steps``, then constant or cosine to 0."""
+    if name not in (None, "constant", "none", "cosine"):
+        raise ValueError(f"tokenizer_lr_scheduler must be constant or cosine, got {name!r}")
+    cosine = name == "cosine"
+
+    def factor(step):
+        if step < warmup_steps:
+            return (step + 1) / warmup_steps
+        if not cosine:
+            return 1.0
+        progress = min(step - warmup_steps, total_steps - warmup_steps) / max(total_steps - warmup_steps, 1)
+        return 0.5 * (1.0 + np.cos(np.pi * progress))
+
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
 
 
 # ---- codes -----------------------------------------------------------------------------------
