@@ -194,3 +194,67 @@ def sweep(dataset, param, values=None, config_files=None, overrides=None, out_di
     fig.savefig(Path(out_dir) / f"{name}.png", dpi=120)
     plt.close(fig)
     return markdown
+
+
+CODES_VARIANTS = {  # paper Fig. 6 / Tables 3-4: label -> (model whose tokenizer settings apply, overrides)
+    "TIGER": ("TIGER", {}),
+    "TIGER w/ d.r.": ("LETTER_TIGER", {"alpha": 0.0}),
+    "TIGER w/ c.r.": ("LETTER_TIGER", {"beta": 0.0}),
+    "LETTER": ("LETTER_TIGER", {}),
+}
+
+
+def codes(dataset, config_files=None, overrides=None, out_dir="results", quick=False):
+    """Paper Fig. 6 (level-1 code assignment, groups of 15 codes) and Tables 3-4 from tokenizer reports.
+
+    Each variant trains (or reuses from the tokenizer cache) its tokenizer via ``--tokenize_only``; the
+    rows of the table are the report's quality figures, with the paper's Table 3/4 values beside them.
+    """
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from recbole_letter.paper import TABLE3, TABLE4
+
+    overrides = {**(QUICK_OVERRIDES if quick else {}), **(overrides or {}), "tokenize_only": True}
+    runs_dir = Path(out_dir) / "runs" / ("quick" if quick else "full") / dataset
+    reports, rows = {}, []
+    for label, (model, variant) in CODES_VARIANTS.items():
+        report = run_cached(f"codes {label}", model, dataset, config_files, {**overrides, **variant}, runs_dir)
+        report = report["tokenizer_report"]
+        reports[label] = report
+        ranking = (report.get("zhat_ranking") or {}).get("z_hat") or {}
+        rows.append({
+            "tokenizer": label,
+            "collision before": report["collision_rate_before"],
+            "collision final": report["collision_rate_after"],
+            "L1 codes used": report["codes_used_per_level"][0],
+            "L1 entropy (bits)": report["entropy_per_level"][0],
+            "CF-neighbour overlap": report["cf_neighbour_code_overlap"],
+            "paper overlap": TABLE4.get(dataset, {}).get(label),
+            "z_hat R@10": ranking.get("recall@10"),
+            "paper z_hat R@10": TABLE3.get(dataset, {}).get(label, (None,) * 4)[1],
+            "z_hat N@10": ranking.get("ndcg@10"),
+        })  # fmt: skip
+    table = pd.DataFrame(rows)
+    name = f"codes-{dataset}"
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    markdown = table.to_markdown(index=False, floatfmt=".4f")
+    _atomic_write(out / f"{name}.md", markdown + "\n")
+    _atomic_write(out / f"{name}.csv", table.to_csv(index=False))
+    _atomic_write(out / f"{name}.json", json.dumps(reports, indent=2, default=float))
+    fig, axes = plt.subplots(1, 2, figsize=(10, 3.2), sharey=True)
+    for ax, pair in zip(axes, (("TIGER", "TIGER w/ d.r."), ("TIGER w/ c.r.", "LETTER"))):
+        for offset, label in zip((-0.2, 0.2), pair):
+            counts = reports[label]["level1_group_counts"]
+            ax.bar([i + offset for i in range(len(counts))], counts, width=0.4, label=label)
+        ax.set_xlabel("level-1 codes sorted by frequency, groups of 15")
+        ax.legend()
+    axes[0].set_ylabel("items")
+    fig.suptitle(f"Level-1 code assignment on {dataset} (paper Fig. 6)")
+    fig.tight_layout()
+    fig.savefig(out / f"{name}-fig6.png", dpi=120)
+    plt.close(fig)
+    return markdown

@@ -141,7 +141,7 @@ def test_training_changes_lora_and_only_allowed_rows(lc_config, freeze):
 
 def test_loss_only_on_response_tokens(lc_config):
     name, cfg = lc_config
-    _, model, train_data, _ = _build(LETTER_LC_Rec, name, cfg)
+    _, model, train_data, _ = _build(LETTER_LC_Rec, name, {**cfg, "tau": 1.0})
     model.eval()  # the fixed test prompt, no dropout: both losses see identical inputs
     batch = _first_batch(train_data)
     seq, seq_len = batch[model.ITEM_SEQ], batch[model.ITEM_SEQ_LEN]
