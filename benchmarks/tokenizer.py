@@ -56,6 +56,9 @@ def main():
 
     semantic_emb, seconds = trainer.load_or_compute_semantic_emb(config, dataset, keys["semantic"])
     print(f"(a) text embeddings {semantic_emb.shape}: {seconds:.1f} s" + (" (cached)" if seconds == 0 else ""))
+    identical = 1.0 - len(np.unique(semantic_emb[1:], axis=0)) / (len(semantic_emb) - 1)
+    print(f"    items whose text embedding equals another item's: collision floor {identical:.4%} "
+          "(the encoder sees only the text, so no tokenizer can separate them before resolution)")
     cf_emb, cf_model, seconds = trainer.load_or_train_cf(config, dataset, keys["cf"])
     print(f"(b) CF table {cf_emb.shape} ({config['cf_epochs']} SASRec epochs): {seconds:.1f} s" + (" (cached)" if seconds == 0 else ""))
 
