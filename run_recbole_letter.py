@@ -4,6 +4,7 @@
     python run_recbole_letter.py --model=SASRec,LightGCN,BPR --dataset=ml-100k
     python run_recbole_letter.py --model=LETTER_TIGER --dataset=ml-100k --tokenize_only=True
     python run_recbole_letter.py --model=BPR --dataset=ml-100k --nproc=2
+    python run_recbole_letter.py --checkpoint=saved/SASRec-....pth      # evaluate a saved run, no training
     python run_recbole_letter.py --benchmark=table1 --dataset=Beauty --data_path=../shared/data [--quick]
     python run_recbole_letter.py --benchmark=ablation|codes --dataset=Beauty ...
     python run_recbole_letter.py --benchmark=sweep --param=tau --dataset=Beauty ...
@@ -74,6 +75,7 @@ def main(argv=None):
     parser.add_argument("--param", default=None, help="--benchmark=sweep: tau|alpha|beta|num_levels|codebook_size")
     parser.add_argument("--values", default=None, help="--benchmark=sweep: comma list (default: the paper's range)")
     parser.add_argument("--quick", action="store_true", help="--benchmark: token epochs and sizes (smoke test)")
+    parser.add_argument("--checkpoint", default=None, help="evaluate this saved checkpoint (valid + test), no training")
     args, unknown = parser.parse_known_args(argv)
     try:
         from recbole_letter import quick_start
@@ -86,9 +88,10 @@ def main(argv=None):
             print(run_benchmark(args, config_files, overrides, models))
             print(f"written under {args.results_dir}/")
             return 0
-        results = []
-        for model in models or ["LETTER_TIGER"]:
-            results.append(quick_start.run(model, args.dataset, config_files, overrides))
+        if args.checkpoint:
+            results = [quick_start.evaluate_checkpoint(args.checkpoint, overrides)]
+        else:
+            results = [quick_start.run(m, args.dataset, config_files, overrides) for m in models or ["LETTER_TIGER"]]
     except (ValueError, FileNotFoundError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2

@@ -218,6 +218,35 @@ def run(model, dataset, config_files=None, config_dict=None, saved=True):
     return None if queue.empty() else queue.get()
 
 
+def evaluate_checkpoint(path, config_dict=None):
+    """Evaluate a checkpoint written by a run (valid and test) without training.
+
+    The checkpoint carries its config; ``config_dict`` overrides keys of it (e.g. ``eval_batch_size``).
+    Useful after a run was stopped: its best-so-far checkpoint is in ``checkpoint_dir``.
+    """
+    from recbole_letter.trainer import load_checkpoint
+
+    checkpoint = load_checkpoint(path)
+    config = checkpoint["config"]
+    for key, value in (config_dict or {}).items():
+        config[key] = value
+    init_seed(config["seed"], config["reproducibility"])
+    init_logger(config)
+    train_data, valid_data, test_data = data_preparation(config, create_dataset(config))
+    model = get_model_class(config["model"])(config, train_data.dataset).to(config["device"])
+    trainer = build_trainer(config, model)
+    valid_result = trainer.evaluate(valid_data, model_file=path, show_progress=config["show_progress"])
+    test_result = trainer.evaluate(test_data, model_file=path, show_progress=config["show_progress"])
+    return {
+        "model": config["model"],
+        "dataset": config["dataset"],
+        "best_valid_result": _as_floats(valid_result),
+        "test_result": _as_floats(test_result),
+        "epochs": checkpoint["epoch"] + 1,
+        "checkpoint": path,
+    }
+
+
 def run_models(models, dataset, config_files=None, config_dict=None, saved=True):
     """Run each model on the same split (same dataset, filters and seed); a list of result dicts."""
     return [run(model, dataset, config_files, config_dict, saved) for model in models]

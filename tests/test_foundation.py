@@ -51,6 +51,8 @@ def test_baseline_trains_evaluates_and_reloads(model, tiny_dataset):
     checkpoint = load_checkpoint(result["checkpoint"])
     assert checkpoint["config"]["model"] == get_model_class(model).__name__
     assert any(torch.is_tensor(t) and t.numel() > 0 for t in checkpoint["state_dict"].values())
+    # evaluating the saved checkpoint alone gives the run's own test figures back
+    assert quick_start.evaluate_checkpoint(result["checkpoint"])["test_result"] == result["test_result"]
 
 
 def test_same_split_for_every_model(tiny_dataset):
