@@ -1,11 +1,12 @@
 """Several models, one dataset, one split -> a side-by-side table (markdown, CSV) and JSON."""
 
 import json
-import os
 import time
 from pathlib import Path
 
 import pandas as pd
+
+from recbole_letter.data.atomic_files import atomic_open
 
 METRIC_ORDER = ["recall@5", "recall@10", "ndcg@5", "ndcg@10"]
 
@@ -25,22 +26,13 @@ def results_table(results):
 
 
 def _atomic_write(path, text):
-    tmp = f"{path}.tmp"
-    with open(tmp, "w", encoding="utf-8") as f:
+    with atomic_open(path) as f:  # a crash leaves the old file or none, never half a table
         f.write(text)
-    os.replace(tmp, path)
 
 
 def write_results(results, out_dir, name):
     """Write ``<name>.md``, ``<name>.csv`` and ``<name>.json`` under ``out_dir``; returns the markdown."""
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    table = results_table(results)
-    markdown = table.to_markdown(index=False, floatfmt=".4f")
-    _atomic_write(out_dir / f"{name}.md", markdown + "\n")
-    _atomic_write(out_dir / f"{name}.csv", table.to_csv(index=False))
-    _atomic_write(out_dir / f"{name}.json", json.dumps(results, indent=2))
-    return markdown
+    return _write_table(results_table(results), out_dir, name, results)
 
 
 # ---- paper reproductions: one command each, resumable ----------------------------------------
@@ -111,7 +103,7 @@ def run_cached(label, model, dataset, config_files, overrides, runs_dir):
     return result
 
 
-def _with_paper(table, dataset, paper_rows, metrics):
+def _with_paper(table, paper_rows, metrics):
     """Add ``paper <metric>`` columns from ``paper_rows[label]`` where the paper has the row."""
     for i, metric in enumerate(metrics):
         table[f"paper {metric}"] = [paper_rows.get(label, (None,) * len(metrics))[i] for label in table["model"]]
@@ -146,7 +138,7 @@ def table1(dataset, config_files=None, overrides=None, out_dir="results", models
     models = models or TABLE1_MODELS + (LLM_MODELS if overrides.get("llm_path") else [])
     runs_dir = Path(out_dir) / "runs" / ("quick" if quick else "full") / dataset
     results = [run_cached(m, m, dataset, config_files, overrides, runs_dir) for m in models]
-    table = _with_paper(_test_rows(results, models), dataset, TABLE1.get(dataset, {}), METRIC_ORDER)
+    table = _with_paper(_test_rows(results, models), TABLE1.get(dataset, {}), METRIC_ORDER)
     return _write_table(table, out_dir, f"table1-{dataset}", results)
 
 
@@ -161,7 +153,7 @@ def ablation(dataset, config_files=None, overrides=None, out_dir="results", quic
         for label, (model, variant) in ABLATION_VARIANTS.items()
     ]
     table = _test_rows(results, list(ABLATION_VARIANTS))
-    table = _with_paper(table, dataset, TABLE2.get(dataset, {}), ["recall@10", "ndcg@10"])
+    table = _with_paper(table, TABLE2.get(dataset, {}), ["recall@10", "ndcg@10"])
     return _write_table(table, out_dir, f"ablation-{dataset}", results)
 
 
@@ -239,12 +231,8 @@ def codes(dataset, config_files=None, overrides=None, out_dir="results", quick=F
         })  # fmt: skip
     table = pd.DataFrame(rows)
     name = f"codes-{dataset}"
+    markdown = _write_table(table, out_dir, name, reports)
     out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    markdown = table.to_markdown(index=False, floatfmt=".4f")
-    _atomic_write(out / f"{name}.md", markdown + "\n")
-    _atomic_write(out / f"{name}.csv", table.to_csv(index=False))
-    _atomic_write(out / f"{name}.json", json.dumps(reports, indent=2, default=float))
     fig, axes = plt.subplots(1, 2, figsize=(10, 3.2), sharey=True)
     for ax, pair in zip(axes, (("TIGER", "TIGER w/ d.r."), ("TIGER w/ c.r.", "LETTER"))):
         for offset, label in zip((-0.2, 0.2), pair):
