@@ -100,9 +100,10 @@ def main(argv=None):
         return 0
     if len(results) == 1:
         print_single(results[0])
-    markdown = write_results(results, args.results_dir, args.dataset)
+    dataset = results[0]["dataset"]  # with --checkpoint: the checkpoint's own dataset
+    markdown = write_results(results, args.results_dir, dataset)
     print(markdown)
-    print(f"results written to {args.results_dir}/{args.dataset}.{{md,csv,json}}")
+    print(f"results written to {args.results_dir}/{dataset}.{{md,csv,json}}")
     return 0
 
 

@@ -4,7 +4,8 @@ Each fix is applied once, at ``import recbole_letter``, and touches only what Re
 
 * numpy 2 removed ``np.float_`` / ``np.complex_`` / ``np.unicode_``; ``Config.compatibility_settings``
   assigns ``np.float = np.float_`` (and friends) and so raises on every ``Config(...)``. We restore the
-  three removed aliases; RecBole then sets ``np.float`` etc. itself, which its metrics need.
+  three removed aliases, then run RecBole's own ``compatibility_settings`` once at import: its metrics
+  need ``np.float``, and a ``Config`` unpickled from a checkpoint never runs it.
 * scipy >= 1.12 dropped ``dok_matrix._update``, which LightGCN / NGCF / NCL call to fill their
   adjacency matrix. We give it back as a plain dict update (what it was).
 * ``recbole.model.sequential_recommender.sine`` turns autograd anomaly detection on for the whole
@@ -32,6 +33,11 @@ def apply():
     for old, new in (("float_", np.float64), ("complex_", np.complex128), ("unicode_", np.str_)):
         if not hasattr(np, old):
             setattr(np, old, new)
+    from recbole.config import Config
+
+    # RecBole sets np.float etc. (used by its metrics) only inside Config(...); a Config unpickled from a
+    # checkpoint never runs it, so set them now, with RecBole's own code.
+    Config.compatibility_settings(None)
     if not hasattr(sp.dok_matrix, "_update"):
         sp.dok_matrix._update = lambda self, data: self._dict.update(data)
     import recbole.model.sequential_recommender  # noqa: F401  (imports sine.py)

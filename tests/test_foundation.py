@@ -107,6 +107,15 @@ def test_cli_several_models_writes_table(tiny_data_path, tmp_path):
     assert [r["model"] for r in rows] == ["BPR", "Caser"]
     csv = (out / "ml-tiny.csv").read_text().splitlines()
     assert csv[0].startswith("model,") and len(csv) == 3
+    # a fresh process evaluates a saved checkpoint alone and gets the run's test figures back
+    proc = subprocess.run(
+        [sys.executable, str(REPO / "run_recbole_letter.py"), f"--checkpoint={rows[0]['checkpoint']}",
+         "--state=WARNING", f"--results_dir={tmp_path / 'again'}"],
+        capture_output=True, text=True, timeout=300,
+    )
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    again = json.loads((tmp_path / "again" / "ml-tiny.json").read_text())
+    assert again[0]["test_result"] == rows[0]["test_result"]
 
 
 def free_port():
