@@ -15,7 +15,6 @@ from recbole_letter.data import (
     convert_amazon2018,
     convert_letter_json,
     convert_yelp,
-    item_text,
 )
 from recbole_letter.data import atomic_files
 from recbole_letter.data.__main__ import main
@@ -55,12 +54,6 @@ def json_lines(records):
 )
 def test_clean_text(raw, clean):
     assert clean_text(raw) == clean
-
-
-def test_item_text_skips_empty_fields():
-    fields = {"title": "OPI Red", "brand": "", "categories": "Beauty, Nails"}
-    assert item_text(fields, ["title", "brand", "categories"]) == "title: OPI Red; categories: Beauty, Nails"
-    assert item_text(fields, ["title", "categories"], with_field_names=False) == "OPI Red. Beauty, Nails"
 
 
 # ---- LETTER / LC-Rec JSON ----------------------------------------------------------------------
@@ -365,7 +358,7 @@ def test_recbole_loads_converted_text(tmp_path):
     from recbole.config import Config
     from recbole.data import create_dataset
 
-    from recbole_letter.data import item_texts_from_dataset
+    from recbole_letter.tokenizer.text_encoder import item_texts
 
     raw = tmp_path / "raw"
     raw.mkdir()
@@ -380,17 +373,15 @@ def test_recbole_loads_converted_text(tmp_path):
     })
     dataset = create_dataset(config)
     assert (dataset.user_num, dataset.item_num, dataset.inter_num) == (3, 3, 4)  # + padding ids
-    texts = item_texts_from_dataset(dataset, ["title", "description", "categories"])
-    by_raw = dict(zip(dataset.field2id_token["item_id"][1:], texts[1:]))
-    assert texts[0] == ""
-    assert by_raw == {
-        "0": "title: Lip ''Gloss'' & Balm; description: Soft and shiny; categories: Beauty, Makeup, Lips",
-        "1": "title: Nail Polish",
-    }
-    dataset.build()  # item features become an Interaction: same texts
-    assert item_texts_from_dataset(dataset, ["title", "description", "categories"]) == texts
-    with pytest.raises(ValueError, match=r"text field\(s\) \['brand'\] not loaded"):
-        item_texts_from_dataset(dataset, ["title", "brand"])
+    dataset.build()  # item features become an Interaction, as the tokenizer sees them
+    titles, descriptions, categories = item_texts(dataset, ["title", "description", "categories"])
+    tokens = dataset.field2id_token["item_id"]
+    by_raw = {tokens[i]: (titles[i], descriptions[i], categories[i]) for i in range(1, dataset.item_num)}
+    assert (titles[0], descriptions[0], categories[0]) == ("", "", "")
+    # the cleaned text comes back exactly
+    assert by_raw == {"0": ("Lip ''Gloss'' & Balm", "Soft and shiny", "Beauty, Makeup, Lips"), "1": ("Nail Polish", "", "")}
+    with pytest.raises(ValueError, match="text field 'brand' is not loaded"):
+        item_texts(dataset, ["title", "brand"])
 
 
 # ---- command line ------------------------------------------------------------------------------

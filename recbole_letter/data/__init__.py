@@ -8,7 +8,7 @@ Command line: ``python -m recbole_letter.data convert --format=... --input=... -
 from recbole_letter.data.amazon import convert_amazon2014, convert_amazon2018
 from recbole_letter.data.atomic_files import ConversionError, DatasetStats
 from recbole_letter.data.letter_json import convert_letter_json
-from recbole_letter.data.text import clean_text, item_text, item_texts_from_dataset
+from recbole_letter.data.text import clean_text
 from recbole_letter.data.yelp import convert_yelp
 
 CONVERTERS = {
@@ -38,6 +38,4 @@ __all__ = [
     "convert_amazon2018",
     "convert_letter_json",
     "convert_yelp",
-    "item_text",
-    "item_texts_from_dataset",
 ]
