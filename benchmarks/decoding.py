@@ -153,15 +153,16 @@ def main():
     config, _, train_data, _, test_data = prepare("LETTER_TIGER", args.dataset, config_dict=config_dict)
     from recbole_letter.model.letter_tiger import LETTER_TIGER
 
-    model = LETTER_TIGER(config, train_data.dataset)
+    device = config["device"]  # a GPU where RecBole finds one
+    model = LETTER_TIGER(config, train_data.dataset).to(device)
     if args.checkpoint:
         from recbole_letter.trainer import load_checkpoint
 
-        model.load_state_dict(load_checkpoint(args.checkpoint)["state_dict"])
+        model.load_state_dict(load_checkpoint(args.checkpoint, device)["state_dict"])
     model.eval()
-    print(f"data + model: {time.perf_counter() - t0:.1f} s; items {model.n_items - 1}, tokens/item {model.code_len}, "
+    print(f"data + model: {time.perf_counter() - t0:.1f} s on {device}; items {model.n_items - 1}, tokens/item {model.code_len}, "
           f"vocab {model.vocab_size}, torch threads {torch.get_num_threads()}")
-    item_seq, item_seq_len = test_histories(model, test_data, args.users)
+    item_seq, item_seq_len = (t.to(device) for t in test_histories(model, test_data, args.users))
     n_release = min(args.release_users, len(item_seq))
 
     # interleaved rounds (ours on a chunk, then the release on a smaller chunk at each batch size) so
@@ -179,6 +180,8 @@ def main():
             ours_rows, release_rows = torch.from_numpy(ours_rows), torch.from_numpy(release_rows)
             start = time.perf_counter()
             ids, scores = model.generate_items(item_seq[ours_rows], item_seq_len[ours_rows])
+            if device.type == "cuda":
+                torch.cuda.synchronize()
             ours_seconds += time.perf_counter() - start
             ours.append(ids)
             our_scores.append(scores)

@@ -44,6 +44,11 @@ def test_index_json_maps_raw_tokens_to_internal_ids(tiny_dataset, tmp_path):
     assert item_codes.n_items == dataset.item_num and (item_codes.codes[0] == PAD_CODE).all()
     internal = dataset.token2id(dataset.iid_field, tokens[5])
     assert [f"<{c}_{v}>" for c, v in zip("abc", item_codes.codes[internal])] == index[tokens[5]]
+    # written back in the same layout: same keys (every dataset item), same code tokens
+    item_codes.to_index_json(tmp_path / "back.index.json", dataset)
+    back = json.loads((tmp_path / "back.index.json").read_text())
+    assert back == {tok: index[tok] for tok in tokens}
+    assert np.array_equal(ItemCodes.from_index_json(tmp_path / "back.index.json", dataset).codes, item_codes.codes)
     del index[tokens[0]]
     path.write_text(json.dumps(index))
     with pytest.raises(ValueError, match="1 items of the dataset have no code"):

@@ -154,13 +154,18 @@ def test_loss_only_on_response_tokens(lc_config):
     assert (labels[:, :-n_targets] == -100).all()
     assert (~mask).any(), "rows of different history length must be left-padded"
     assert (mask[:, :-1] <= mask[:, 1:]).all()  # padding only on the left
-    # HF's own loss over these labels == our ranking loss at tau 1; tau changes it
+    # HF's own loss over these labels (one left-padded batch) == our ranking loss at tau 1, also when
+    # the batch runs as sub-batches of similar history length (length_buckets); tau changes it
+    assert model.length_buckets == 8
     with torch.no_grad():
         hf_loss = model.lm(**parts).loss
         ours = model.calculate_loss(batch)
+        model.length_buckets = 1
+        whole = model.calculate_loss(batch)
         model.tau = 0.5
         sharper = model.calculate_loss(batch)
-    assert torch.allclose(hf_loss, ours, atol=1e-5) and not torch.allclose(ours, sharper)
+    assert torch.allclose(hf_loss, ours, atol=1e-5) and torch.allclose(hf_loss, whole, atol=1e-5)
+    assert not torch.allclose(ours, sharper)
     # the prompt lists each history item's code tokens, oldest first, and nothing of padding items
     row = int(seq_len.argmax())
     prompt = model.tokenizer.convert_ids_to_tokens(parts["input_ids"][row][mask[row]][:-n_targets].tolist())

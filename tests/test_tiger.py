@@ -175,3 +175,30 @@ def test_tiger_config_and_bad_beam(tiny_data_path, tmp_path):
 
     with pytest.raises(ValueError, match="beam_size"):
         TIGER(config, train_data.dataset)
+
+
+@pytest.mark.parametrize("buckets", [3, 8])
+def test_length_buckets_give_the_same_loss_and_gradients(trained_tiger, buckets):
+    config, train_data, _, trainer, _ = trained_tiger
+    model = trainer.model.eval()  # no dropout: both paths see identical networks
+    batch = next(iter(train_data))
+    lengths = batch[model.ITEM_SEQ_LEN]
+    assert lengths.min() < lengths.max()  # histories of different lengths: buckets trim differently
+
+    def loss_and_grads(n_buckets):
+        model.length_buckets = n_buckets
+        model.zero_grad()
+        loss = model.calculate_loss(batch)
+        loss.backward()
+        return loss.detach(), [p.grad.clone() for p in model.parameters() if p.grad is not None]
+
+    try:
+        whole, whole_grads = loss_and_grads(1)
+        split, split_grads = loss_and_grads(buckets)
+    finally:
+        model.length_buckets = config["length_buckets"]
+        model.zero_grad()
+    torch.testing.assert_close(split, whole, rtol=1e-5, atol=1e-6)
+    assert len(split_grads) == len(whole_grads) > 0
+    for a, b in zip(split_grads, whole_grads):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-6)

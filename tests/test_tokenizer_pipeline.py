@@ -111,6 +111,10 @@ def test_tokenize_only_writes_report(tiny, capsys):
     assert sum(saved["level1_group_counts"]) == saved["n_items"]
     assert set(saved["zhat_ranking"]["z_hat"]) == {"recall@5", "recall@10", "ndcg@5", "ndcg@10"}
     assert all(os.path.isfile(p) for p in saved["plots"].values())
+    # the final codes, exported in the release's layout, read back as item_codes_file give the same table
+    assert report["index_json"] in printed
+    exported = ItemCodes.from_index_json(report["index_json"], dataset)
+    assert np.array_equal(exported.codes, trainer.load_or_train_item_codes(config, dataset).codes)
 
 
 def test_report_for_released_index_json(tiny, tmp_path):

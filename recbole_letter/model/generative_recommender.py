@@ -31,8 +31,10 @@ pad = 0, eos = 1, codes from 2 (``vocab_size`` = 2 + sum of codebook sizes). ``s
 ``first_code_token + sum(codebook_sizes)``: the smallest vocabulary holding every code token.
 
 Config keys read here: ``tau`` (loss temperature), ``beam_size`` (>= max ``topk``),
-``beam_batch_size`` (users decoded at once in ``full_sort_predict``), ``item_codes_file`` and the
-tokenizer's keys (through ``get_item_codes``).
+``beam_batch_size`` (users decoded at once in ``full_sort_predict``), ``length_buckets`` (training
+batches run as this many sub-batches of similar history length, each padded only to its own longest
+history: the same loss and gradients for less padding), ``item_codes_file`` and the tokenizer's keys
+(through ``get_item_codes``).
 """
 
 import torch
@@ -57,12 +59,15 @@ class GenerativeRecommender(SequentialRecommender):
         self.tau = float(config["tau"] if config["tau"] is not None else 1.0)
         self.beam_size = int(config["beam_size"] or 20)
         self.beam_batch_size = int(config["beam_batch_size"] or 64)
+        self.length_buckets = int(config["length_buckets"] or 1)
         topk = config["topk"]
         max_topk = max(topk) if isinstance(topk, (list, tuple)) else int(topk or 0)
         if self.beam_size < max_topk:
             raise ValueError(f"beam_size ({self.beam_size}) must be >= the largest topk ({max_topk})")
         if self.tau <= 0:
             raise ValueError(f"tau must be > 0, got {self.tau}")
+        if self.length_buckets < 1:
+            raise ValueError(f"length_buckets must be >= 1, got {self.length_buckets}")
 
         self.item_codes = get_item_codes(config, dataset)  # the tokenizer hook (training split)
         if self.item_codes.n_items != self.n_items:
@@ -113,13 +118,20 @@ class GenerativeRecommender(SequentialRecommender):
         item_seq = interaction[self.ITEM_SEQ]
         item_seq_len = interaction[self.ITEM_SEQ_LEN]
         targets = self.item_code_tokens[interaction[self.POS_ITEM_ID]]  # [B, T]
-        logits = self.code_logits(item_seq, item_seq_len, targets)  # [B, T, V]
-        return self.ranking_loss(logits, targets)
+        if self.length_buckets == 1 or item_seq.shape[0] < 2 * self.length_buckets:
+            return self.ranking_loss(self.code_logits(item_seq, item_seq_len, targets), targets)
+        # sub-batches of similar history length: each is padded (trimmed) to its own longest history,
+        # and the token-mean over the whole batch is kept, so loss and gradients match one big batch
+        total = item_seq.new_zeros((), dtype=torch.float)
+        for rows in torch.argsort(item_seq_len).chunk(self.length_buckets):
+            logits = self.code_logits(item_seq[rows], item_seq_len[rows], targets[rows])
+            total = total + self.ranking_loss(logits, targets[rows], reduction="sum")
+        return total / (targets != self.pad_token_id).sum().clamp(min=1)
 
-    def ranking_loss(self, logits, targets):
+    def ranking_loss(self, logits, targets, reduction="mean"):
         """Cross-entropy of ``logits / tau`` over the whole vocabulary (``pad`` targets ignored)."""
         return F.cross_entropy((logits.float() / self.tau).flatten(0, 1), targets.flatten(),
-                               ignore_index=self.pad_token_id)
+                               ignore_index=self.pad_token_id, reduction=reduction)
 
     def sequence_log_likelihood(self, item_seq, item_seq_len, items):
         """``log p(item's tokens | history)`` for one item per user: ``[B]``; same scale as beam scores."""

@@ -107,3 +107,18 @@ class ItemCodes:
             raise ValueError(f"{path}: {len(missing)} items of the dataset have no code (e.g. {names})")
         sizes = None if codebook_size is None else [int(codebook_size)] * n_levels
         return cls(codes, sizes)
+
+    def to_index_json(self, path, dataset):
+        """Write the release's ``*.index.json`` layout (keys: the dataset's raw item tokens; level ``l``'s
+        code ``c`` as ``<{a+l}_{c}>``), which ``from_index_json`` and the LETTER / LC-Rec scripts read."""
+        if self.n_levels > 26:
+            raise ValueError(f"the index.json layout names at most 26 levels, these codes have {self.n_levels}")
+        if self.n_items != dataset.item_num:
+            raise ValueError(f"codes cover {self.n_items} items, the dataset has {dataset.item_num}")
+        tokens = dataset.id2token(dataset.iid_field, np.arange(1, self.n_items)).tolist()
+        index = {str(token): [f"<{chr(ord('a') + level)}_{code}>" for level, code in enumerate(row) if code >= 0]
+                 for token, row in zip(tokens, self.codes[1:].tolist())}
+        tmp = f"{path}.tmp"
+        with open(tmp, "w") as f:
+            json.dump(index, f)
+        os.replace(tmp, path)

@@ -319,7 +319,8 @@ def load_or_train_item_codes(config, dataset, return_artifacts=False):
 
 
 def tokenize_only(config, train_dataset, eval_data=None):
-    """Train (or reuse) the tokenizer, write its quality report, print the table and the JSON path.
+    """Train (or reuse) the tokenizer, write its quality report and the final codes as
+    ``<run_dir>/codes.index.json``, print the table and both paths.
 
     ``eval_data`` (optional): a RecBole full-sort eval loader (e.g. ``valid_data``) for the Table-3
     ranking check; without it the check ranks each user's last *training* target.
@@ -328,7 +329,10 @@ def tokenize_only(config, train_dataset, eval_data=None):
     from recbole_letter.tokenizer.report import tokenizer_report
 
     _, artifacts = load_or_train_item_codes(config, train_dataset, return_artifacts=True)
-    return tokenizer_report(
+    # the final codes in the release's layout, for item_codes_file or the LETTER / LC-Rec scripts
+    index_json = os.path.join(artifacts["run_dir"], "codes.index.json")
+    artifacts["final"].to_index_json(index_json, train_dataset)
+    report = tokenizer_report(
         train_dataset,
         before=artifacts["before"],
         resolved=artifacts["resolved"],
@@ -338,5 +342,8 @@ def tokenize_only(config, train_dataset, eval_data=None):
         cf_model=artifacts["cf_model"],
         eval_data=eval_data,
         out_dir=artifacts["run_dir"],
-        extra={"timings": artifacts["timings"], "history": artifacts["history"], "cache_keys": artifacts["keys"]},
+        extra={"timings": artifacts["timings"], "history": artifacts["history"], "cache_keys": artifacts["keys"],
+               "index_json": index_json},
     )
+    print(f"item codes (index.json, usable as item_codes_file): {index_json}")
+    return report

@@ -1,0 +1,187 @@
+"""Train several (model, dataset) runs side by side under one wall-clock deadline, then test each.
+
+    python benchmarks/budget_runs.py --deadline=480 --out=budget \\
+        "lt_instr:LETTER_TIGER:Instruments:item_codes_file=data/Instruments.index.json" \\
+        "sasrec_beauty:SASRec:Beauty"
+
+Made for a borrowed accelerator with a fixed time slot (a GPU lent for minutes), where a run must stop
+on time *and* still finish its learning-rate schedule. Each job (``label:MODEL:DATASET[:key=value,...]``,
+shipped configs plus those overrides) runs in its own process, all at once. Before training, a job
+times a few training steps and one validation batch on its real data (weights restored afterwards),
+estimates one epoch (training + validation), and sets ``epochs`` to what fits before the deadline,
+keeping time for the test evaluation; never more than the config's ``epochs``, so early stopping still
+applies. A cosine schedule then spans the epochs that will really run.
+
+Writes ``<out>/<label>.json`` (the result dict of ``quick_start.run`` plus the probe's figures) and
+``<out>/<label>.log`` per job, prints one markdown table at the end. Jobs that crash keep their log.
+"""
+
+import argparse
+import copy
+import json
+import os
+import subprocess
+import sys
+import time
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+RESERVE_FRACTION = 0.15  # the probe runs while the other jobs start: keep a margin for contention
+
+
+def parse_job(spec):
+    label, model, dataset, *rest = spec.split(":", 3)
+    overrides = {}
+    for item in (rest[0].split(",") if rest and rest[0] else []):
+        key, value = item.split("=", 1)
+        overrides[key] = _literal(value)
+    return label, model, dataset, overrides
+
+
+def _literal(value):
+    import yaml
+
+    return yaml.safe_load(value)
+
+
+def _sync(device):
+    import torch
+
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+
+
+def probe_epoch_seconds(config, model, train_data, valid_data, steps=8, warmup=3):
+    """Seconds of one training epoch and of one validation pass, from a few timed batches."""
+    import torch
+
+    device = config["device"]
+    state = copy.deepcopy(model.state_dict())
+    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-6)
+    model.train()
+    batches = iter(train_data)
+    times = []
+    for i in range(min(warmup + steps, len(train_data))):
+        interaction = next(batches).to(device)
+        _sync(device)
+        start = time.perf_counter()
+        optimizer.zero_grad()
+        losses = model.calculate_loss(interaction)
+        loss = sum(losses) if isinstance(losses, tuple) else losses
+        loss.backward()
+        optimizer.step()
+        _sync(device)
+        if i >= warmup:
+            times.append(time.perf_counter() - start)
+    model.load_state_dict(state)
+    train_epoch = (sum(times) / max(1, len(times))) * len(train_data)
+    model.eval()
+    with torch.no_grad():
+        batch = next(iter(valid_data))
+        interaction = batch[0].to(device)
+        _sync(device)
+        start = time.perf_counter()
+        model.full_sort_predict(interaction)
+        _sync(device)
+    valid_pass = (time.perf_counter() - start) * len(valid_data)
+    return train_epoch, valid_pass
+
+
+def plan_epochs(train_epoch, valid_pass, eval_step, test_pass, seconds_left, max_epochs,
+                reserve=RESERVE_FRACTION):
+    """Epochs that fit in ``seconds_left`` after the test pass, with a ``reserve`` share kept free;
+    at least 1, at most ``max_epochs``."""
+    epoch_seconds = train_epoch + valid_pass / max(1, eval_step)
+    fits = int((seconds_left - test_pass) * (1 - reserve) / max(epoch_seconds, 1e-9))
+    return max(1, min(int(max_epochs), fits))
+
+
+def run_job(label, model_name, dataset, overrides, deadline, out_dir):
+    """One job in this process: prepare, probe, size ``epochs``, train, test; writes ``<label>.json``."""
+    import torch
+
+    from recbole_letter.model import get_model_class
+    from recbole_letter.quick_start import build_trainer, prepare
+
+    if torch.cuda.is_available():
+        torch.backends.cuda.matmul.allow_tf32 = True
+        torch.backends.cudnn.allow_tf32 = True
+    overrides = {"show_progress": False, "state": "INFO", **overrides}
+    config, _, train_data, valid_data, test_data = prepare(model_name, dataset, config_dict=overrides)
+    model = get_model_class(model_name)(config, train_data.dataset).to(config["device"])
+    trainer = build_trainer(config, model)
+    train_epoch, valid_pass = probe_epoch_seconds(config, model, train_data, valid_data)
+    test_pass = valid_pass * len(test_data) / max(1, len(valid_data))
+    left = deadline - time.time()
+    epochs = plan_epochs(train_epoch, valid_pass, int(config["eval_step"] or 1), test_pass, left, config["epochs"])
+    trainer.epochs = config["epochs"] = epochs
+    print(f"[{label}] probe: train epoch {train_epoch:.1f}s, valid pass {valid_pass:.1f}s -> {epochs} epochs "
+          f"in {left:.0f}s (config allows {overrides.get('epochs', 'its own')})", flush=True)
+    start = time.perf_counter()
+    best_valid_score, best_valid_result = trainer.fit(train_data, valid_data, saved=True, show_progress=False)
+    train_seconds = time.perf_counter() - start
+    start = time.perf_counter()
+    test_result = trainer.evaluate(test_data, load_best_model=True)
+    result = {
+        "label": label, "model": model_name, "dataset": dataset, "overrides": overrides,
+        "device": str(config["device"]) + (f" ({torch.cuda.get_device_name()})" if torch.cuda.is_available() else ""),
+        "probe_train_epoch_s": train_epoch, "probe_valid_pass_s": valid_pass, "epochs_planned": epochs,
+        "epochs_run": len(trainer.train_loss_dict), "train_seconds": train_seconds,
+        "seconds_per_epoch": train_seconds / max(1, len(trainer.train_loss_dict)),
+        "test_seconds": time.perf_counter() - start,
+        "best_valid_result": {k: float(v) for k, v in best_valid_result.items()},
+        "test_result": {k: float(v) for k, v in test_result.items()},
+    }  # fmt: skip
+    with open(os.path.join(out_dir, f"{label}.json"), "w") as f:
+        json.dump(result, f, indent=2)
+    print(f"[{label}] test {result['test_result']}", flush=True)
+
+
+def table(out_dir, labels):
+    rows = ["| job | model | dataset | epochs | s/epoch | R@5 | R@10 | N@5 | N@10 |", "|---" * 9 + "|"]
+    for label in labels:
+        path = os.path.join(out_dir, f"{label}.json")
+        if not os.path.isfile(path):
+            rows.append(f"| {label} | (no result: see {label}.log) |||||||")
+            continue
+        r = json.load(open(path))
+        t = r["test_result"]
+        rows.append(f"| {label} | {r['model']} | {r['dataset']} | {r['epochs_run']}/{r['epochs_planned']} | "
+                    f"{r['seconds_per_epoch']:.1f} | {t['recall@5']:.4f} | {t['recall@10']:.4f} | "
+                    f"{t['ndcg@5']:.4f} | {t['ndcg@10']:.4f} |")  # fmt: skip
+    return "\n".join(rows)
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("jobs", nargs="+", help="label:MODEL:DATASET[:key=value,key=value]")
+    parser.add_argument("--deadline", type=float, required=True, help="seconds from now until every job must be done")
+    parser.add_argument("--out", default="budget_runs")
+    parser.add_argument("--single", action="store_true", help=argparse.SUPPRESS)  # one job, in this process
+    args = parser.parse_args()
+    os.makedirs(args.out, exist_ok=True)
+    if args.single:
+        run_job(*parse_job(args.jobs[0]), deadline=args.deadline, out_dir=args.out)
+        return
+    deadline = time.time() + args.deadline
+    labels, procs = [], []
+    for spec in args.jobs:
+        label = parse_job(spec)[0]
+        labels.append(label)
+        workdir = os.path.join(args.out, label)  # RecBole writes ./log and ./saved: one folder per job
+        os.makedirs(workdir, exist_ok=True)
+        log = open(os.path.join(args.out, f"{label}.log"), "w")
+        cmd = [sys.executable, os.path.abspath(__file__), "--single", f"--deadline={deadline}",
+               f"--out={os.path.abspath(args.out)}", spec]  # fmt: skip
+        procs.append(subprocess.Popen(cmd, cwd=workdir, stdout=log, stderr=subprocess.STDOUT))
+    for proc, label in zip(procs, labels):
+        try:
+            proc.wait(timeout=max(1.0, deadline + 30 - time.time()))
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            print(f"[{label}] killed at the deadline", flush=True)
+    print(table(args.out, labels))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,33 @@
+"""benchmarks/budget_runs.py: job specs and the epoch plan that keeps a run inside its deadline."""
+
+import importlib.util
+from pathlib import Path
+
+import pytest
+
+_spec = importlib.util.spec_from_file_location("budget_runs", Path(__file__).parents[1] / "benchmarks" / "budget_runs.py")
+budget_runs = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(budget_runs)
+
+
+def test_job_spec_overrides_are_typed():
+    label, model, dataset, overrides = budget_runs.parse_job(
+        "lt:LETTER_TIGER:Beauty:item_codes_file=/d/x.index.json,beam_batch_size=1024,tau=0.7,freeze=False,layers=[64]")
+    assert (label, model, dataset) == ("lt", "LETTER_TIGER", "Beauty")
+    assert overrides == {"item_codes_file": "/d/x.index.json", "beam_batch_size": 1024, "tau": 0.7, "freeze": False,
+                         "layers": [64]}
+    assert budget_runs.parse_job("s:SASRec:ml-100k")[3] == {}
+
+
+@pytest.mark.parametrize(
+    "args, expected",
+    [
+        ((10.0, 4.0, 1, 2.0, 1000.0, 200, 0.0), 71),  # (1000 - 2) / 14
+        ((10.0, 4.0, 2, 2.0, 1000.0, 200, 0.0), 83),  # validation every other epoch: (1000 - 2) / 12
+        ((10.0, 4.0, 1, 2.0, 1000.0, 200, 0.2), 57),  # a 20% margin
+        ((10.0, 4.0, 1, 2.0, 1000.0, 30, 0.0), 30),  # never more than the config's epochs
+        ((10.0, 4.0, 1, 2.0, 5.0, 200, 0.0), 1),  # at least one epoch
+    ],
+)
+def test_plan_epochs(args, expected):
+    assert budget_runs.plan_epochs(*args) == expected
