@@ -76,24 +76,30 @@ def probe_epoch_seconds(config, model, train_data, valid_data, steps=8, warmup=3
     model.load_state_dict(state)
     train_epoch = (sum(times) / max(1, len(times))) * len(train_data)
     model.eval()
-    with torch.no_grad():
-        batch = next(iter(valid_data))
-        interaction = batch[0].to(device)
-        _sync(device)
-        start = time.perf_counter()
-        model.full_sort_predict(interaction)
-        _sync(device)
-    valid_pass = (time.perf_counter() - start) * len(valid_data)
+    valid_times = []
+    with torch.no_grad():  # the first batch pays one-off costs (LightGCN's propagation, kernels): not timed
+        for i, batch in zip(range(4), valid_data):
+            interaction = batch[0].to(device)
+            _sync(device)
+            start = time.perf_counter()
+            model.full_sort_predict(interaction)
+            _sync(device)
+            if i or len(valid_data) == 1:
+                valid_times.append(time.perf_counter() - start)
+    valid_pass = sum(valid_times) / len(valid_times) * len(valid_data)
     return train_epoch, valid_pass
 
 
 def plan_epochs(train_epoch, valid_pass, eval_step, test_pass, seconds_left, max_epochs,
                 reserve=RESERVE_FRACTION):
-    """Epochs that fit in ``seconds_left`` after the test pass, with a ``reserve`` share kept free;
-    at least 1, at most ``max_epochs``."""
-    epoch_seconds = train_epoch + valid_pass / max(1, eval_step)
+    """Epochs that fit in ``seconds_left`` after the test pass, with a ``reserve`` share kept free: at
+    most ``max_epochs``, a multiple of ``eval_step`` and at least one ``eval_step``."""
+    eval_step = max(1, int(eval_step))
+    epoch_seconds = train_epoch + valid_pass / eval_step
     fits = int((seconds_left - test_pass) * (1 - reserve) / max(epoch_seconds, 1e-9))
-    return max(1, min(int(max_epochs), fits))
+    epochs = min(int(max_epochs), fits)
+    # end on a validated epoch: RecBole writes the best checkpoint only when it validates
+    return max(eval_step, epochs - epochs % eval_step)
 
 
 def run_job(label, model_name, dataset, overrides, deadline, out_dir):

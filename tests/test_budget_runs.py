@@ -23,7 +23,9 @@ def test_job_spec_overrides_are_typed():
     "args, expected",
     [
         ((10.0, 4.0, 1, 2.0, 1000.0, 200, 0.0), 71),  # (1000 - 2) / 14
-        ((10.0, 4.0, 2, 2.0, 1000.0, 200, 0.0), 83),  # validation every other epoch: (1000 - 2) / 12
+        ((10.0, 4.0, 2, 2.0, 1000.0, 200, 0.0), 82),  # validation every other epoch: (1000 - 2) / 12 = 83,
+        # cut to a validated epoch (82)
+        ((10.0, 4.0, 2, 2.0, 5.0, 200, 0.0), 2),  # never fewer than one eval_step: a checkpoint exists
         ((10.0, 4.0, 1, 2.0, 1000.0, 200, 0.2), 57),  # a 20% margin
         ((10.0, 4.0, 1, 2.0, 1000.0, 30, 0.0), 30),  # never more than the config's epochs
         ((10.0, 4.0, 1, 2.0, 5.0, 200, 0.0), 1),  # at least one epoch

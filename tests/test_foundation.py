@@ -65,6 +65,17 @@ def test_same_split_for_every_model(tiny_dataset):
     assert splits[0][1:] == splits[1][1:]
 
 
+@pytest.mark.parametrize("model", ["MF", "LightGCN"])
+def test_general_models_rank_many_users_per_eval_batch(model, tiny_dataset):
+    # RecBole puts eval_batch_size // n_items users in a full-ranking batch of a general model: the shipped
+    # value must not fall back to one user per batch on a catalogue the size of Beauty's (12,101 items)
+    name, cfg = tiny_dataset
+    cfg = {k: v for k, v in cfg.items() if k != "eval_batch_size"}  # the shipped value
+    config, _, _, valid, _ = quick_start.prepare(model, name, config_dict=cfg)
+    assert config["eval_batch_size"] // 12101 >= 64
+    assert valid.step == config["eval_batch_size"] // valid._dataset.item_num > 1
+
+
 @pytest.mark.parametrize(
     "model,dataset,message",
     [

@@ -202,3 +202,12 @@ def test_length_buckets_give_the_same_loss_and_gradients(trained_tiger, buckets)
     assert len(split_grads) == len(whole_grads) > 0
     for a, b in zip(split_grads, whole_grads):
         torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-6)
+
+
+def test_default_length_buckets_by_device(trained_tiger):
+    from recbole_letter.model.generative_recommender import GenerativeRecommender
+
+    assert GenerativeRecommender.default_length_buckets(torch.device("cpu")) == 8
+    assert GenerativeRecommender.default_length_buckets(torch.device("cuda", 0)) == 1  # no GPU needed to decide
+    config, _, _, trainer, _ = trained_tiger
+    assert config["length_buckets"] is None and trainer.model.length_buckets == 8  # shipped: ~ -> CPU value

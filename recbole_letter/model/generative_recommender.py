@@ -33,8 +33,8 @@ pad = 0, eos = 1, codes from 2 (``vocab_size`` = 2 + sum of codebook sizes). ``s
 Config keys read here: ``tau`` (loss temperature), ``beam_size`` (>= max ``topk``),
 ``beam_batch_size`` (users decoded at once in ``full_sort_predict``), ``length_buckets`` (training
 batches run as this many sub-batches of similar history length, each padded only to its own longest
-history: the same loss and gradients for less padding), ``item_codes_file`` and the tokenizer's keys
-(through ``get_item_codes``).
+history: the same loss and gradients for less padding; ``~`` = ``default_length_buckets``),
+``item_codes_file`` and the tokenizer's keys (through ``get_item_codes``).
 """
 
 import torch
@@ -59,7 +59,7 @@ class GenerativeRecommender(SequentialRecommender):
         self.tau = float(config["tau"] if config["tau"] is not None else 1.0)
         self.beam_size = int(config["beam_size"] or 20)
         self.beam_batch_size = int(config["beam_batch_size"] or 64)
-        self.length_buckets = int(config["length_buckets"] or 1)
+        self.length_buckets = int(config["length_buckets"] or self.default_length_buckets(config["device"]))
         topk = config["topk"]
         max_topk = max(topk) if isinstance(topk, (list, tuple)) else int(topk or 0)
         if self.beam_size < max_topk:
@@ -82,6 +82,12 @@ class GenerativeRecommender(SequentialRecommender):
         self.code_len = tokens.shape[1]  # T: tokens per item (codes, + eos when depths differ)
         self._trie = None
         self._trie_key = None
+
+    @staticmethod
+    def default_length_buckets(device):
+        """``length_buckets: ~``: 8 on a CPU (5.5x faster TIGER training on Beauty), 1 on a GPU, where the
+        padded batch is no slower (launch-bound: 1.01x at 4 buckets, 0.69x at 8 on an H200)."""
+        return 1 if device is not None and torch.device(device).type == "cuda" else 8
 
     # ---- token helpers --------------------------------------------------------------------------
     @property

