@@ -192,11 +192,12 @@ def test_length_buckets_give_the_same_loss_and_gradients(trained_tiger, buckets)
         loss.backward()
         return loss.detach(), [p.grad.clone() for p in model.parameters() if p.grad is not None]
 
+    previous = model.length_buckets
     try:
         whole, whole_grads = loss_and_grads(1)
         split, split_grads = loss_and_grads(buckets)
     finally:
-        model.length_buckets = config["length_buckets"]
+        model.length_buckets = previous
         model.zero_grad()
     torch.testing.assert_close(split, whole, rtol=1e-5, atol=1e-6)
     assert len(split_grads) == len(whole_grads) > 0
