@@ -20,19 +20,6 @@ import sys
 RUNNER_KEYS = ("results_dir",)
 
 
-def parse_overrides(unknown):
-    """``--key=value`` pairs -> config dict, values typed as RecBole types its own command line."""
-    from recbole.config import Config
-
-    overrides = {}
-    for arg in unknown:
-        if not arg.startswith("--") or "=" not in arg:
-            raise ValueError(f"unrecognised argument {arg!r}: overrides are written --key=value")
-        key, value = arg[2:].split("=", 1)
-        overrides[key] = value
-    return Config._convert_config_dict(None, overrides)
-
-
 def print_single(result):
     from recbole_letter.benchmark import METRIC_ORDER
 
@@ -61,6 +48,8 @@ def run_benchmark(args, config_files, overrides, models):
 
 
 def type_value(text):
+    from recbole_letter.quick_start import parse_overrides
+
     return parse_overrides([f"--v={text}"])["v"]
 
 
@@ -81,7 +70,7 @@ def main(argv=None):
         from recbole_letter import quick_start
         from recbole_letter.benchmark import write_results
 
-        overrides = parse_overrides(unknown)
+        overrides = quick_start.parse_overrides(unknown)
         config_files = args.config_files.replace(",", " ").split() if args.config_files else None
         models = [m.strip() for m in args.model.split(",") if m.strip()] if args.model else None
         if args.benchmark:

@@ -30,18 +30,12 @@ RESERVE_FRACTION = 0.15  # the probe runs while the other jobs start: keep a mar
 
 
 def parse_job(spec):
+    """``label:MODEL:DATASET[:key=value,...]`` -> (label, model, dataset, overrides typed as on the CLI)."""
+    from recbole_letter.quick_start import parse_overrides
+
     label, model, dataset, *rest = spec.split(":", 3)
-    overrides = {}
-    for item in (rest[0].split(",") if rest and rest[0] else []):
-        key, value = item.split("=", 1)
-        overrides[key] = _literal(value)
-    return label, model, dataset, overrides
-
-
-def _literal(value):
-    import yaml
-
-    return yaml.safe_load(value)
+    pairs = rest[0].split(",") if rest and rest[0] else []
+    return label, model, dataset, parse_overrides([f"--{pair}" for pair in pairs])
 
 
 def _sync(device):
@@ -55,6 +49,8 @@ def probe_epoch_seconds(config, model, train_data, valid_data, steps=8, warmup=3
     """Seconds of one training epoch and of one validation pass, from a few timed batches."""
     import torch
 
+    from recbole_letter.benchmark import timed_train_step
+
     device = config["device"]
     state = copy.deepcopy(model.state_dict())
     optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-6)
@@ -62,17 +58,9 @@ def probe_epoch_seconds(config, model, train_data, valid_data, steps=8, warmup=3
     batches = iter(train_data)
     times = []
     for i in range(min(warmup + steps, len(train_data))):
-        interaction = next(batches).to(device)
-        _sync(device)
-        start = time.perf_counter()
-        optimizer.zero_grad()
-        losses = model.calculate_loss(interaction)
-        loss = sum(losses) if isinstance(losses, tuple) else losses
-        loss.backward()
-        optimizer.step()
-        _sync(device)
+        seconds = timed_train_step(model, next(batches).to(device), optimizer)
         if i >= warmup:
-            times.append(time.perf_counter() - start)
+            times.append(seconds)
     model.load_state_dict(state)
     train_epoch = (sum(times) / max(1, len(times))) * len(train_data)
     model.eval()
@@ -103,41 +91,30 @@ def plan_epochs(train_epoch, valid_pass, eval_step, test_pass, seconds_left, max
 
 
 def run_job(label, model_name, dataset, overrides, deadline, out_dir):
-    """One job in this process: prepare, probe, size ``epochs``, train, test; writes ``<label>.json``."""
+    """One job in this process: ``quick_start.run`` with ``epochs`` sized by a probe before training;
+    writes ``<label>.json`` (run's result dict plus the probe's figures)."""
     import torch
 
-    from recbole_letter.model import get_model_class
-    from recbole_letter.quick_start import build_trainer, prepare
+    from recbole_letter.quick_start import run
 
     if torch.cuda.is_available():
         torch.backends.cuda.matmul.allow_tf32 = True
         torch.backends.cudnn.allow_tf32 = True
+
+    def size_epochs(config, model, trainer, train_data, valid_data, test_data):
+        train_epoch, valid_pass = probe_epoch_seconds(config, model, train_data, valid_data)
+        test_pass = valid_pass * len(test_data) / max(1, len(valid_data))
+        left = deadline - time.time()
+        epochs = plan_epochs(train_epoch, valid_pass, int(config["eval_step"] or 1), test_pass, left, config["epochs"])
+        print(f"[{label}] probe: train epoch {train_epoch:.1f}s, valid pass {valid_pass:.1f}s -> {epochs} epochs "
+              f"in {left:.0f}s (config allows {config['epochs']})", flush=True)
+        trainer.epochs = config["epochs"] = epochs
+        return {"probe_train_epoch_s": train_epoch, "probe_valid_pass_s": valid_pass, "epochs_planned": epochs}
+
     overrides = {"show_progress": False, "state": "INFO", **overrides}
-    config, _, train_data, valid_data, test_data = prepare(model_name, dataset, config_dict=overrides)
-    model = get_model_class(model_name)(config, train_data.dataset).to(config["device"])
-    trainer = build_trainer(config, model)
-    train_epoch, valid_pass = probe_epoch_seconds(config, model, train_data, valid_data)
-    test_pass = valid_pass * len(test_data) / max(1, len(valid_data))
-    left = deadline - time.time()
-    epochs = plan_epochs(train_epoch, valid_pass, int(config["eval_step"] or 1), test_pass, left, config["epochs"])
-    trainer.epochs = config["epochs"] = epochs
-    print(f"[{label}] probe: train epoch {train_epoch:.1f}s, valid pass {valid_pass:.1f}s -> {epochs} epochs "
-          f"in {left:.0f}s (config allows {overrides.get('epochs', 'its own')})", flush=True)
-    start = time.perf_counter()
-    best_valid_score, best_valid_result = trainer.fit(train_data, valid_data, saved=True, show_progress=False)
-    train_seconds = time.perf_counter() - start
-    start = time.perf_counter()
-    test_result = trainer.evaluate(test_data, load_best_model=True)
-    result = {
-        "label": label, "model": model_name, "dataset": dataset, "overrides": overrides,
-        "device": str(config["device"]) + (f" ({torch.cuda.get_device_name()})" if torch.cuda.is_available() else ""),
-        "probe_train_epoch_s": train_epoch, "probe_valid_pass_s": valid_pass, "epochs_planned": epochs,
-        "epochs_run": len(trainer.train_loss_dict), "train_seconds": train_seconds,
-        "seconds_per_epoch": train_seconds / max(1, len(trainer.train_loss_dict)),
-        "test_seconds": time.perf_counter() - start,
-        "best_valid_result": {k: float(v) for k, v in best_valid_result.items()},
-        "test_result": {k: float(v) for k, v in test_result.items()},
-    }  # fmt: skip
+    result = run(model_name, dataset, config_dict=overrides, before_fit=size_epochs)
+    device = torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu"
+    result.update(label=label, overrides=overrides, device=device)
     with open(os.path.join(out_dir, f"{label}.json"), "w") as f:
         json.dump(result, f, indent=2)
     print(f"[{label}] test {result['test_result']}", flush=True)
@@ -152,7 +129,7 @@ def table(out_dir, labels):
             continue
         r = json.load(open(path))
         t = r["test_result"]
-        rows.append(f"| {label} | {r['model']} | {r['dataset']} | {r['epochs_run']}/{r['epochs_planned']} | "
+        rows.append(f"| {label} | {r['model']} | {r['dataset']} | {r['epochs']}/{r['epochs_planned']} | "
                     f"{r['seconds_per_epoch']:.1f} | {t['recall@5']:.4f} | {t['recall@10']:.4f} | "
                     f"{t['ndcg@5']:.4f} | {t['ndcg@10']:.4f} |")  # fmt: skip
     return "\n".join(rows)

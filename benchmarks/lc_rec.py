@@ -90,6 +90,7 @@ def main():
 
     import recbole
 
+    from recbole_letter.benchmark import timed_train_step
     from recbole_letter.model.letter_lc_rec import LETTER_LC_Rec
     from recbole_letter.quick_start import prepare
 
@@ -123,20 +124,11 @@ def main():
     print(f"sequence (prompt + response, padded) {tuple(sequences['input_ids'].shape)}, "
           f"real tokens per row {sequences['attention_mask'].sum(1).float().mean().item():.0f}", flush=True)
     for step in range(args.steps + 1):  # step 0 warms up (kernels, allocator)
-        interaction = next(batches).to(device)
-        if device.type == "cuda":
-            torch.cuda.synchronize()
-        start = time.perf_counter()
-        optimizer.zero_grad()
-        loss = model.calculate_loss(interaction)
-        loss.backward()
-        optimizer.step()
-        if device.type == "cuda":
-            torch.cuda.synchronize()
+        seconds = timed_train_step(model, next(batches).to(device), optimizer)
         if step:
-            times.append(time.perf_counter() - start)
-    print(f"train step (batch {args.batch}, {args.dtype}): median {np.median(times):.3f}s over {len(times)} steps, "
-          f"last loss {loss.item():.3f}", flush=True)
+            times.append(seconds)
+    print(f"train step (batch {args.batch}, {args.dtype}): median {np.median(times):.3f}s over {len(times)} steps",
+          flush=True)
     model.eval()
     interaction = next(iter(test))[0].to(device)
     start = time.perf_counter()

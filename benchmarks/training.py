@@ -15,7 +15,6 @@ import argparse
 import copy
 import os
 import sys
-import time
 
 import torch
 
@@ -32,17 +31,14 @@ def main():
     parser.add_argument("--config_files", default="")
     parser.add_argument("--threads", type=int, default=0, help="torch threads (0 = torch default)")
     args, rest = parser.parse_known_args()
-    overrides = {"show_progress": False, "state": "WARNING"}
-    for item in rest:
-        key, value = item.lstrip("-").split("=", 1)
-        import yaml
-
-        overrides[key] = yaml.safe_load(value)
     if args.threads:
         torch.set_num_threads(args.threads)
 
+    from recbole_letter.benchmark import timed_train_step
     from recbole_letter.model import get_model_class
-    from recbole_letter.quick_start import prepare
+    from recbole_letter.quick_start import parse_overrides, prepare
+
+    overrides = {"show_progress": False, "state": "WARNING", **parse_overrides(rest)}
 
     config_files = [f for f in args.config_files.split(",") if f]
     config, _, train_data, _, _ = prepare(args.model, args.dataset, config_files, overrides)
@@ -69,13 +65,7 @@ def main():
             model.length_buckets = buckets
             optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-4)
             for interaction in chunk:
-                start = time.perf_counter()
-                optimizer.zero_grad()
-                model.calculate_loss(interaction).backward()
-                optimizer.step()
-                if device.type == "cuda":
-                    torch.cuda.synchronize()
-                seconds[buckets] += time.perf_counter() - start
+                seconds[buckets] += timed_train_step(model, interaction, optimizer)
     timed = args.batches * args.rounds
     for buckets in settings:
         per_batch = seconds[buckets] / timed

@@ -25,6 +25,24 @@ def results_table(results):
     return pd.DataFrame(rows)
 
 
+def timed_train_step(model, interaction, optimizer):
+    """Seconds of one optimiser step on ``interaction`` (zero_grad, ``calculate_loss``, backward, step),
+    GPU work included; the loss may be a tuple of parts, as RecBole allows."""
+    import torch
+
+    cuda = next(model.parameters()).is_cuda
+    if cuda:
+        torch.cuda.synchronize()
+    start = time.perf_counter()
+    optimizer.zero_grad()
+    losses = model.calculate_loss(interaction)
+    (sum(losses) if isinstance(losses, tuple) else losses).backward()
+    optimizer.step()
+    if cuda:
+        torch.cuda.synchronize()
+    return time.perf_counter() - start
+
+
 def _atomic_write(path, text):
     with atomic_open(path) as f:  # a crash leaves the old file or none, never half a table
         f.write(text)

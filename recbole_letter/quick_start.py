@@ -59,6 +59,17 @@ class LetterConfig(Config):
         super()._init_device()
 
 
+def parse_overrides(args):
+    """``--key=value`` strings -> config dict, values typed as RecBole types its own command line."""
+    overrides = {}
+    for arg in args:
+        if not arg.startswith("--") or "=" not in arg:
+            raise ValueError(f"unrecognised argument {arg!r}: overrides are written --key=value")
+        key, value = arg[2:].split("=", 1)
+        overrides[key] = value
+    return Config._convert_config_dict(None, overrides)
+
+
 def property_files(model, dataset):
     """The layered property files for (model, dataset), most general first."""
     files = [PROPERTIES_DIR / "overall.yaml"]
@@ -138,7 +149,7 @@ def _as_floats(result):
     return {k: float(v) for k, v in (result or {}).items()}
 
 
-def _run_single(model, dataset, config_files=None, config_dict=None, saved=True, queue=None):
+def _run_single(model, dataset, config_files=None, config_dict=None, saved=True, queue=None, before_fit=None):
     config, _, train_data, valid_data, test_data = prepare(model, dataset, config_files, config_dict)
     logger = getLogger()
     if config["tokenize_only"] and is_generative(model):
@@ -154,6 +165,7 @@ def _run_single(model, dataset, config_files=None, config_dict=None, saved=True,
     model_obj = get_model_class(model)(config, train_data.dataset).to(config["device"])
     logger.info(model_obj)
     trainer = build_trainer(config, model_obj)
+    extra = before_fit(config, model_obj, trainer, train_data, valid_data, test_data) if before_fit else None
 
     start = time.perf_counter()
     best_valid_score, best_valid_result = trainer.fit(
@@ -175,6 +187,7 @@ def _run_single(model, dataset, config_files=None, config_dict=None, saved=True,
         "seconds_per_epoch": train_seconds / max(1, epochs),
         "test_seconds": test_seconds,
         "checkpoint": trainer.saved_model_file if saved else None,
+        **(extra or {}),
     }
     logger.info(f"best valid: {result['best_valid_result']}")
     logger.info(f"test result: {result['test_result']}")
@@ -189,18 +202,23 @@ def _spawned_worker(rank, model, dataset, config_files, config_dict, saved, queu
     _run_single(model, dataset, config_files, {**config_dict, "local_rank": rank}, saved, queue)
 
 
-def run(model, dataset, config_files=None, config_dict=None, saved=True):
+def run(model, dataset, config_files=None, config_dict=None, saved=True, before_fit=None):
     """Train and evaluate one model; returns its result dict.
 
     ``config_dict["nproc"] > 1`` trains with RecBole's DDP path (one process per rank, spawned here;
     gloo on CPU, nccl on GPUs). ``world_size`` / ``ip`` / ``port`` / ``offset`` as in RecBole for several
     machines.
+
+    ``before_fit(config, model, trainer, train_data, valid_data, test_data)`` (single process only) runs
+    once the trainer is built, e.g. to set ``trainer.epochs``; a dict it returns joins the result.
     """
     config_dict = dict(config_dict or {})
     nproc = int(config_dict.get("nproc", 1))
     world_size = int(config_dict.get("world_size", -1))
     if nproc == 1 and world_size <= 0:
-        return _run_single(model, dataset, config_files, config_dict, saved)
+        return _run_single(model, dataset, config_files, config_dict, saved, before_fit=before_fit)
+    if before_fit is not None:
+        raise ValueError("before_fit works in a single process only (nproc 1)")
     config_dict.setdefault("world_size", world_size if world_size > 0 else nproc)
     config_dict.setdefault("ip", "127.0.0.1")
     config_dict.setdefault("port", "29500")

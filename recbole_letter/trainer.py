@@ -19,17 +19,24 @@ def load_checkpoint(path, device="cpu"):
     return torch.load(path, map_location=device, weights_only=False)
 
 
-def warmup_cosine(total_steps, warmup_ratio):
-    """LR multiplier: linear warm-up over ``warmup_ratio * total_steps``, then cosine decay to 0."""
-    warmup_steps = max(1, int(round(total_steps * warmup_ratio)))
+def warmup_schedule(total_steps, warmup_steps, cosine=True):
+    """LR multiplier per step: linear warm-up over ``warmup_steps``, then cosine decay to 0 over the
+    remaining steps (or constant 1 with ``cosine=False``). Shared by the generators and the tokenizer."""
 
     def factor(step):
         if step < warmup_steps:
             return (step + 1) / warmup_steps
+        if not cosine:
+            return 1.0
         progress = (step - warmup_steps) / max(1, total_steps - warmup_steps)
         return 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
 
     return factor
+
+
+def warmup_cosine(total_steps, warmup_ratio):
+    """LR multiplier: linear warm-up over ``warmup_ratio * total_steps`` (at least 1 step), then cosine to 0."""
+    return warmup_schedule(total_steps, max(1, int(round(total_steps * warmup_ratio))))
 
 
 class LetterTrainer(Trainer):

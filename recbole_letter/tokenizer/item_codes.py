@@ -13,6 +13,8 @@ import re
 
 import numpy as np
 
+from recbole_letter.data.atomic_files import atomic_open
+
 PAD_CODE = -1
 _CODE_TOKEN = re.compile(r"<([a-z])_(\d+)>")
 
@@ -118,7 +120,5 @@ class ItemCodes:
         tokens = dataset.id2token(dataset.iid_field, np.arange(1, self.n_items)).tolist()
         index = {str(token): [f"<{chr(ord('a') + level)}_{code}>" for level, code in enumerate(row) if code >= 0]
                  for token, row in zip(tokens, self.codes[1:].tolist())}
-        tmp = f"{path}.tmp"
-        with open(tmp, "w") as f:
+        with atomic_open(path) as f:
             json.dump(index, f)
-        os.replace(tmp, path)

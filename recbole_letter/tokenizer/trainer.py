@@ -219,19 +219,11 @@ def train_tokenizer(config, semantic_emb, cf_emb, show_progress=True):
 
 def _scheduler(optimizer, name, total_steps, warmup_steps=0):
     """Per-step multiplier of the learning rate: linear warm-up over ``warmup_steps``, then constant or cosine to 0."""
+    from recbole_letter.trainer import warmup_schedule
+
     if name not in (None, "constant", "none", "cosine"):
         raise ValueError(f"tokenizer_lr_scheduler must be constant or cosine, got {name!r}")
-    cosine = name == "cosine"
-
-    def factor(step):
-        if step < warmup_steps:
-            return (step + 1) / warmup_steps
-        if not cosine:
-            return 1.0
-        progress = min(step - warmup_steps, total_steps - warmup_steps) / max(total_steps - warmup_steps, 1)
-        return 0.5 * (1.0 + np.cos(np.pi * progress))
-
-    return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, warmup_schedule(total_steps, warmup_steps, name == "cosine"))
 
 
 # ---- codes -----------------------------------------------------------------------------------
