@@ -56,13 +56,14 @@ def probe_epoch_seconds(config, model, train_data, valid_data, steps=8, warmup=3
     optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-6)
     model.train()
     batches = iter(train_data)
+    batches_per_epoch = min(len(train_data), config["train_batches_per_epoch"] or len(train_data))
     times = []
     for i in range(min(warmup + steps, len(train_data))):
-        seconds = timed_train_step(model, next(batches).to(device), optimizer)
+        seconds = timed_train_step(model, next(batches).to(device), optimizer, amp=bool(config["enable_amp"]))
         if i >= warmup:
             times.append(seconds)
     model.load_state_dict(state)
-    train_epoch = (sum(times) / max(1, len(times))) * len(train_data)
+    train_epoch = (sum(times) / max(1, len(times))) * batches_per_epoch
     model.eval()
     valid_times = []
     with torch.no_grad():  # the first batch pays one-off costs (LightGCN's propagation, kernels): not timed

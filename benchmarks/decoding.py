@@ -13,7 +13,9 @@ Same LETTER_TIGER weights (release architecture, random init unless --checkpoint
 
 Prints both throughputs (users/s), the agreement of the lists (identical, or differing only where the
 two scores tie within --tie_tol) and, as the last line, ``speedup: <ratio>``. ``--full_eval`` also
-times one full RecBole test evaluation (every test user) with our decoding.
+times one full RecBole test evaluation (every test user) with our decoding; ``--amp`` also times ours
+under autocast (``enable_amp``: bfloat16 on CPU, float16 on CUDA) against float32, interleaved, and
+how many of the float32 top-10 items it keeps.
 """
 
 import argparse
@@ -107,6 +109,30 @@ def agreement(ours, our_scores, theirs, their_scores, tie_tol):
     return identical, tie_only
 
 
+def compare_autocast(model, item_seq, item_seq_len, chunks, float_ids, device):
+    """Ours under autocast vs float32, interleaved per chunk; top-10 overlap with the float32 lists."""
+    seconds = {False: 0.0, True: 0.0}
+    amp_ids = []
+    with torch.no_grad():
+        for rows in chunks:
+            rows = torch.from_numpy(rows)
+            for amp in (True, False):
+                model.enable_amp = amp
+                start = time.perf_counter()
+                ids, _ = model.generate_items(item_seq[rows], item_seq_len[rows])
+                if device.type == "cuda":
+                    torch.cuda.synchronize()
+                seconds[amp] += time.perf_counter() - start
+                if amp:
+                    amp_ids.append(ids)
+    model.enable_amp = False
+    amp_ids = torch.cat(amp_ids)
+    kept = [len(set(a[:10].tolist()) & set(b[:10].tolist())) / 10 for a, b in zip(amp_ids, float_ids)]
+    print(f"ours, autocast: {len(item_seq) / seconds[True]:.1f} users/s vs float32 {len(item_seq) / seconds[False]:.1f} "
+          f"({seconds[False] / seconds[True]:.2f}x); keeps {100 * np.mean(kept):.1f}% of the float32 top-10 items, "
+          f"{np.mean(np.equal(kept, 1.0)) * 100:.1f}% of users keep all 10")
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--dataset", default="Beauty")
@@ -123,6 +149,7 @@ def main():
     parser.add_argument("--full_eval", action="store_true", help="also time one full test evaluation")
     parser.add_argument("--threads", type=int, default=0, help="torch threads for both sides (0 = torch default)")
     parser.add_argument("--seed", type=int, default=2020)
+    parser.add_argument("--amp", action="store_true", help="also time ours under autocast (enable_amp)")
     args = parser.parse_args()
 
     if args.threads:
@@ -207,6 +234,9 @@ def main():
     print(f"top-{args.beam} lists: {identical}/{n_release} identical, {tie_only} differ only in ties "
           f"(|score diff| <= {args.tie_tol}), {n_release - identical - tie_only} differ; "
           f"max |score diff| at equal rank {max_diff:.2e}")
+
+    if args.amp:
+        compare_autocast(model, item_seq, item_seq_len, ours_chunks, ours, device)
 
     if args.full_eval:
         trainer = build_trainer(config, model)

@@ -84,6 +84,7 @@ def main():
     parser.add_argument("--eval_users", type=int, default=32)
     parser.add_argument("--beam_batch_size", type=int, default=16)
     parser.add_argument("--gradient_checkpointing", action="store_true")
+    parser.add_argument("--amp", action="store_true", help="autocast training and decoding (enable_amp)")
     args = parser.parse_args()
     if (args.llm_path is None) == (args.random_llm is None):
         parser.error("give exactly one of --llm_path and --random_llm")
@@ -108,7 +109,7 @@ def main():
     random_codes_file(data_dir, "codes.json")
     cfg = {"llm_path": llm_path, "llm_dtype": args.dtype, "item_codes_file": "codes.json", "train_batch_size": args.batch,
            "eval_batch_size": args.eval_users, "beam_batch_size": args.beam_batch_size, "freeze_code_embeddings": False,
-           "gradient_checkpointing": args.gradient_checkpointing, "show_progress": False, "state": "WARNING"}  # fmt: skip
+           "gradient_checkpointing": args.gradient_checkpointing, "enable_amp": args.amp, "show_progress": False, "state": "WARNING"}  # fmt: skip
     start = time.perf_counter()
     config, _, train, _, test = prepare("LETTER_LC_Rec", args.dataset, config_dict=cfg)
     model = LETTER_LC_Rec(config, train.dataset).to(config["device"])
@@ -124,10 +125,10 @@ def main():
     print(f"sequence (prompt + response, padded) {tuple(sequences['input_ids'].shape)}, "
           f"real tokens per row {sequences['attention_mask'].sum(1).float().mean().item():.0f}", flush=True)
     for step in range(args.steps + 1):  # step 0 warms up (kernels, allocator)
-        seconds = timed_train_step(model, next(batches).to(device), optimizer)
+        seconds = timed_train_step(model, next(batches).to(device), optimizer, amp=args.amp)
         if step:
             times.append(seconds)
-    print(f"train step (batch {args.batch}, {args.dtype}): median {np.median(times):.3f}s over {len(times)} steps",
+    print(f"train step (batch {args.batch}, {args.dtype}{', autocast' if args.amp else ''}): median {np.median(times):.3f}s over {len(times)} steps",
           flush=True)
     model.eval()
     interaction = next(iter(test))[0].to(device)

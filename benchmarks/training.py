@@ -1,14 +1,17 @@
-"""Training-step cost of a generative recommender: one padded batch vs length-bucketed sub-batches.
+"""Training-step cost of a generative recommender: one padded batch vs length-bucketed sub-batches,
+with and without mixed precision.
 
     python benchmarks/training.py --dataset=Beauty --data_path=../shared/data \\
         --item_codes_file=../shared/data/Beauty/raw/Beauty.index.json --buckets=1,4,8
+    python benchmarks/training.py --dataset=Beauty ... --buckets=8 --amp=0,1   # float32 vs autocast
     python benchmarks/training.py --dataset=Beauty ... --config_files=examples/small_t5_cpu.yaml
 
 Times forward + backward + AdamW step on the same training batches (RecBole's loader, shipped config
-plus the given files / ``--key=value`` overrides) for each ``length_buckets`` value, interleaved over
-``--rounds`` so that machine load hits all settings alike, with the weights restored before each
-setting. Prints seconds per batch, the projected seconds per epoch and, as the last line, the speedup
-of the best bucketed setting over ``length_buckets=1``.
+plus the given files / ``--key=value`` overrides) for each ``length_buckets`` value and each ``--amp``
+value (1 = autocast as RecBole's trainer does under ``enable_amp``: bfloat16 on CPU, float16 on CUDA),
+interleaved over ``--rounds`` so that machine load hits all settings alike, with the weights restored
+before each setting. Prints seconds per batch, the projected seconds per epoch and, as the last line,
+the speedup of the best setting over the first one.
 """
 
 import argparse
@@ -26,6 +29,7 @@ def main():
     parser.add_argument("--model", default="LETTER_TIGER")
     parser.add_argument("--dataset", default="ml-100k")
     parser.add_argument("--buckets", default="1,4,8")
+    parser.add_argument("--amp", default="0", help="comma list of 0 (float32) / 1 (autocast)")
     parser.add_argument("--batches", type=int, default=6, help="timed batches per setting and round")
     parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument("--config_files", default="")
@@ -56,24 +60,24 @@ def main():
     print(f"{args.model} on {args.dataset}: {len(train_data)} batches of {config['train_batch_size']} per epoch; "
           f"history length (items) mean {lengths.mean():.1f}, max {int(lengths.max())}; torch threads "
           f"{torch.get_num_threads()}; device {device}")
-    settings = [int(b) for b in args.buckets.split(",")]
+    settings = [(int(b), bool(int(a))) for b in args.buckets.split(",") for a in args.amp.split(",")]
     seconds = dict.fromkeys(settings, 0.0)
     for round_index in range(args.rounds):
         chunk = batches[round_index * args.batches : (round_index + 1) * args.batches]
-        for buckets in settings:
+        for buckets, amp in settings:
             model.load_state_dict(state)
             model.length_buckets = buckets
             optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-4)
             for interaction in chunk:
-                seconds[buckets] += timed_train_step(model, interaction, optimizer)
+                seconds[buckets, amp] += timed_train_step(model, interaction, optimizer, amp=amp)
     timed = args.batches * args.rounds
-    for buckets in settings:
-        per_batch = seconds[buckets] / timed
-        print(f"length_buckets={buckets}: {per_batch:.3f} s/batch, ~{per_batch * len(train_data) / 60:.1f} min/epoch")
-    base = seconds[settings[0]]
-    best = min(settings[1:], key=seconds.get) if len(settings) > 1 else settings[0]
-    print(f"speedup: {base / seconds[best]:.2f} (length_buckets={best} vs {settings[0]})")
-
+    name = {setting: f"length_buckets={setting[0]}" + (" autocast" if setting[1] else "") for setting in settings}
+    for setting in settings:
+        per_batch = seconds[setting] / timed
+        print(f"{name[setting]}: {per_batch:.3f} s/batch, ~{per_batch * len(train_data) / 60:.1f} min/epoch")
+    base = settings[0]
+    best = min(settings[1:], key=seconds.get) if len(settings) > 1 else base
+    print(f"speedup: {seconds[base] / seconds[best]:.2f} ({name[best]} vs {name[base]})")
 
 if __name__ == "__main__":
     main()

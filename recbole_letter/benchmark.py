@@ -25,9 +25,10 @@ def results_table(results):
     return pd.DataFrame(rows)
 
 
-def timed_train_step(model, interaction, optimizer):
+def timed_train_step(model, interaction, optimizer, amp=False):
     """Seconds of one optimiser step on ``interaction`` (zero_grad, ``calculate_loss``, backward, step),
-    GPU work included; the loss may be a tuple of parts, as RecBole allows."""
+    GPU work included; the loss may be a tuple of parts, as RecBole allows. ``amp`` autocasts the loss
+    as RecBole's trainer does under ``enable_amp`` (bfloat16 on CPU, float16 on CUDA)."""
     import torch
 
     cuda = next(model.parameters()).is_cuda
@@ -35,7 +36,8 @@ def timed_train_step(model, interaction, optimizer):
         torch.cuda.synchronize()
     start = time.perf_counter()
     optimizer.zero_grad()
-    losses = model.calculate_loss(interaction)
+    with torch.autocast(next(model.parameters()).device.type, enabled=amp):
+        losses = model.calculate_loss(interaction)
     (sum(losses) if isinstance(losses, tuple) else losses).backward()
     optimizer.step()
     if cuda:
@@ -224,6 +226,7 @@ def codes(dataset, config_files=None, overrides=None, out_dir="results", quick=F
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import MaxNLocator
 
     from recbole_letter.paper import TABLE3, TABLE4
 
@@ -257,6 +260,7 @@ def codes(dataset, config_files=None, overrides=None, out_dir="results", quick=F
             counts = reports[label]["level1_group_counts"]
             ax.bar([i + offset for i in range(len(counts))], counts, width=0.4, label=label)
         ax.set_xlabel("level-1 codes sorted by frequency, groups of 15")
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.legend()
     axes[0].set_ylabel("items")
     fig.suptitle(f"Level-1 code assignment on {dataset} (paper Fig. 6)")

@@ -1,6 +1,7 @@
-"""What RecBole's Trainer cannot already do: a warm-up + cosine LR schedule, DDP on CPU (gloo),
-and reading back its own best checkpoint on torch >= 2.6."""
+"""What RecBole's Trainer cannot already do: a warm-up + cosine LR schedule, epochs of a fixed number
+of batches, DDP on CPU (gloo), and reading back its own best checkpoint on torch >= 2.6."""
 
+import itertools
 import math
 
 import torch
@@ -39,10 +40,32 @@ def warmup_cosine(total_steps, warmup_ratio):
     return warmup_schedule(total_steps, max(1, int(round(total_steps * warmup_ratio))))
 
 
+class FirstBatches:
+    """The first ``n_batches`` batches of each pass over ``loader`` (a fresh shuffle every pass, so
+    successive epochs see different batches); everything else is the loader's."""
+
+    def __init__(self, loader, n_batches):
+        self.loader = loader
+        self.n_batches = min(int(n_batches), len(loader))
+
+    def __iter__(self):
+        return itertools.islice(iter(self.loader), self.n_batches)
+
+    def __len__(self):
+        return self.n_batches
+
+    def __getattr__(self, name):  # only reached for names this wrapper lacks (sampler, dataset, ...)
+        if name == "loader":  # not set yet (copy / unpickling): no endless recursion
+            raise AttributeError(name)
+        return getattr(self.loader, name)
+
+
 class LetterTrainer(Trainer):
     """RecBole's ``Trainer`` plus:
 
     * ``lr_scheduler: cosine`` with ``warmup_ratio`` (stepped once per batch over ``epochs`` epochs);
+    * ``train_batches_per_epoch``: an epoch ends after that many batches of a fresh shuffle (an LLM
+      epoch over every training prefix can take days; validation and early stopping then come sooner);
     * DDP on CPU: RecBole wraps the model with ``device_ids=[local_rank]``, which only GPU modules accept;
     * ``evaluate(load_best_model=True)`` reads the best checkpoint through :func:`load_checkpoint`.
     """
@@ -62,10 +85,15 @@ class LetterTrainer(Trainer):
         self.lr_scheduler_name = config["lr_scheduler"]
         self.warmup_ratio = config["warmup_ratio"] if config["warmup_ratio"] is not None else 0.01
         self.scheduler = None
+        self.train_batches_per_epoch = config["train_batches_per_epoch"]
+        if self.train_batches_per_epoch is not None and int(self.train_batches_per_epoch) < 1:
+            raise ValueError(f"train_batches_per_epoch must be ~ or >= 1, got {self.train_batches_per_epoch}")
         if self.lr_scheduler_name not in (None, "cosine"):
             raise ValueError(f"lr_scheduler must be ~ or 'cosine', got {self.lr_scheduler_name!r}")
 
     def fit(self, train_data, valid_data=None, verbose=True, saved=True, show_progress=False, callback_fn=None):
+        if self.train_batches_per_epoch is not None:
+            train_data = FirstBatches(train_data, self.train_batches_per_epoch)
         if self.lr_scheduler_name == "cosine" and self.scheduler is None:
             total_steps = max(1, len(train_data) * self.epochs)
             self.scheduler = LambdaLR(self.optimizer, warmup_cosine(total_steps, self.warmup_ratio))

@@ -76,6 +76,33 @@ def test_general_models_rank_many_users_per_eval_batch(model, tiny_dataset):
     assert valid.step == config["eval_batch_size"] // valid._dataset.item_num > 1
 
 
+def test_train_batches_per_epoch_shortens_epochs_and_the_schedule(tiny_dataset):
+    from recbole_letter.quick_start import build_trainer
+
+    name, cfg = tiny_dataset
+    cfg = {**cfg, **TINY_SEQ, "train_batch_size": 64, "epochs": 2, "train_batches_per_epoch": 2,
+           "lr_scheduler": "cosine", "warmup_ratio": 0.25}
+    config, _, train_data, valid_data, _ = quick_start.prepare("SASRec", name, config_dict=cfg)
+    assert len(train_data) > 4  # the limit really cuts epochs short
+    model = get_model_class("SASRec")(config, train_data.dataset)
+    trainer = build_trainer(config, model)
+    first_users = []
+    loss = model.calculate_loss
+
+    def counted_loss(interaction):
+        first_users.append(interaction[model.USER_ID][0].item())
+        return loss(interaction)
+
+    model.calculate_loss = counted_loss
+    trainer.fit(train_data, valid_data, saved=False, show_progress=False)
+    assert len(first_users) == 4  # 2 epochs x 2 batches
+    # the cosine spans the 4 steps that ran (1 warm-up step), so the last step leaves the LR at 0
+    assert trainer.optimizer.param_groups[0]["lr"] == pytest.approx(0.0, abs=1e-12)
+    with pytest.raises(ValueError, match="train_batches_per_epoch"):
+        build_trainer(quick_start.build_config("SASRec", name, config_dict={**cfg, "train_batches_per_epoch": 0}),
+                      model)
+
+
 @pytest.mark.parametrize(
     "model,dataset,message",
     [

@@ -109,16 +109,22 @@ def trained_tiger(tiny_data_path, tmp_path_factory):
         os.chdir(previous_cwd)
 
 
-def _train_tiny_tiger(tiny_data_path, folder):
+def _tiny_tiger_config(tiny_data_path, folder):
     from conftest import tiny_config
-    from recbole_letter.quick_start import build_trainer, prepare
-    from recbole_letter.model.letter_tiger import LETTER_TIGER
 
     index = write_random_index(tiny_data_path, "ml-tiny", folder / "tiny.index.json")
     config_dict = tiny_config(tiny_data_path)
     config_dict.update(item_codes_file=str(index), MAX_ITEM_LIST_LENGTH=5, d_model=16, d_ff=32, num_heads=2,
                        d_kv=8, num_encoder_layers=1, num_decoder_layers=1, train_batch_size=1024,
                        checkpoint_dir=str(folder / "saved"), beam_size=12, learning_rate=0.01)
+    return config_dict
+
+
+def _train_tiny_tiger(tiny_data_path, folder):
+    from recbole_letter.quick_start import build_trainer, prepare
+    from recbole_letter.model.letter_tiger import LETTER_TIGER
+
+    config_dict = _tiny_tiger_config(tiny_data_path, folder)
     config, _, train_data, valid_data, test_data = prepare("LETTER_TIGER", "ml-tiny", config_dict=config_dict)
     model = LETTER_TIGER(config, train_data.dataset)
     trainer = build_trainer(config, model)
@@ -212,3 +218,32 @@ def test_default_length_buckets_by_device(trained_tiger):
     assert GenerativeRecommender.default_length_buckets(torch.device("cuda", 0)) == 1  # no GPU needed to decide
     config, _, _, trainer, _ = trained_tiger
     assert config["length_buckets"] is None and trainer.model.length_buckets == 8  # shipped: ~ -> CPU value
+
+
+def test_enable_amp_autocasts_training_and_decoding(trained_tiger, tiny_data_path, tmp_path):
+    config, train_data, test_data, trainer, _ = trained_tiger
+    model = trainer.model.eval()
+    batch, train_batch = next(iter(test_data))[0], next(iter(train_data))
+    with torch.no_grad():
+        exact = model.full_sort_predict(batch)
+        exact_loss = model.calculate_loss(train_batch)
+        model.enable_amp = True  # the config's enable_amp; decoding autocasts itself
+        try:
+            mixed = model.full_sort_predict(batch)
+        finally:
+            model.enable_amp = False
+        with torch.autocast("cpu"):  # what RecBole's trainer wraps calculate_loss in under enable_amp
+            mixed_loss = model.calculate_loss(train_batch)
+    assert mixed.dtype == torch.float32 and (torch.isfinite(mixed).sum(1) == 12).all()
+    assert not torch.isfinite(mixed[:, 0]).any()
+    assert not torch.equal(mixed, exact)  # bfloat16 really ran ...
+    torch.testing.assert_close(mixed_loss, exact_loss, rtol=2e-2, atol=0)  # ... and only rounds
+    top_exact, top_mixed = exact.topk(5).indices, mixed.topk(5).indices
+    same = [len(set(a.tolist()) & set(b.tolist())) for a, b in zip(top_exact, top_mixed)]
+    assert sum(same) >= 0.8 * top_exact.numel()
+    # and the whole run through RecBole's trainer with the switch on
+    from recbole_letter import quick_start
+
+    result = quick_start.run("LETTER_TIGER", "ml-tiny",
+                             config_dict={**_tiny_tiger_config(tiny_data_path, tmp_path), "enable_amp": True})
+    assert set(result["test_result"]) == {"recall@5", "recall@10", "ndcg@5", "ndcg@10"}

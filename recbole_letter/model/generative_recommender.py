@@ -60,6 +60,8 @@ class GenerativeRecommender(SequentialRecommender):
         self.beam_size = int(config["beam_size"] or 20)
         self.beam_batch_size = int(config["beam_batch_size"] or 64)
         self.length_buckets = int(config["length_buckets"] or self.default_length_buckets(config["device"]))
+        # RecBole's trainer autocasts calculate_loss under enable_amp; decoding follows the same switch
+        self.enable_amp = bool(config["enable_amp"])
         topk = config["topk"]
         max_topk = max(topk) if isinstance(topk, (list, tuple)) else int(topk or 0)
         if self.beam_size < max_topk:
@@ -161,8 +163,9 @@ class GenerativeRecommender(SequentialRecommender):
         ids, scores = [], []
         for start in range(0, item_seq.shape[0], self.beam_batch_size):
             chunk = order[start : start + self.beam_batch_size]
-            step_fn = self.build_step_fn(item_seq[chunk], item_seq_len[chunk])
-            chunk_ids, chunk_scores = constrained_beam_search(step_fn, trie, len(chunk), beam_size)
+            with torch.autocast(item_seq.device.type, enabled=self.enable_amp):
+                step_fn = self.build_step_fn(item_seq[chunk], item_seq_len[chunk])
+                chunk_ids, chunk_scores = constrained_beam_search(step_fn, trie, len(chunk), beam_size)
             ids.append(chunk_ids)
             scores.append(chunk_scores)
         restore = torch.argsort(order)
