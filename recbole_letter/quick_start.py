@@ -165,8 +165,13 @@ def _run_single(model, dataset, config_files=None, config_dict=None, saved=True,
     model_obj = get_model_class(model)(config, train_data.dataset).to(config["device"])
     logger.info(model_obj)
     trainer = build_trainer(config, model_obj)
+    if config["resume_from"]:
+        if not hasattr(trainer, "resume"):
+            raise ValueError(f"resume_from: {config['model']} is trained by {type(trainer).__name__}, which cannot resume")
+        trainer.resume(config["resume_from"])
     extra = before_fit(config, model_obj, trainer, train_data, valid_data, test_data) if before_fit else None
 
+    first_epoch = trainer.start_epoch  # > 0 when resumed: earlier epochs ran in another process
     start = time.perf_counter()
     best_valid_score, best_valid_result = trainer.fit(
         train_data, valid_data, saved=saved, show_progress=config["show_progress"]
@@ -184,7 +189,7 @@ def _run_single(model, dataset, config_files=None, config_dict=None, saved=True,
         "test_result": _as_floats(test_result),
         "epochs": epochs,
         "train_seconds": train_seconds,
-        "seconds_per_epoch": train_seconds / max(1, epochs),
+        "seconds_per_epoch": train_seconds / max(1, epochs - first_epoch),
         "test_seconds": test_seconds,
         "checkpoint": trainer.saved_model_file if saved else None,
         **(extra or {}),

@@ -1,9 +1,13 @@
 """What RecBole's Trainer cannot already do: a warm-up + cosine LR schedule, epochs of a fixed number
-of batches, DDP on CPU (gloo), and reading back its own best checkpoint on torch >= 2.6."""
+of batches, resuming a stopped run, DDP on CPU (gloo), and reading back its own best checkpoint on
+torch >= 2.6."""
 
 import itertools
 import math
+import os
+import random
 
+import numpy as np
 import torch
 from recbole.trainer import Trainer
 from torch.nn.parallel import DistributedDataParallel
@@ -66,6 +70,9 @@ class LetterTrainer(Trainer):
     * ``lr_scheduler: cosine`` with ``warmup_ratio`` (stepped once per batch over ``epochs`` epochs);
     * ``train_batches_per_epoch``: an epoch ends after that many batches of a fresh shuffle (an LLM
       epoch over every training prefix can take days; validation and early stopping then come sooner);
+    * resuming: at the start of every epoch the state after the previous one (weights, optimiser,
+      schedule, early-stopping counters, random generators) goes to ``<best checkpoint>-last.pth``;
+      :meth:`resume` (``resume_from``) continues the run from it, writing the same best checkpoint;
     * DDP on CPU: RecBole wraps the model with ``device_ids=[local_rank]``, which only GPU modules accept;
     * ``evaluate(load_best_model=True)`` reads the best checkpoint through :func:`load_checkpoint`.
     """
@@ -90,16 +97,83 @@ class LetterTrainer(Trainer):
             raise ValueError(f"train_batches_per_epoch must be ~ or >= 1, got {self.train_batches_per_epoch}")
         if self.lr_scheduler_name not in (None, "cosine"):
             raise ValueError(f"lr_scheduler must be ~ or 'cosine', got {self.lr_scheduler_name!r}")
+        self.last_model_file = os.path.splitext(self.saved_model_file)[0] + "-last.pth"
+        self.save_last = False
+        self.resumed = None  # what resume() read that fit() applies: schedule position, loader generator
 
     def fit(self, train_data, valid_data=None, verbose=True, saved=True, show_progress=False, callback_fn=None):
         if self.train_batches_per_epoch is not None:
             train_data = FirstBatches(train_data, self.train_batches_per_epoch)
+        if self.resumed and self.resumed["loader_generator"] is not None:
+            train_data.generator.set_state(self.resumed["loader_generator"])
         if self.lr_scheduler_name == "cosine" and self.scheduler is None:
             total_steps = max(1, len(train_data) * self.epochs)
-            self.scheduler = LambdaLR(self.optimizer, warmup_cosine(total_steps, self.warmup_ratio))
+            steps_done = (self.resumed or {}).get("scheduler_steps") or 0
+            # last_epoch = steps_done - 1: the scheduler's own first step lands on steps_done
+            self.scheduler = LambdaLR(self.optimizer, warmup_cosine(total_steps, self.warmup_ratio),
+                                      last_epoch=steps_done - 1)
             # one scheduler step after every optimiser step, without copying RecBole's epoch loop
             self.optimizer.register_step_post_hook(lambda *_: self.scheduler.step())
+        self.save_last = saved
         return super().fit(train_data, valid_data, verbose, saved, show_progress, callback_fn)
+
+    def _train_epoch(self, train_data, epoch_idx, loss_func=None, show_progress=False):
+        if self.save_last and epoch_idx > self.start_epoch:  # the previous epoch and its validation are done
+            self._save_last(epoch_idx - 1, train_data)
+        return super()._train_epoch(train_data, epoch_idx, loss_func=loss_func, show_progress=show_progress)
+
+    def _save_last(self, epoch, train_data):
+        if not self.config["single_spec"] and self.config["local_rank"] != 0:
+            return
+        generator = getattr(train_data, "generator", None)
+        state = {
+            "config": self.config,
+            "epoch": epoch,
+            "cur_step": self.cur_step,
+            "best_valid_score": self.best_valid_score,
+            "best_valid_result": self.best_valid_result,
+            "best_model_file": self.saved_model_file,
+            "train_loss_dict": dict(self.train_loss_dict),
+            "state_dict": self.model.state_dict(),
+            "other_parameter": self.model.other_parameter(),
+            "optimizer": self.optimizer.state_dict(),
+            "scheduler_steps": self.scheduler.last_epoch if self.scheduler is not None else None,
+            "rng": {"torch": torch.get_rng_state(), "numpy": np.random.get_state(), "python": random.getstate(),
+                    "loader_generator": generator.get_state() if generator is not None else None},
+        }  # fmt: skip
+        if epoch == self.start_epoch:
+            self.logger.info(f"state after every epoch: {self.last_model_file} (continue a stopped run with "
+                             f"--resume_from={self.last_model_file})")
+        partial = self.last_model_file + ".partial"  # a kill while writing leaves the previous file intact
+        torch.save(state, partial)
+        os.replace(partial, self.last_model_file)
+
+    def resume(self, path):
+        """Continue a stopped run from its ``-last.pth`` file: the next epoch, the same schedule and
+        random streams, the same best checkpoint file. The config must be the run's own."""
+        checkpoint = load_checkpoint(path, self.device)
+        if "best_model_file" not in checkpoint:
+            raise ValueError(f"{path} is not a '-last.pth' file written by LetterTrainer (best checkpoints "
+                             f"cannot be resumed: evaluate them with --checkpoint)")
+        for key in ("model", "dataset"):
+            if checkpoint["config"][key] != self.config[key]:
+                raise ValueError(f"{path} belongs to {key} {checkpoint['config'][key]!r}, not {self.config[key]!r}")
+        self.model.load_state_dict(checkpoint["state_dict"])
+        self.model.load_other_parameter(checkpoint.get("other_parameter"))
+        self.optimizer.load_state_dict(checkpoint["optimizer"])
+        self.start_epoch = checkpoint["epoch"] + 1
+        self.cur_step = checkpoint["cur_step"]
+        self.best_valid_score = checkpoint["best_valid_score"]
+        self.best_valid_result = checkpoint["best_valid_result"]
+        self.train_loss_dict.update(checkpoint["train_loss_dict"])
+        self.saved_model_file = checkpoint["best_model_file"]
+        self.last_model_file = str(path)
+        rng = checkpoint["rng"]
+        torch.set_rng_state(rng["torch"])
+        np.random.set_state(rng["numpy"])
+        random.setstate(rng["python"])
+        self.resumed = {"scheduler_steps": checkpoint["scheduler_steps"], "loader_generator": rng["loader_generator"]}
+        self.logger.info(f"resumed from {path}: epoch {self.start_epoch} next, best checkpoint {self.saved_model_file}")
 
     @torch.no_grad()
     def evaluate(self, eval_data, load_best_model=True, model_file=None, show_progress=False):

@@ -166,3 +166,35 @@ def test_ddp_two_processes_on_cpu(tiny_dataset):
     name, cfg = tiny_dataset
     result = quick_start.run("BPR", name, config_dict={**cfg, "embedding_size": 8, "nproc": 2, "port": free_port()})
     assert set(result["test_result"]) == METRICS
+
+
+def test_resume_from_last_checkpoint_continues_the_same_run(tiny_dataset, monkeypatch, tmp_path):
+    from recbole.trainer import Trainer
+
+    name, cfg = tiny_dataset
+    cfg = {**cfg, **TINY_SEQ, "epochs": 4, "train_batch_size": 256, "lr_scheduler": "cosine", "warmup_ratio": 0.2}
+    whole = quick_start.run("SASRec", name, config_dict=cfg)
+
+    # the same run, killed during its third epoch: epochs 0 and 1 (and their validation) are done
+    train_epoch = Trainer._train_epoch
+
+    def killed_in_third_epoch(self, train_data, epoch_idx, *args, **kwargs):
+        if epoch_idx == 2:
+            raise KeyboardInterrupt
+        return train_epoch(self, train_data, epoch_idx, *args, **kwargs)
+
+    monkeypatch.setattr(Trainer, "_train_epoch", killed_in_third_epoch)
+    with pytest.raises(KeyboardInterrupt):
+        quick_start.run("SASRec", name, config_dict={**cfg, "checkpoint_dir": str(tmp_path / "stopped")})
+    monkeypatch.undo()
+    (last,) = (tmp_path / "stopped").glob("*-last.pth")
+    assert load_checkpoint(last)["epoch"] == 1
+
+    resumed = quick_start.run("SASRec", name, config_dict={**cfg, "resume_from": str(last)})
+    assert resumed["checkpoint"] == str(last).replace("-last.pth", ".pth")  # the stopped run's best file
+    assert resumed["epochs"] == whole["epochs"] == 4
+    # same weights, schedule, early-stopping state and random streams: the very same run
+    assert resumed["best_valid_result"] == whole["best_valid_result"]
+    assert resumed["test_result"] == whole["test_result"]
+    with pytest.raises(ValueError, match="not a '-last.pth' file"):
+        quick_start.run("SASRec", name, config_dict={**cfg, "resume_from": resumed["checkpoint"]})
