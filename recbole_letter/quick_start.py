@@ -166,9 +166,11 @@ def _run_single(model, dataset, config_files=None, config_dict=None, saved=True,
     logger.info(model_obj)
     trainer = build_trainer(config, model_obj)
     if config["resume_from"]:
-        if not hasattr(trainer, "resume"):
+        from recbole_letter.trainer import LetterTrainer
+
+        if not isinstance(trainer, LetterTrainer):
             raise ValueError(f"resume_from: {config['model']} is trained by {type(trainer).__name__}, which cannot resume")
-        trainer.resume(config["resume_from"])
+        trainer.resume_checkpoint(config["resume_from"])
     extra = before_fit(config, model_obj, trainer, train_data, valid_data, test_data) if before_fit else None
 
     first_epoch = trainer.start_epoch  # > 0 when resumed: earlier epochs ran in another process

@@ -72,7 +72,7 @@ class LetterTrainer(Trainer):
       epoch over every training prefix can take days; validation and early stopping then come sooner);
     * resuming: at the start of every epoch the state after the previous one (weights, optimiser,
       schedule, early-stopping counters, random generators) goes to ``<best checkpoint>-last.pth``;
-      :meth:`resume` (``resume_from``) continues the run from it, writing the same best checkpoint;
+      :meth:`resume_checkpoint` (``resume_from``) continues the run from it, writing the same best checkpoint;
     * DDP on CPU: RecBole wraps the model with ``device_ids=[local_rank]``, which only GPU modules accept;
     * ``evaluate(load_best_model=True)`` reads the best checkpoint through :func:`load_checkpoint`.
     """
@@ -99,7 +99,7 @@ class LetterTrainer(Trainer):
             raise ValueError(f"lr_scheduler must be ~ or 'cosine', got {self.lr_scheduler_name!r}")
         self.last_model_file = os.path.splitext(self.saved_model_file)[0] + "-last.pth"
         self.save_last = False
-        self.resumed = None  # what resume() read that fit() applies: schedule position, loader generator
+        self.resumed = None  # what resume_checkpoint() read that fit() applies: schedule position, loader generator
 
     def fit(self, train_data, valid_data=None, verbose=True, saved=True, show_progress=False, callback_fn=None):
         if self.train_batches_per_epoch is not None:
@@ -148,9 +148,11 @@ class LetterTrainer(Trainer):
         torch.save(state, partial)
         os.replace(partial, self.last_model_file)
 
-    def resume(self, path):
+    def resume_checkpoint(self, path):
         """Continue a stopped run from its ``-last.pth`` file: the next epoch, the same schedule and
-        random streams, the same best checkpoint file. The config must be the run's own."""
+        random streams, the same best checkpoint file. The config must be the run's own. Replaces
+        RecBole's version, which cannot read its own checkpoints on torch >= 2.6 and restores neither
+        the schedule nor the random generators."""
         checkpoint = load_checkpoint(path, self.device)
         if "best_model_file" not in checkpoint:
             raise ValueError(f"{path} is not a '-last.pth' file written by LetterTrainer (best checkpoints "

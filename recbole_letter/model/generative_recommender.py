@@ -161,13 +161,13 @@ class GenerativeRecommender(SequentialRecommender):
         # decode users of similar history length together: less padding in every chunk
         order = torch.argsort(item_seq_len, stable=True)
         ids, scores = [], []
-        for start in range(0, item_seq.shape[0], self.beam_batch_size):
-            chunk = order[start : start + self.beam_batch_size]
-            with torch.autocast(item_seq.device.type, enabled=self.enable_amp):
+        with torch.autocast(item_seq.device.type, enabled=self.enable_amp):
+            for start in range(0, item_seq.shape[0], self.beam_batch_size):
+                chunk = order[start : start + self.beam_batch_size]
                 step_fn = self.build_step_fn(item_seq[chunk], item_seq_len[chunk])
                 chunk_ids, chunk_scores = constrained_beam_search(step_fn, trie, len(chunk), beam_size)
-            ids.append(chunk_ids)
-            scores.append(chunk_scores)
+                ids.append(chunk_ids)
+                scores.append(chunk_scores)
         restore = torch.argsort(order)
         return torch.cat(ids)[restore], torch.cat(scores)[restore]
 
