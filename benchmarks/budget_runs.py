@@ -82,13 +82,13 @@ def probe_epoch_seconds(config, model, train_data, valid_data, steps=8, warmup=3
 def plan_epochs(train_epoch, valid_pass, eval_step, test_pass, seconds_left, max_epochs,
                 reserve=RESERVE_FRACTION):
     """Epochs that fit in ``seconds_left`` after the test pass, with a ``reserve`` share kept free: at
-    most ``max_epochs``, a multiple of ``eval_step`` and at least one ``eval_step``."""
+    most ``max_epochs`` and at least one. LetterTrainer validates every ``eval_step``-th epoch and the
+    last one, so the plan counts one validation pass more when ``eval_step`` > 1."""
     eval_step = max(1, int(eval_step))
     epoch_seconds = train_epoch + valid_pass / eval_step
-    fits = int((seconds_left - test_pass) * (1 - reserve) / max(epoch_seconds, 1e-9))
-    epochs = min(int(max_epochs), fits)
-    # end on a validated epoch: RecBole writes the best checkpoint only when it validates
-    return max(eval_step, epochs - epochs % eval_step)
+    last_valid = valid_pass if eval_step > 1 else 0.0
+    fits = int(((seconds_left - test_pass) * (1 - reserve) - last_valid) / max(epoch_seconds, 1e-9))
+    return max(1, min(int(max_epochs), fits))
 
 
 def run_job(label, model_name, dataset, overrides, deadline, out_dir):

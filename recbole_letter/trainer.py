@@ -73,6 +73,8 @@ class LetterTrainer(Trainer):
     * resuming: at the start of every epoch the state after the previous one (weights, optimiser,
       schedule, early-stopping counters, random generators) goes to ``<best checkpoint>-last.pth``;
       :meth:`resume_checkpoint` (``resume_from``) continues the run from it, writing the same best checkpoint;
+    * the last epoch is always validated, whatever ``eval_step`` (RecBole validates only when
+      ``(epoch + 1) % eval_step == 0``): a run always ends on a measured epoch and has a best checkpoint;
     * DDP on CPU: RecBole wraps the model with ``device_ids=[local_rank]``, which only GPU modules accept;
     * ``evaluate(load_best_model=True)`` reads the best checkpoint through :func:`load_checkpoint`.
     """
@@ -120,6 +122,8 @@ class LetterTrainer(Trainer):
     def _train_epoch(self, train_data, epoch_idx, loss_func=None, show_progress=False):
         if self.save_last and epoch_idx > self.start_epoch:  # the previous epoch and its validation are done
             self._save_last(epoch_idx - 1, train_data)
+        if epoch_idx == self.epochs - 1 and self.eval_step > 1:
+            self.eval_step = 1  # RecBole's loop validates after this epoch: (epoch_idx + 1) % 1 == 0
         return super()._train_epoch(train_data, epoch_idx, loss_func=loss_func, show_progress=show_progress)
 
     def _save_last(self, epoch, train_data):

@@ -23,9 +23,10 @@ def test_job_spec_overrides_are_typed():
     "args, expected",
     [
         ((10.0, 4.0, 1, 2.0, 1000.0, 200, 0.0), 71),  # (1000 - 2) / 14
-        ((10.0, 4.0, 2, 2.0, 1000.0, 200, 0.0), 82),  # validation every other epoch: (1000 - 2) / 12 = 83,
-        # cut to a validated epoch (82)
-        ((10.0, 4.0, 2, 2.0, 5.0, 200, 0.0), 2),  # never fewer than one eval_step: a checkpoint exists
+        ((10.0, 4.0, 2, 2.0, 1000.0, 200, 0.0), 82),  # validation every other epoch and after the last one:
+        # (1000 - 2 - 4) / 12
+        ((10.0, 4.0, 4, 2.0, 80.0, 200, 0.0), 6),  # (80 - 2 - 4) / 11; not cut to a multiple of eval_step
+        # (LetterTrainer validates the last epoch whatever eval_step is)
         ((10.0, 4.0, 1, 2.0, 1000.0, 200, 0.2), 57),  # a 20% margin
         ((10.0, 4.0, 1, 2.0, 1000.0, 30, 0.0), 30),  # never more than the config's epochs
         ((10.0, 4.0, 1, 2.0, 5.0, 200, 0.0), 1),  # at least one epoch

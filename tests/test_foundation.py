@@ -103,6 +103,23 @@ def test_train_batches_per_epoch_shortens_epochs_and_the_schedule(tiny_dataset):
                       model)
 
 
+def test_last_epoch_is_always_validated(tiny_dataset):
+    from recbole_letter.quick_start import build_trainer
+
+    name, cfg = tiny_dataset
+    cfg = {**cfg, **TINY_SEQ, "epochs": 3, "eval_step": 2}
+    config, _, train_data, valid_data, _ = quick_start.prepare("SASRec", name, config_dict=cfg)
+    trainer = build_trainer(config, get_model_class("SASRec")(config, train_data.dataset))
+    validated = []
+    valid_epoch = trainer._valid_epoch
+    trainer._valid_epoch = lambda *a, **k: validated.append(len(validated)) or valid_epoch(*a, **k)
+    trainer.fit(train_data, valid_data, saved=False, show_progress=False)
+    assert len(validated) == 2  # after epoch 2 (eval_step) and after epoch 3, the last
+    # a run shorter than eval_step still validates, so the best checkpoint the test reloads exists
+    result = quick_start.run("SASRec", name, config_dict={**cfg, "epochs": 1})
+    assert Path(result["checkpoint"]).is_file() and set(result["test_result"]) == METRICS
+
+
 @pytest.mark.parametrize(
     "model,dataset,message",
     [
