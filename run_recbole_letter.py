@@ -8,6 +8,7 @@
     python run_recbole_letter.py --benchmark=table1 --dataset=Beauty --data_path=../shared/data [--quick]
     python run_recbole_letter.py --benchmark=ablation|codes --dataset=Beauty ...
     python run_recbole_letter.py --benchmark=sweep --param=tau --dataset=Beauty ...
+    python run_recbole_letter.py --benchmark=tune --model=SASRec --params_file=hyper.test [--algo=bayes]
 
 Arguments follow RecBole: --model (one name or a comma list), --dataset, --config_files (space or comma
 separated YAML files) and any --key=value config override. --results_dir (default results/) receives
@@ -39,6 +40,10 @@ def run_benchmark(args, config_files, overrides, models):
         return benchmark.ablation(args.dataset, **common)
     if args.benchmark == "codes":
         return benchmark.codes(args.dataset, **common)
+    if args.benchmark == "tune":
+        if not args.params_file or not models or len(models) != 1:
+            raise ValueError("--benchmark=tune needs one --model and --params_file (RecBole's hyper-parameter file)")
+        return benchmark.tune(args.dataset, models[0], args.params_file, args.algo, args.max_evals, **common)
     if not args.param:
         raise ValueError("--benchmark=sweep needs --param=<tau|alpha|beta|num_levels|codebook_size>")
     values = None
@@ -59,10 +64,15 @@ def main(argv=None):
     parser.add_argument("--dataset", default="ml-100k")
     parser.add_argument("--config_files", default=None, help="YAML files, space or comma separated")
     parser.add_argument("--results_dir", default="results")
-    parser.add_argument("--benchmark", choices=["table1", "ablation", "sweep", "codes"], default=None,
+    parser.add_argument("--benchmark", choices=["table1", "ablation", "sweep", "codes", "tune"], default=None,
                         help="reproduce a paper table/figure (resumable; docs/results.md)")
     parser.add_argument("--param", default=None, help="--benchmark=sweep: tau|alpha|beta|num_levels|codebook_size")
     parser.add_argument("--values", default=None, help="--benchmark=sweep: comma list (default: the paper's range)")
+    parser.add_argument("--params_file", default=None,
+                        help="--benchmark=tune: RecBole's hyper-parameter file (lines like 'tau choice [0.7,1.0]')")
+    parser.add_argument("--algo", default="exhaustive", choices=["exhaustive", "random", "bayes"],
+                        help="--benchmark=tune: RecBole HyperTuning's search algorithm")
+    parser.add_argument("--max_evals", type=int, default=100, help="--benchmark=tune: trials for random / bayes")
     parser.add_argument("--quick", action="store_true", help="--benchmark: token epochs and sizes (smoke test)")
     parser.add_argument("--checkpoint", default=None, help="evaluate this saved checkpoint (valid + test), no training")
     args, unknown = parser.parse_known_args(argv)

