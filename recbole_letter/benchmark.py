@@ -243,7 +243,8 @@ def tune(dataset, model, params_file, algo="exhaustive", max_evals=100, config_f
     ``uniform a,b``, ...) for any model here, every trial a cached run; one row per trial, best valid
     NDCG@10 first."""
     if not Path(params_file).is_file():
-        raise FileNotFoundError(f"--params_file {params_file} not found (RecBole's format, e.g. 'tau choice [0.7,1.0]')")
+        raise FileNotFoundError(f"--params_file {params_file} not found (RecBole's format: lines such as "
+                                f"'tau choice [0.7,1.0]')")
     overrides = {**(QUICK_OVERRIDES if quick else {}), **(overrides or {})}
     runs_dir = Path(out_dir) / "runs" / ("quick" if quick else "full") / dataset
     trials = _search(f"tune {model}", model, dataset, params_file, algo, max_evals, config_files, overrides, runs_dir)

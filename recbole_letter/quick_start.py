@@ -6,6 +6,7 @@ through RecBole's ``Config`` / ``create_dataset`` / ``data_preparation`` / train
 itself is never imported (it imports ray, which needs numpy<2).
 """
 
+import contextlib
 import os
 import time
 from logging import getLogger
@@ -165,23 +166,26 @@ def _run_single(model, dataset, config_files=None, config_dict=None, saved=True,
     model_obj = get_model_class(model)(config, train_data.dataset).to(config["device"])
     logger.info(model_obj)
     trainer = build_trainer(config, model_obj)
-    if config["resume_from"]:
-        from recbole_letter.trainer import LetterTrainer
+    # RecBole never closes the trainer's TensorBoard writer; its thread would outlive the run
+    with contextlib.closing(trainer.tensorboard):
+        if config["resume_from"]:
+            from recbole_letter.trainer import LetterTrainer
 
-        if not isinstance(trainer, LetterTrainer):
-            raise ValueError(f"resume_from: {config['model']} is trained by {type(trainer).__name__}, which cannot resume")
-        trainer.resume_checkpoint(config["resume_from"])
-    extra = before_fit(config, model_obj, trainer, train_data, valid_data, test_data) if before_fit else None
+            if not isinstance(trainer, LetterTrainer):
+                raise ValueError(f"resume_from: {config['model']} is trained by {type(trainer).__name__}, "
+                                 f"which cannot resume")
+            trainer.resume_checkpoint(config["resume_from"])
+        extra = before_fit(config, model_obj, trainer, train_data, valid_data, test_data) if before_fit else None
 
-    first_epoch = trainer.start_epoch  # > 0 when resumed: earlier epochs ran in another process
-    start = time.perf_counter()
-    best_valid_score, best_valid_result = trainer.fit(
-        train_data, valid_data, saved=saved, show_progress=config["show_progress"]
-    )
-    train_seconds = time.perf_counter() - start
-    start = time.perf_counter()
-    test_result = trainer.evaluate(test_data, load_best_model=saved, show_progress=config["show_progress"])
-    test_seconds = time.perf_counter() - start
+        first_epoch = trainer.start_epoch  # > 0 when resumed: earlier epochs ran in another process
+        start = time.perf_counter()
+        best_valid_score, best_valid_result = trainer.fit(
+            train_data, valid_data, saved=saved, show_progress=config["show_progress"]
+        )
+        train_seconds = time.perf_counter() - start
+        start = time.perf_counter()
+        test_result = trainer.evaluate(test_data, load_best_model=saved, show_progress=config["show_progress"])
+        test_seconds = time.perf_counter() - start
     epochs = len(trainer.train_loss_dict)
     result = {
         "model": config["model"],
