@@ -102,19 +102,34 @@ QUICK_OVERRIDES = {
 }
 
 
+def _finished_run(runs_dir, settings, first=None):
+    """The result of a finished run with exactly these settings under ``runs_dir``, whatever its label
+    (``first``, the caller's own file, is looked at first), or None."""
+    for path in [first] + sorted(runs_dir.glob("*.json")):
+        if path is None or not path.is_file():
+            continue
+        try:
+            stored = json.loads(path.read_text())
+        except (OSError, json.JSONDecodeError):
+            continue
+        if stored.get("settings") == settings:
+            return stored["result"]
+    return None
+
+
 def run_cached(label, model, dataset, config_files, overrides, runs_dir):
-    """``run`` once per (label, settings): a finished run's JSON is reused, so a crashed or stopped
-    benchmark resumes where it was."""
+    """``run`` once per settings: a finished run's JSON is reused, so a crashed or stopped benchmark
+    resumes where it was, and a run two benchmarks share (Table 2's LETTER-TIGER is the tau sweep's
+    tau=0.7) runs once."""
     from recbole_letter.quick_start import run
 
     runs_dir = Path(runs_dir)
     runs_dir.mkdir(parents=True, exist_ok=True)
     path = runs_dir / (label.replace(" ", "_").replace("/", "-") + ".json")
     settings = {"model": model, "dataset": dataset, "config_files": config_files or [], "overrides": overrides}
-    if path.is_file():
-        stored = json.loads(path.read_text())
-        if stored.get("settings") == json.loads(json.dumps(settings)):
-            return stored["result"]
+    finished = _finished_run(runs_dir, json.loads(json.dumps(settings)), first=path)
+    if finished is not None:
+        return finished
     start = time.perf_counter()
     result = run(model, dataset, config_files, dict(overrides))
     result["wall_seconds"] = time.perf_counter() - start

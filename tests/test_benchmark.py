@@ -47,6 +47,9 @@ def test_ablation_variants_follow_table2(monkeypatch, tmp_path):
     assert settings[1]["beta"] == 0.0 and settings[2]["alpha"] == 0.0
     assert [s["tau"] for s in settings] == [1.0, 1.0, 1.0, 1.0, benchmark.BEST_TAU]
     assert "0.1122" in (tmp_path / "ablation-Instruments.md").read_text()
+    # the tau sweep's tau=0.7 and tau=1.0 are Table 2's (4) and (3): the same runs, not run again
+    benchmark.sweep("Instruments", "tau", [0.7, 1.0], out_dir=tmp_path)
+    assert len(calls) == 5
 
 
 def test_sweep_writes_plot(monkeypatch, tmp_path):
