@@ -36,6 +36,10 @@ def test_table1_layout_paper_columns_and_resume(monkeypatch, tmp_path):
     assert len(calls) == 2
     benchmark.table1("Beauty", out_dir=tmp_path, models=["MF"], overrides={"epochs": 4})
     assert len(calls) == 3
+    # --quick: token sizes on top of the shipped configs, kept apart from full runs
+    benchmark.table1("Beauty", out_dir=tmp_path, models=["MF"], overrides={"epochs": 4}, quick=True)
+    assert len(calls) == 4 and calls[-1][1] == {**benchmark.QUICK_OVERRIDES, "epochs": 4}
+    assert (tmp_path / "runs" / "quick" / "Beauty" / "MF.json").is_file()
 
 
 def test_ablation_variants_follow_table2(monkeypatch, tmp_path):
