@@ -79,5 +79,6 @@ def main():
     best = min(settings[1:], key=seconds.get) if len(settings) > 1 else base
     print(f"speedup: {seconds[base] / seconds[best]:.2f} ({name[best]} vs {name[base]})")
 
+
 if __name__ == "__main__":
     main()

@@ -102,12 +102,10 @@ QUICK_OVERRIDES = {
 }
 
 
-def _finished_run(runs_dir, settings, first=None):
+def _finished_run(runs_dir, settings, first):
     """The result of a finished run with exactly these settings under ``runs_dir``, whatever its label
     (``first``, the caller's own file, is looked at first), or None."""
-    for path in [first] + sorted(runs_dir.glob("*.json")):
-        if path is None or not path.is_file():
-            continue
+    for path in sorted(runs_dir.glob("*.json"), key=lambda path: path != first):
         try:
             stored = json.loads(path.read_text())
         except (OSError, json.JSONDecodeError):
@@ -192,12 +190,17 @@ def ablation(dataset, config_files=None, overrides=None, out_dir="results", quic
     return _write_table(table, out_dir, f"ablation-{dataset}", results)
 
 
+def _trial_name(params):
+    return ", ".join(f"{k}={params[k]}" for k in sorted(params))
+
+
 def _search(label, model, dataset, space, algo, max_evals, config_files, overrides, runs_dir):
     """RecBole's ``HyperTuning`` over ``space`` (its ``params_dict`` layout, or a ``params_file`` path),
     one cached run per trial (a stopped search resumes where it was). -> ``[(params, result)]`` in
     trial order. Needs ``hyperopt`` (in requirements.txt)."""
+    from recbole.trainer import HyperTuning
+
     try:
-        from recbole.trainer import HyperTuning
         import hyperopt  # noqa: F401  (HyperTuning imports it lazily; fail here, with the fix)
     except ImportError as error:
         raise ValueError(f"hyper-parameter search uses RecBole's HyperTuning, which needs hyperopt: "
@@ -205,12 +208,11 @@ def _search(label, model, dataset, space, algo, max_evals, config_files, overrid
     trials = []
 
     def objective(params, _config_files):
-        name = ",".join(f"{k}={params[k]}" for k in sorted(params))
-        result = run_cached(f"{label} {name}", model, dataset, config_files, {**overrides, **params}, runs_dir)
+        result = run_cached(f"{label} {_trial_name(params)}", model, dataset, config_files,
+                            {**overrides, **params}, runs_dir)
         trials.append((dict(params), result))
-        valid = result["best_valid_result"]
-        return {"model": model, "best_valid_score": result.get("best_valid_score", valid.get("ndcg@10")),
-                "valid_score_bigger": True, "best_valid_result": valid, "test_result": result["test_result"]}
+        return {"model": model, "best_valid_score": result["best_valid_score"], "valid_score_bigger": True,
+                "best_valid_result": result["best_valid_result"], "test_result": result["test_result"]}
 
     source = {"params_file": str(space)} if isinstance(space, (str, Path)) else {"params_dict": space}
     # exhaustive: every point of the grid once (HyperTuning sets max_evals to the grid's size); random /
@@ -263,15 +265,11 @@ def tune(dataset, model, params_file, algo="exhaustive", max_evals=100, config_f
     overrides = {**(QUICK_OVERRIDES if quick else {}), **(overrides or {})}
     runs_dir = Path(out_dir) / "runs" / ("quick" if quick else "full") / dataset
     trials = _search(f"tune {model}", model, dataset, params_file, algo, max_evals, config_files, overrides, runs_dir)
-    rows = []
-    for params, result in trials:
-        row = {"trial": ", ".join(f"{k}={params[k]}" for k in sorted(params)),
-               "valid ndcg@10": result["best_valid_result"].get("ndcg@10")}
-        row.update({m: result["test_result"][m] for m in METRIC_ORDER})
-        row["wall s"] = round(result.get("wall_seconds", float("nan")), 1)
-        rows.append(row)
-    table = pd.DataFrame(rows).sort_values("valid ndcg@10", ascending=False, kind="stable")
-    return _write_table(table, out_dir, f"tune-{model}-{dataset}", [r for _, r in trials])
+    results = [result for _, result in trials]
+    table = _test_rows(results, [_trial_name(params) for params, _ in trials]).rename(columns={"model": "trial"})
+    table.insert(1, "valid ndcg@10", [result["best_valid_result"].get("ndcg@10") for result in results])
+    table = table.sort_values("valid ndcg@10", ascending=False, kind="stable")
+    return _write_table(table, out_dir, f"tune-{model}-{dataset}", results)
 
 
 CODES_VARIANTS = {  # paper Fig. 6 / Tables 3-4: label -> (model whose tokenizer settings apply, overrides)

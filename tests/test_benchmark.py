@@ -18,7 +18,8 @@ def fake_run(calls):
         calls.append((model, dict(config_dict)))
         score = 0.01 * len(calls)
         metrics = {m: score for m in benchmark.METRIC_ORDER}
-        return {"model": model, "dataset": dataset, "test_result": metrics, "best_valid_result": metrics}
+        return {"model": model, "dataset": dataset, "test_result": metrics, "best_valid_result": metrics,
+                "best_valid_score": score}
 
     return run
 
