@@ -1,16 +1,18 @@
 """Training-step cost of a generative recommender: one padded batch vs length-bucketed sub-batches,
-with and without mixed precision.
+with and without mixed precision, with and without the T5's CPU kernels.
 
     python benchmarks/training.py --dataset=Beauty --data_path=../shared/data \\
         --item_codes_file=../shared/data/Beauty/raw/Beauty.index.json --buckets=1,4,8
     python benchmarks/training.py --dataset=Beauty ... --buckets=8 --amp=0,1   # float32 vs autocast
+    python benchmarks/training.py --dataset=Beauty ... --buckets=8 --amp=1 --cpu_kernels=0,1
     python benchmarks/training.py --dataset=Beauty ... --config_files=examples/small_t5_cpu.yaml
 
 Times forward + backward + AdamW step on the same training batches (RecBole's loader, shipped config
 plus the given files / ``--key=value`` overrides) for each ``length_buckets`` value and each ``--amp``
-value (1 = autocast as RecBole's trainer does under ``enable_amp``: bfloat16 on CPU, float16 on CUDA),
-interleaved over ``--rounds`` so that machine load hits all settings alike, with the weights restored
-before each setting. Prints seconds per batch, the projected seconds per epoch and, as the last line,
+value (1 = autocast as RecBole's trainer does under ``enable_amp``: bfloat16 on CPU, float16 on CUDA)
+and each ``--cpu_kernels`` value (``t5_cpu_kernels`` of LETTER_TIGER / TIGER: 0 = ``transformers``' T5
+modules, 1 = ``recbole_letter.model.t5_cpu``; default: the config's), interleaved over ``--rounds`` so
+that machine load hits all settings alike, with the weights restored before each setting. Prints seconds per batch, the projected seconds per epoch and, as the last line,
 the speedup of the best setting over the first one.
 """
 
@@ -30,6 +32,7 @@ def main():
     parser.add_argument("--dataset", default="ml-100k")
     parser.add_argument("--buckets", default="1,4,8")
     parser.add_argument("--amp", default="0", help="comma list of 0 (float32) / 1 (autocast)")
+    parser.add_argument("--cpu_kernels", default="", help="comma list of 0 / 1 (T5 generators; default: config)")
     parser.add_argument("--batches", type=int, default=6, help="timed batches per setting and round")
     parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument("--config_files", default="")
@@ -47,8 +50,12 @@ def main():
     config_files = [f for f in args.config_files.split(",") if f]
     config, _, train_data, _, _ = prepare(args.model, args.dataset, config_files, overrides)
     device = config["device"]
-    model = get_model_class(args.model)(config, train_data.dataset).to(device)
-    model.train()
+    kernel_values = [bool(int(k)) for k in args.cpu_kernels.split(",") if k] or [config["t5_cpu_kernels"]]
+    models = {}
+    for kernels in kernel_values:  # each setting starts from the same weights (state below)
+        config["t5_cpu_kernels"] = kernels
+        models[kernels] = get_model_class(args.model)(config, train_data.dataset).to(device).train()
+    model = models[kernel_values[0]]
     state = copy.deepcopy(model.state_dict())
     needed = args.batches * args.rounds
     batches = []
@@ -60,18 +67,21 @@ def main():
     print(f"{args.model} on {args.dataset}: {len(train_data)} batches of {config['train_batch_size']} per epoch; "
           f"history length (items) mean {lengths.mean():.1f}, max {int(lengths.max())}; torch threads "
           f"{torch.get_num_threads()}; device {device}")
-    settings = [(int(b), bool(int(a))) for b in args.buckets.split(",") for a in args.amp.split(",")]
+    settings = [(int(b), bool(int(a)), k) for b in args.buckets.split(",") for a in args.amp.split(",")
+                for k in kernel_values]
     seconds = dict.fromkeys(settings, 0.0)
     for round_index in range(args.rounds):
         chunk = batches[round_index * args.batches : (round_index + 1) * args.batches]
-        for buckets, amp in settings:
+        for buckets, amp, kernels in settings:
+            model = models[kernels]
             model.load_state_dict(state)
             model.length_buckets = buckets
             optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-4)
             for interaction in chunk:
-                seconds[buckets, amp] += timed_train_step(model, interaction, optimizer, amp=amp)
+                seconds[buckets, amp, kernels] += timed_train_step(model, interaction, optimizer, amp=amp)
     timed = args.batches * args.rounds
-    name = {setting: f"length_buckets={setting[0]}" + (" autocast" if setting[1] else "") for setting in settings}
+    name = {setting: f"length_buckets={setting[0]}" + (" autocast" if setting[1] else "")
+            + ("" if len(kernel_values) == 1 else f" t5_cpu_kernels={setting[2]}") for setting in settings}
     for setting in settings:
         per_batch = seconds[setting] / timed
         print(f"{name[setting]}: {per_batch:.3f} s/batch, ~{per_batch * len(train_data) / 60:.1f} min/epoch")

@@ -220,6 +220,29 @@ def test_default_length_buckets_by_device(trained_tiger):
     assert config["length_buckets"] is None and trainer.model.length_buckets == 8  # shipped: ~ -> CPU value
 
 
+def test_t5_cpu_kernels_by_default_on_cpu_and_checkpoints_load_either_way(trained_tiger):
+    from transformers.models.t5.modeling_t5 import T5DenseActDense
+
+    from recbole_letter.model.letter_tiger import LETTER_TIGER
+    from recbole_letter.model.t5_cpu import FeedForward
+    from recbole_letter.trainer import load_checkpoint
+
+    config, train_data, test_data, trainer, _ = trained_tiger
+    assert config["t5_cpu_kernels"] is None  # shipped: ~ -> on for a CPU
+    assert isinstance(trainer.model.t5.encoder.block[0].layer[1].DenseReluDense, FeedForward)
+    config["t5_cpu_kernels"] = False
+    try:
+        plain = LETTER_TIGER(config, train_data.dataset)
+    finally:
+        config["t5_cpu_kernels"] = None
+    assert type(plain.t5.encoder.block[0].layer[1].DenseReluDense) is T5DenseActDense
+    plain.load_state_dict(load_checkpoint(trainer.saved_model_file)["state_dict"])
+    batch = next(iter(test_data))[0]
+    with torch.no_grad():
+        torch.testing.assert_close(plain.eval().full_sort_predict(batch), trainer.model.eval().full_sort_predict(batch),
+                                   rtol=1e-5, atol=1e-5)
+
+
 def test_enable_amp_autocasts_training_and_decoding(trained_tiger, tiny_data_path, tmp_path):
     config, train_data, test_data, trainer, _ = trained_tiger
     model = trainer.model.eval()

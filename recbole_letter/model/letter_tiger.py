@@ -9,7 +9,8 @@ code tokens; loss = the ranking-guided cross-entropy of ``logits / tau``; rankin
 beam search. The two classes differ only in their tokenizer settings (``properties/model/*.yaml``):
 LETTER_TIGER uses the LETTER tokenizer (alpha, beta > 0), TIGER the plain RQ-VAE (alpha = beta = 0).
 
-The T5 is built from a ``transformers.T5Config`` (random init, no download). Decoding does not go
+The T5 is built from a ``transformers.T5Config`` (random init, no download); on a CPU its dropout,
+feed-forward and attention modules are swapped for cheaper equivalents (``t5_cpu.py``). Decoding does not go
 through ``generate``: ``_T5BeamDecoder`` runs the encoder once per batch, computes every decoder
 layer's cross-attention keys/values once per **user** (broadcast to the user's beams instead of
 copied per beam) and keeps a self-attention cache reordered by ``beam_origin``.
@@ -21,6 +22,7 @@ from recbole.utils import InputType
 from transformers import T5Config, T5ForConditionalGeneration
 
 from recbole_letter.model.generative_recommender import GenerativeRecommender
+from recbole_letter.model.t5_cpu import use_cpu_kernels
 
 
 class LETTER_TIGER(GenerativeRecommender):
@@ -40,6 +42,9 @@ class LETTER_TIGER(GenerativeRecommender):
         self.relative_attention_num_buckets = config["relative_attention_num_buckets"]
         self.relative_attention_max_distance = config["relative_attention_max_distance"]
         self.initializer_factor = config["initializer_factor"]
+        self.t5_cpu_kernels = config["t5_cpu_kernels"]
+        if self.t5_cpu_kernels is None:  # ~: on when the model trains on a CPU
+            self.t5_cpu_kernels = torch.device(config["device"]).type == "cpu"
 
         # define layers: T5 with pad = decoder start = 0, eos = 1, code tokens from 2
         t5_config = T5Config(
@@ -60,6 +65,8 @@ class LETTER_TIGER(GenerativeRecommender):
             decoder_start_token_id=self.pad_token_id,
         )
         self.t5 = T5ForConditionalGeneration(t5_config)
+        if self.t5_cpu_kernels:  # same model and state_dict, cheaper dropout/feed-forward/attention on CPU
+            use_cpu_kernels(self.t5)
 
     def _trim(self, tokens, mask):
         """Drop the all-padding columns at the end of a batch of left-aligned histories."""

@@ -1,0 +1,72 @@
+"""The CPU kernels of ``recbole_letter.model.t5_cpu``: dropout with the right distribution and gradient,
+and a T5 that is the same model (weights, state_dict, outputs) with them swapped in."""
+
+import copy
+
+import pytest
+import torch
+from transformers import T5Config, T5ForConditionalGeneration
+
+from recbole_letter.model.t5_cpu import ATTENTION_NAME, FeedForward, fast_dropout, use_cpu_kernels
+from test_tiger import histories
+
+VOCAB = 14
+
+
+def test_fast_dropout_rate_scale_and_gradient():
+    torch.manual_seed(0)
+    x = torch.ones(1000, 1001, requires_grad=True)  # odd size: the last 64-bit word is half used
+    out = fast_dropout(x, 0.1)
+    dropped = out == 0
+    # both 32-bit halves of every random word drop at rate p (the high half of random_'s words has no sign bit)
+    for half in (dropped.flatten()[0::2], dropped.flatten()[1::2]):
+        assert abs(half.float().mean().item() - 0.1) < 0.002  # ~5 standard errors
+    torch.testing.assert_close(out[~dropped], torch.full_like(out[~dropped], 1 / 0.9))
+    out.sum().backward()
+    torch.testing.assert_close(x.grad, out.detach())  # d out / d x = mask * 1 / (1 - p)
+    assert fast_dropout(x, 0.1, training=False) is x and fast_dropout(x, 0.0) is x
+    torch.manual_seed(0)
+    assert torch.equal(fast_dropout(x, 0.1), out)  # the default generator: seeded runs repeat
+    assert fast_dropout(torch.ones(2, 3), 1.0).eq(0).all()
+
+
+def t5_pair(feed_forward_proj, dropout_rate):
+    """The same random T5 twice: as ``transformers`` builds it, and with the CPU kernels."""
+    torch.manual_seed(0)
+    config = T5Config(vocab_size=VOCAB, d_model=32, d_ff=64, d_kv=8, num_heads=4, num_layers=2,
+                      num_decoder_layers=2, dropout_rate=dropout_rate, feed_forward_proj=feed_forward_proj,
+                      pad_token_id=0, eos_token_id=1, decoder_start_token_id=0, initializer_factor=5.0)
+    original = T5ForConditionalGeneration(config)
+    return original, use_cpu_kernels(copy.deepcopy(original))
+
+
+def logits_and_grads(model):
+    tokens, mask = histories(3, VOCAB)
+    decoder_input = torch.randint(2, VOCAB, (3, 4), generator=torch.Generator().manual_seed(1))
+    model.zero_grad()
+    logits = model(input_ids=tokens, attention_mask=mask.long(), decoder_input_ids=decoder_input).logits
+    torch.log_softmax(logits, -1)[..., 2].mean().backward()
+    return logits.detach(), [p.grad for p in model.parameters()]
+
+
+@pytest.mark.parametrize("feed_forward_proj", ["relu", "gated-gelu"])
+def test_cpu_kernels_keep_the_model(feed_forward_proj):
+    original, fast = t5_pair(feed_forward_proj, dropout_rate=0.1)
+    assert fast.config._attn_implementation == ATTENTION_NAME
+    assert all(isinstance(block.layer[-1].DenseReluDense, FeedForward) for block in fast.decoder.block)
+    assert not any(type(m) is torch.nn.Dropout for m in fast.modules())
+    assert fast.state_dict().keys() == original.state_dict().keys()
+    # eval: the same outputs
+    torch.testing.assert_close(logits_and_grads(fast.eval())[0], logits_and_grads(original.eval())[0],
+                               rtol=1e-5, atol=1e-5)
+    # training: random masks, so two steps differ ...
+    fast.train()
+    assert not torch.equal(logits_and_grads(fast)[0], logits_and_grads(fast)[0])
+    # ... and without dropout the same logits and gradients as T5's own eager attention (sdpa's backward
+    # rounds differently: up to 1e-3 on gradients of magnitude 20 here, for both eager versions alike)
+    original, fast = t5_pair(feed_forward_proj, dropout_rate=0.0)
+    original.set_attn_implementation("eager")
+    (a, a_grads), (b, b_grads) = logits_and_grads(original.train()), logits_and_grads(fast.train())
+    torch.testing.assert_close(b, a, rtol=1e-6, atol=1e-6)
+    for grad_a, grad_b in zip(a_grads, b_grads):
+        torch.testing.assert_close(grad_b, grad_a, rtol=1e-5, atol=1e-6)
