@@ -12,8 +12,9 @@ plus the given files / ``--key=value`` overrides) for each ``length_buckets`` va
 value (1 = autocast as RecBole's trainer does under ``enable_amp``: bfloat16 on CPU, float16 on CUDA)
 and each ``--cpu_kernels`` value (``t5_cpu_kernels`` of LETTER_TIGER / TIGER: 0 = ``transformers``' T5
 modules, 1 = ``recbole_letter.model.t5_cpu``; default: the config's), interleaved over ``--rounds`` so
-that machine load hits all settings alike, with the weights restored before each setting. Prints seconds per batch, the projected seconds per epoch and, as the last line,
-the speedup of the best setting over the first one.
+that machine load hits all settings alike, with the weights restored before each setting. Prints
+seconds per batch, the projected seconds per epoch and, as the last line, the speedup of the best
+setting over the first one.
 """
 
 import argparse

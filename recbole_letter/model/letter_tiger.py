@@ -10,10 +10,10 @@ beam search. The two classes differ only in their tokenizer settings (``properti
 LETTER_TIGER uses the LETTER tokenizer (alpha, beta > 0), TIGER the plain RQ-VAE (alpha = beta = 0).
 
 The T5 is built from a ``transformers.T5Config`` (random init, no download); on a CPU its dropout,
-feed-forward and attention modules are swapped for cheaper equivalents (``t5_cpu.py``). Decoding does not go
-through ``generate``: ``_T5BeamDecoder`` runs the encoder once per batch, computes every decoder
-layer's cross-attention keys/values once per **user** (broadcast to the user's beams instead of
-copied per beam) and keeps a self-attention cache reordered by ``beam_origin``.
+feed-forward and attention modules are swapped for cheaper equivalents (``t5_cpu.py``). Decoding
+does not go through ``generate``: ``_T5BeamDecoder`` runs the encoder once per batch, computes every
+decoder layer's cross-attention keys/values once per **user** (broadcast to the user's beams instead
+of copied per beam) and keeps a self-attention cache reordered by ``beam_origin``.
 """
 
 import torch
