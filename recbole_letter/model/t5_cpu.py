@@ -27,6 +27,7 @@ import torch.nn.functional as F
 from torch import nn
 from transformers import AttentionInterface
 from transformers.masking_utils import AttentionMaskInterface, eager_mask
+from transformers.models.t5 import modeling_t5
 from transformers.models.t5.modeling_t5 import T5DenseActDense, T5DenseGatedActDense
 
 ATTENTION_NAME = "letter_t5_cpu"
@@ -124,5 +125,6 @@ def use_cpu_kernels(t5):
                 setattr(module, name, FeedForward(child))
             elif type(child) is nn.Dropout:
                 setattr(module, name, Dropout(child.p))
-    t5.set_attn_implementation(ATTENTION_NAME)
+    if hasattr(modeling_t5, "eager_attention_forward"):  # T5 on the attention interface (transformers 5)
+        t5.set_attn_implementation(ATTENTION_NAME)
     return t5
