@@ -22,33 +22,32 @@ on Beauty batches is 1.30x faster under bfloat16 autocast and 1.28x in float32
 :func:`fast_dropout` is ``torch.nn.functional.dropout``.
 """
 
+import math
+
 import torch
 import torch.nn.functional as F
 from torch import nn
 from transformers import AttentionInterface
 from transformers.masking_utils import AttentionMaskInterface, eager_mask
 from transformers.models.t5 import modeling_t5
-from transformers.models.t5.modeling_t5 import T5DenseActDense, T5DenseGatedActDense
 
 ATTENTION_NAME = "letter_t5_cpu"
 
 
-def dropout_keep_mask(shape, p, device=None):
-    """A ``bool`` mask of ``shape``, each element False with probability ``p`` (to 2^-31), from the
-    default generator: each 64-bit word of ``random_`` (63 random bits, ``[0, 2^63)``) serves two
+def dropout_mask(shape, p, device=None):
+    """A ``bool`` mask of ``shape``, each element True (dropped) with probability ``p`` (to 2^-31), from
+    the default generator: each 64-bit word of ``random_`` (63 random bits, ``[0, 2^63)``) serves two
     elements, its two 32-bit halves with the sign bit cleared (uniform over ``[0, 2^31)`` either way)."""
-    n = 1
-    for size in shape:
-        n *= size
+    n = math.prod(shape)
     words = torch.empty((n + 1) // 2, dtype=torch.int64, device=device).random_()
     uniform = words.view(torch.int32)[:n].bitwise_and_(2**31 - 1).view(shape)
-    return uniform >= round(p * 2**31)
+    return uniform < round(p * 2**31)
 
 
 class _Dropout(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x, p):
-        dropped = ~dropout_keep_mask(x.shape, p, x.device)
+        dropped = dropout_mask(x.shape, p, x.device)
         ctx.save_for_backward(dropped)
         ctx.scale = 1.0 / (1.0 - p)
         return x.masked_fill(dropped, 0).mul_(ctx.scale)
@@ -100,7 +99,7 @@ class FeedForward(nn.Module):
 
     def __init__(self, original):
         super().__init__()
-        self.gated = isinstance(original, T5DenseGatedActDense)
+        self.gated = isinstance(original, modeling_t5.T5DenseGatedActDense)
         if self.gated:
             self.wi_0, self.wi_1 = original.wi_0, original.wi_1
         else:
@@ -121,7 +120,7 @@ def use_cpu_kernels(t5):
     """Swap a T5's dropout, feed-forward and attention for the cheaper CPU versions above (in place)."""
     for module in list(t5.modules()):
         for name, child in list(module.named_children()):
-            if isinstance(child, (T5DenseActDense, T5DenseGatedActDense)):
+            if isinstance(child, (modeling_t5.T5DenseActDense, modeling_t5.T5DenseGatedActDense)):
                 setattr(module, name, FeedForward(child))
             elif type(child) is nn.Dropout:
                 setattr(module, name, Dropout(child.p))
