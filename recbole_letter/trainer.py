@@ -83,6 +83,8 @@ class LetterTrainer(Trainer):
         cpu_ddp = not config["single_spec"] and config["device"].type == "cpu"
         if cpu_ddp:  # let RecBole skip its GPU-only DDP wrapper, then wrap for CPU ourselves
             config["single_spec"] = True
+        # RecBole's ensure_dir checks, then creates: under DDP two ranks race and one gets FileExistsError
+        os.makedirs(config["checkpoint_dir"], exist_ok=True)
         super().__init__(config, model)
         if cpu_ddp:
             config["single_spec"] = False
