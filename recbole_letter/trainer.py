@@ -71,7 +71,8 @@ class LetterTrainer(Trainer):
     * ``train_batches_per_epoch``: an epoch ends after that many batches of a fresh shuffle (an LLM
       epoch over every training prefix can take days; validation and early stopping then come sooner);
     * resuming: at the start of every epoch the state after the previous one (weights, optimiser,
-      schedule, early-stopping counters, random generators) goes to ``<best checkpoint>-last.pth``;
+      schedule, early-stopping counters, every process's random generators, CUDA's included) goes to
+      ``<best checkpoint>-last.pth``;
       :meth:`resume_checkpoint` (``resume_from``) continues the run from it, writing the same best checkpoint;
     * the last epoch is always validated, whatever ``eval_step`` (RecBole validates only when
       ``(epoch + 1) % eval_step == 0``): a run always ends on a measured epoch and has a best checkpoint;
@@ -129,9 +130,14 @@ class LetterTrainer(Trainer):
         return super()._train_epoch(train_data, epoch_idx, loss_func=loss_func, show_progress=show_progress)
 
     def _save_last(self, epoch, train_data):
-        if not self.config["single_spec"] and self.config["local_rank"] != 0:
-            return
         generator = getattr(train_data, "generator", None)
+        own = self._rng_state(generator)
+        rng = [own]  # one per process: DDP ranks draw from streams seeded apart (seed + rank)
+        if not self.config["single_spec"]:
+            rng = [None] * torch.distributed.get_world_size()
+            torch.distributed.all_gather_object(rng, own)
+            if torch.distributed.get_rank() != 0:
+                return
         state = {
             "config": self.config,
             "epoch": epoch,
@@ -144,8 +150,7 @@ class LetterTrainer(Trainer):
             "other_parameter": self.model.other_parameter(),
             "optimizer": self.optimizer.state_dict(),
             "scheduler_steps": self.scheduler.last_epoch if self.scheduler is not None else None,
-            "rng": {"torch": torch.get_rng_state(), "numpy": np.random.get_state(), "python": random.getstate(),
-                    "loader_generator": generator.get_state() if generator is not None else None},
+            "rng": rng,
         }  # fmt: skip
         if epoch == self.start_epoch:
             self.logger.info(f"state after every epoch: {self.last_model_file} (continue a stopped run with "
@@ -176,12 +181,34 @@ class LetterTrainer(Trainer):
         self.train_loss_dict.update(checkpoint["train_loss_dict"])
         self.saved_model_file = checkpoint["best_model_file"]
         self.last_model_file = str(path)
-        rng = checkpoint["rng"]
+        rng = self._own_rng_state(checkpoint["rng"], path)
         torch.set_rng_state(rng["torch"])
+        if rng.get("cuda") is not None and self.device.type == "cuda":  # a GPU run's file continued on a GPU
+            torch.cuda.set_rng_state(rng["cuda"], self.device)
         np.random.set_state(rng["numpy"])
         random.setstate(rng["python"])
         self.resumed = {"scheduler_steps": checkpoint["scheduler_steps"], "loader_generator": rng["loader_generator"]}
         self.logger.info(f"resumed from {path}: epoch {self.start_epoch} next, best checkpoint {self.saved_model_file}")
+
+    def _rng_state(self, generator):
+        return {
+            "torch": torch.get_rng_state(),
+            "cuda": torch.cuda.get_rng_state(self.device) if self.device.type == "cuda" else None,  # GPU dropout
+            "numpy": np.random.get_state(),
+            "python": random.getstate(),
+            "loader_generator": generator.get_state() if generator is not None else None,
+        }
+
+    def _own_rng_state(self, states, path):
+        """This process's random generators from a ``-last.pth`` file's per-process list (a single dict in
+        files written before DDP ranks were saved apart)."""
+        states = [states] if isinstance(states, dict) else states
+        world = 1 if self.config["single_spec"] else torch.distributed.get_world_size()
+        if len(states) != world:
+            raise ValueError(f"{path} was written by a run of {len(states)} process(es), this one has {world}: "
+                             f"resume it with the same number of processes (nproc / world_size), each "
+                             f"continuing its own random streams")
+        return states[0 if world == 1 else torch.distributed.get_rank()]
 
     @torch.no_grad()
     def evaluate(self, eval_data, load_best_model=True, model_file=None, show_progress=False):

@@ -185,6 +185,23 @@ def test_ddp_two_processes_on_cpu(tiny_dataset):
     assert set(result["test_result"]) == METRICS
 
 
+def test_ddp_resume_gives_every_rank_its_own_random_streams_back(tiny_dataset, tmp_path):
+    # a finished 4-epoch run leaves the state after epoch 2 in -last.pth: resuming it re-runs epoch 3,
+    # whose dropout on each rank must draw from that rank's stream (seeded seed + rank), not rank 0's
+    name, cfg = tiny_dataset
+    cfg = {**cfg, **TINY_SEQ, "epochs": 4, "train_batch_size": 256, "nproc": 2, "learning_rate": 0.01,
+           "hidden_dropout_prob": 0.5, "attn_dropout_prob": 0.5, "checkpoint_dir": str(tmp_path)}
+    whole = quick_start.run("SASRec", name, config_dict={**cfg, "port": free_port()})
+    (last,) = tmp_path.glob("*-last.pth")
+    states = load_checkpoint(last)["rng"]
+    assert len(states) == 2 and not torch.equal(states[0]["torch"], states[1]["torch"])
+    resumed = quick_start.run("SASRec", name, config_dict={**cfg, "port": free_port(), "resume_from": str(last)})
+    assert resumed["best_valid_result"] == whole["best_valid_result"]
+    assert resumed["test_result"] == whole["test_result"]
+    with pytest.raises(ValueError, match="written by a run of 2 process"):
+        quick_start.run("SASRec", name, config_dict={**cfg, "nproc": 1, "resume_from": str(last)})
+
+
 def test_resume_from_last_checkpoint_continues_the_same_run(tiny_dataset, monkeypatch, tmp_path):
     from recbole.trainer import Trainer
 
