@@ -7,7 +7,7 @@ import pytest
 import torch
 from transformers import T5Config, T5ForConditionalGeneration
 
-from recbole_letter.model.t5_cpu import ATTENTION_NAME, FeedForward, fast_dropout, use_cpu_kernels
+from recbole_letter.model.t5_cpu import ATTENTION_NAME, FeedForward, dropout_mask, fast_dropout, use_cpu_kernels
 from test_tiger import histories
 
 VOCAB = 14
@@ -18,7 +18,7 @@ def test_fast_dropout_rate_scale_and_gradient():
     x = torch.ones(1000, 1001, requires_grad=True)  # odd size: the last 64-bit word is half used
     out = fast_dropout(x, 0.1)
     dropped = out == 0
-    # both 32-bit halves of every random word drop at rate p (the high half of random_'s words has no sign bit)
+    # both 32-bit halves of every random word drop at rate p
     for half in (dropped.flatten()[0::2], dropped.flatten()[1::2]):
         assert abs(half.float().mean().item() - 0.1) < 0.002  # ~5 standard errors
     torch.testing.assert_close(out[~dropped], torch.full_like(out[~dropped], 1 / 0.9))
@@ -28,6 +28,24 @@ def test_fast_dropout_rate_scale_and_gradient():
     torch.manual_seed(0)
     assert torch.equal(fast_dropout(x, 0.1), out)  # the default generator: seeded runs repeat
     assert fast_dropout(torch.ones(2, 3), 1.0).eq(0).all()
+
+
+def test_feed_forward_scales_after_wo_as_dropout_before_it():
+    # the 1 / (1 - p) moved past the bias-free wo: the same output and gradients as dropout's usual order
+    original = t5_pair("relu", dropout_rate=0.3)[0].encoder.block[0].layer[-1].DenseReluDense
+    fast = FeedForward(original).train()
+    hidden = torch.randn(3, 5, 32, requires_grad=True)
+    torch.manual_seed(1)
+    out = fast(hidden)
+    torch.manual_seed(1)
+    dropped = dropout_mask((3, 5, 64), 0.3)
+    assert 0 < dropped.sum() < dropped.numel()
+    expected = original.wo(torch.relu(original.wi(hidden)).masked_fill(dropped, 0) / 0.7)
+    torch.testing.assert_close(out, expected)
+    (grad,) = torch.autograd.grad(out.square().sum(), hidden)
+    # float rounding of another order of operations (gradients of magnitude ~20 here)
+    torch.testing.assert_close(grad, torch.autograd.grad(expected.square().sum(), hidden)[0], rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(fast.eval()(hidden), original.wo(torch.relu(original.wi(hidden))))
 
 
 def t5_pair(feed_forward_proj, dropout_rate):

@@ -4,8 +4,9 @@ A profile of a release-size T5 training step on CPU (bfloat16 autocast, one thre
 that are not the model's arithmetic:
 
 * dropout's mask: ``torch.bernoulli_`` draws one 32-bit Mersenne-Twister number per element, 17-28 % of
-  the step. :func:`fast_dropout` draws 64-bit words and uses each as two 31-bit uniform numbers (a drop
-  probability exact to 2^-31), keeps a ``bool`` mask for the backward pass and fills instead of multiplying;
+  the step. :func:`fast_dropout` draws 64-bit words and uses each as two 32-bit uniform numbers (a drop
+  probability exact to 2^-32), keeps a ``bool`` mask for the backward pass and selects instead of
+  multiplying; the feed-forward block applies the ``1 / (1 - p)`` scale to its 8x narrower output;
 * the feed-forward block's cast of its ``[B, S, d_ff]`` activation to ``wo``'s float32 weight dtype
   (T5 keeps ``wo`` in float32 for float16 checkpoints): under autocast ``wo`` casts it straight back to
   bfloat16, two full copies of the largest tensor per layer, forward and backward. :class:`FeedForward`
@@ -17,8 +18,8 @@ that are not the model's arithmetic:
 :func:`use_cpu_kernels` swaps these modules in place: parameter names, ``state_dict`` keys and
 checkpoints stay those of ``T5ForConditionalGeneration``; in eval mode the outputs equal the original's up
 to float rounding, in training mode only the random dropout masks differ. A release-size training step
-on Beauty batches is 1.30x faster under bfloat16 autocast and 1.28x in float32
-(``benchmarks/training.py --cpu_kernels=0,1``, docs/generation.md). On other devices
+on Beauty batches is ~1.4x faster under bfloat16 autocast (1.30x, then 1.11x from a second round)
+and 1.28x in float32 (``benchmarks/training.py --cpu_kernels=0,1``, docs/generation.md). On other devices
 :func:`fast_dropout` is ``torch.nn.functional.dropout``.
 """
 
@@ -35,36 +36,42 @@ ATTENTION_NAME = "letter_t5_cpu"
 
 
 def dropout_mask(shape, p, device=None):
-    """A ``bool`` mask of ``shape``, each element True (dropped) with probability ``p`` (to 2^-31), from
-    the default generator: each 64-bit word of ``random_`` (63 random bits, ``[0, 2^63)``) serves two
-    elements, its two 32-bit halves with the sign bit cleared (uniform over ``[0, 2^31)`` either way)."""
+    """A ``bool`` mask of ``shape``, each element True (dropped) with probability ``p`` (to 2^-32), from
+    the default generator: each 64-bit word of ``random_`` over the full int64 range serves two elements,
+    its two 32-bit halves (each uniform over the int32 range), compared with one threshold."""
     n = math.prod(shape)
-    words = torch.empty((n + 1) // 2, dtype=torch.int64, device=device).random_()
-    uniform = words.view(torch.int32)[:n].bitwise_and_(2**31 - 1).view(shape)
-    return uniform < round(p * 2**31)
+    words = torch.empty((n + 1) // 2, dtype=torch.int64, device=device).random_(-(2**63), None)
+    return words.view(torch.int32)[:n].view(shape) < round(p * 2**32) - 2**31
 
 
 class _Dropout(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, x, p):
+    def forward(ctx, x, p, scaled):
         dropped = dropout_mask(x.shape, p, x.device)
         ctx.save_for_backward(dropped)
-        ctx.scale = 1.0 / (1.0 - p)
-        return x.masked_fill(dropped, 0).mul_(ctx.scale)
+        ctx.scale = 1.0 / (1.0 - p) if scaled else None
+        return _apply(dropped, x, ctx.scale)
 
     @staticmethod
     def backward(ctx, grad):
         (dropped,) = ctx.saved_tensors
-        return grad.masked_fill(dropped, 0).mul_(ctx.scale), None
+        return _apply(dropped, grad, ctx.scale), None, None
 
 
-def fast_dropout(x, p, training=True):
-    """``F.dropout(x, p, training)`` with a cheaper mask on CPU (same distribution, other random numbers)."""
+def _apply(dropped, x, scale):
+    out = torch.where(dropped, 0, x)  # one pass (masked_fill out of place is a copy, then the fill)
+    return out if scale is None else out.mul_(scale)
+
+
+def fast_dropout(x, p, training=True, scaled=True):
+    """``F.dropout(x, p, training)`` with a cheaper mask on CPU (same distribution, other random numbers).
+    ``scaled=False`` leaves out the ``1 / (1 - p)`` factor (one pass over ``x``) for a caller that applies
+    it to a smaller tensor downstream (every layer in between linear without bias)."""
     if not training or p == 0:
         return x
     if x.device.type != "cpu" or p >= 1:
-        return F.dropout(x, p, training)
-    return _Dropout.apply(x, p)
+        return F.dropout(x, p, training) if scaled else F.dropout(x, p, training) * (1.0 - p)
+    return _Dropout.apply(x, p, scaled)
 
 
 class Dropout(nn.Dropout):
@@ -105,6 +112,8 @@ class FeedForward(nn.Module):
         else:
             self.wi = original.wi
         self.wo = original.wo
+        if self.wo.bias is not None:  # forward() moves dropout's scale past wo, exact only without a bias
+            raise ValueError("FeedForward expects T5's bias-free wo")
         self.act = original.act
         self.dropout = Dropout(original.dropout.p)
 
@@ -113,7 +122,11 @@ class FeedForward(nn.Module):
             hidden = self.act(self.wi_0(hidden)) * self.wi_1(hidden)
         else:
             hidden = self.act(self.wi(hidden))
-        return self.wo(self.dropout(hidden))
+        if not self.training or self.dropout.p == 0:
+            return self.wo(hidden)
+        # wo has no bias: its output (d_model wide) takes dropout's scale, not the d_ff-wide activation
+        p = self.dropout.p
+        return self.wo(fast_dropout(hidden, p, scaled=False)).mul_(1.0 / (1.0 - p))
 
 
 def use_cpu_kernels(t5):
