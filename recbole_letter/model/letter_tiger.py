@@ -122,8 +122,10 @@ class _T5BeamDecoder:
         neg = torch.finfo(encoded.dtype).min
         self.cross_bias = torch.zeros(attention_mask.shape, dtype=encoded.dtype, device=encoded.device)
         self.cross_bias = self.cross_bias.masked_fill(~attention_mask.bool(), neg)[:, None, None, :]  # [B,1,1,S]
-        # self-attention cache of every layer: [n_layers, 2 (keys, values), R, H, max_steps, d_kv]
+        # self-attention keys/values of every step and layer: [max_steps, n_layers, 2, R, H, d_kv] (steps
+        # first: the filled steps are one contiguous block), in the dtype of the projections (autocast's)
         self.self_cache = None
+        self.spare_cache = None  # the other buffer of the pair that beam reordering writes into
         self.position = 0
 
     def __call__(self, last_tokens, beam_origin):
@@ -131,12 +133,10 @@ class _T5BeamDecoder:
         if last_tokens is None:
             last_tokens = torch.full((self.batch_size,), self.start_token, dtype=torch.long,
                                      device=self.cross_bias.device)
-            self.self_cache = self.cross_bias.new_zeros(
-                (len(decoder.block), 2, self.batch_size, self.n_heads, self.max_steps, self.d_kv))
         else:
             if self.position >= self.max_steps:
                 raise ValueError(f"the decoder was built for {self.max_steps} steps")
-            self.self_cache = self.self_cache.index_select(2, beam_origin)  # follow the beams
+            self._follow_beams(beam_origin)
         rows = last_tokens.shape[0]
         beams = rows // self.batch_size
         step = self.position
@@ -148,12 +148,15 @@ class _T5BeamDecoder:
             attention = block.layer[0].SelfAttention
             normed = block.layer[0].layer_norm(hidden)
             qkv = F.linear(normed, self.qkv_weight[i]).view(rows, 3, self.n_heads, self.d_kv)
-            self.self_cache[i, :, :, :, step] = qkv[:, 1:].transpose(0, 1)  # this step's keys, values
-            keys = self.self_cache[i, 0, :, :, : step + 1]  # [R, H, t+1, d_kv]
-            values = self.self_cache[i, 1, :, :, : step + 1]
-            query = qkv[:, 0].unsqueeze(2)  # [R, H, 1, d_kv]
-            weights = torch.softmax(query @ keys.transpose(2, 3) + position_bias, dim=-1)  # [R, H, 1, t+1]
-            hidden = hidden + attention.o((weights @ values).reshape(rows, -1))
+            if self.self_cache is None:
+                self.self_cache = qkv.new_empty((self.max_steps, len(decoder.block), 2, rows, self.n_heads,
+                                                 self.d_kv))
+            self.self_cache[step, i] = qkv[:, 1:].transpose(0, 1)  # this step's keys, values
+            keys, values = self.self_cache[: step + 1, i].unbind(1)  # [t+1, R, H, d_kv] each
+            # one query per beam against t+1 keys: elementwise products and sums beat t+1-column matmuls
+            scores = (keys * qkv[:, 0]).sum(-1) + position_bias[0, :, 0].T.unsqueeze(1)  # [t+1, R, H]
+            weights = torch.softmax(scores, dim=0).unsqueeze(-1)
+            hidden = hidden + attention.o((weights * values).sum(0).reshape(rows, -1))
             # cross-attention: the user's encoder keys/values broadcast over its beams
             attention = block.layer[1].EncDecAttention
             normed = block.layer[1].layer_norm(hidden)
@@ -166,3 +169,16 @@ class _T5BeamDecoder:
         hidden = decoder.final_layer_norm(hidden) * self.scale
         self.position += 1
         return self.t5.lm_head(hidden)  # [R, V]
+
+    def _follow_beams(self, beam_origin):
+        """Reorder the filled steps of the self-attention cache by ``beam_origin`` (one pass, into the spare
+        buffer, which then becomes the cache; the rows grow from B to B * k on the first call)."""
+        filled, rows = self.position, beam_origin.shape[0]
+        if self.spare_cache is None or self.spare_cache.shape[3] != rows:
+            shape = list(self.self_cache.shape)
+            shape[3] = rows
+            self.spare_cache = self.self_cache.new_empty(shape)
+        torch.index_select(self.self_cache[:filled], 3, beam_origin, out=self.spare_cache[:filled])
+        previous = self.self_cache
+        self.self_cache = self.spare_cache
+        self.spare_cache = previous if previous.shape[3] == rows else None
