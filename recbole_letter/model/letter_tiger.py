@@ -179,6 +179,4 @@ class _T5BeamDecoder:
             shape[3] = rows
             self.spare_cache = self.self_cache.new_empty(shape)
         torch.index_select(self.self_cache[:filled], 3, beam_origin, out=self.spare_cache[:filled])
-        previous = self.self_cache
-        self.self_cache = self.spare_cache
-        self.spare_cache = previous if previous.shape[3] == rows else None
+        self.self_cache, self.spare_cache = self.spare_cache, self.self_cache

@@ -115,18 +115,17 @@ class FeedForward(nn.Module):
         if self.wo.bias is not None:  # forward() moves dropout's scale past wo, exact only without a bias
             raise ValueError("FeedForward expects T5's bias-free wo")
         self.act = original.act
-        self.dropout = Dropout(original.dropout.p)
+        self.p = original.dropout.p  # dropout on the d_ff-wide activation, its scale after wo
 
     def forward(self, hidden):
         if self.gated:
             hidden = self.act(self.wi_0(hidden)) * self.wi_1(hidden)
         else:
             hidden = self.act(self.wi(hidden))
-        if not self.training or self.dropout.p == 0:
+        if not self.training or self.p == 0:
             return self.wo(hidden)
         # wo has no bias: its output (d_model wide) takes dropout's scale, not the d_ff-wide activation
-        p = self.dropout.p
-        return self.wo(fast_dropout(hidden, p, scaled=False)).mul_(1.0 / (1.0 - p))
+        return self.wo(fast_dropout(hidden, self.p, scaled=False)).mul_(1.0 / (1.0 - self.p))
 
 
 def use_cpu_kernels(t5):
