@@ -35,37 +35,74 @@ from transformers.models.t5 import modeling_t5
 ATTENTION_NAME = "letter_t5_cpu"
 
 
-def dropout_mask(shape, p, device=None):
-    """A ``bool`` mask of ``shape``, each element True (dropped) with probability ``p`` (to 2^-32), from
-    the default generator: each 64-bit word of ``random_`` over the full int64 range serves two elements,
-    its two 32-bit halves (each uniform over the int32 range), compared with one threshold."""
-    n = math.prod(shape)
-    words = torch.empty((n + 1) // 2, dtype=torch.int64, device=device).random_(-(2**63), None)
-    return words.view(torch.int32)[:n].view(shape) < round(p * 2**32) - 2**31
+def dropped_positions(n, p, draws=None):
+    """Flat indices (ascending, ``int64``) of the dropped elements among ``n``, each dropped independently
+    with probability ``p``, from the default generator.
+
+    The gaps between successive dropped elements are geometric: ``floor(log(1 - U) / log(1 - p))`` from
+    float64 uniforms ``U``, one random number per *dropped* element instead of one per element (exact to
+    float64 rounding). ``draws`` (gaps per round) is for tests; by default one round almost always
+    suffices (6 standard deviations above the expected count), and further rounds continue the sequence.
+    """
+    if n == 0:
+        return torch.empty(0, dtype=torch.long)
+    log_keep = math.log1p(-p)
+    rounds, end = [], 0  # end: the first position not decided yet
+    while end < n:
+        left = n - end
+        count = draws or int(left * p + 6 * math.sqrt(left * p * (1 - p)) + 16)
+        steps = torch.empty(count, dtype=torch.float64).uniform_()  # U in [0, 1): log1p(-U) is finite
+        steps = steps.neg_().log1p_().div_(log_keep).floor_().add_(1)  # gap + 1 >= 1
+        positions = steps.cumsum_(0).add_(end - 1)  # float64 holds these integers exactly
+        rounds.append(positions)
+        end = int(positions[-1]) + 1
+    positions = torch.cat(rounds) if len(rounds) > 1 else rounds[0]
+    return positions[: int(torch.searchsorted(positions, float(n)))].long()  # ascending: cut at n
+
+
+def _zero_at(x, positions, scale=None):
+    """``x`` (times ``scale``) as a new contiguous tensor with the flat ``positions`` set to 0."""
+    out = x.clone(memory_format=torch.contiguous_format) if scale is None else x.mul(scale).contiguous()
+    out.view(-1).index_fill_(0, positions, 0)
+    return out
 
 
 class _Dropout(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x, p, scaled):
-        dropped = dropout_mask(x.shape, p, x.device)
-        ctx.save_for_backward(dropped)
+        positions = dropped_positions(x.numel(), p)
+        ctx.save_for_backward(positions)
         ctx.scale = 1.0 / (1.0 - p) if scaled else None
-        return _apply(dropped, x, ctx.scale)
+        return _zero_at(x, positions, ctx.scale)
 
     @staticmethod
     def backward(ctx, grad):
-        (dropped,) = ctx.saved_tensors
-        return _apply(dropped, grad, ctx.scale), None, None
+        (positions,) = ctx.saved_tensors
+        return _zero_at(grad, positions, ctx.scale), None, None
 
 
-def _apply(dropped, x, scale):
-    out = torch.where(dropped, 0, x)  # one pass (masked_fill out of place is a copy, then the fill)
-    return out if scale is None else out.mul_(scale)
+class _ReluDropout(torch.autograd.Function):
+    """``dropout(relu(x), p)`` without the ``1 / (1 - p)`` scale, in one pass plus the scattered zeros: the
+    output is positive exactly where the gradient passes (ReLU active and not dropped), so ReLU's own
+    backward on the output is the backward of both."""
+
+    @staticmethod
+    def forward(ctx, x, p):
+        out = torch.relu(x).contiguous()
+        out.view(-1).index_fill_(0, dropped_positions(out.numel(), p), 0)
+        ctx.save_for_backward(out)
+        return out
+
+    @staticmethod
+    def backward(ctx, grad):
+        (out,) = ctx.saved_tensors
+        return torch.ops.aten.threshold_backward(grad, out, 0), None
 
 
 def fast_dropout(x, p, training=True, scaled=True):
-    """``F.dropout(x, p, training)`` with a cheaper mask on CPU (same distribution, other random numbers).
-    ``scaled=False`` leaves out the ``1 / (1 - p)`` factor (one pass over ``x``) for a caller that applies
+    """``F.dropout(x, p, training)`` with a cheaper mask on CPU (same distribution, other random numbers):
+    one pass over ``x`` (the scale, or a copy) and zeros written at :func:`dropped_positions`, the same in
+    the backward pass. ``scaled=False`` leaves out the ``1 / (1 - p)`` factor for a caller that applies
     it to a smaller tensor downstream (every layer in between linear without bias)."""
     if not training or p == 0:
         return x
@@ -115,17 +152,23 @@ class FeedForward(nn.Module):
         if self.wo.bias is not None:  # forward() moves dropout's scale past wo, exact only without a bias
             raise ValueError("FeedForward expects T5's bias-free wo")
         self.act = original.act
+        self.relu = not self.gated and type(self.act) is nn.ReLU
         self.p = original.dropout.p  # dropout on the d_ff-wide activation, its scale after wo
 
     def forward(self, hidden):
-        if self.gated:
-            hidden = self.act(self.wi_0(hidden)) * self.wi_1(hidden)
-        else:
-            hidden = self.act(self.wi(hidden))
         if not self.training or self.p == 0:
-            return self.wo(hidden)
+            return self.wo(self._activation(hidden))
+        if self.relu and hidden.device.type == "cpu" and self.p < 1:
+            dropped = _ReluDropout.apply(self.wi(hidden), self.p)  # ReLU and dropout in one pass
+        else:
+            dropped = fast_dropout(self._activation(hidden), self.p, scaled=False)
         # wo has no bias: its output (d_model wide) takes dropout's scale, not the d_ff-wide activation
-        return self.wo(fast_dropout(hidden, self.p, scaled=False)).mul_(1.0 / (1.0 - self.p))
+        return self.wo(dropped).mul_(1.0 / (1.0 - self.p))
+
+    def _activation(self, hidden):
+        if self.gated:
+            return self.act(self.wi_0(hidden)) * self.wi_1(hidden)
+        return self.act(self.wi(hidden))
 
 
 def use_cpu_kernels(t5):
