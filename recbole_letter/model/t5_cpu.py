@@ -4,9 +4,11 @@ A profile of a release-size T5 training step on CPU (bfloat16 autocast, one thre
 that are not the model's arithmetic:
 
 * dropout's mask: ``torch.bernoulli_`` draws one 32-bit Mersenne-Twister number per element, 17-28 % of
-  the step. :func:`fast_dropout` draws 64-bit words and uses each as two 32-bit uniform numbers (a drop
-  probability exact to 2^-32), keeps a ``bool`` mask for the backward pass and selects instead of
-  multiplying; the feed-forward block applies the ``1 / (1 - p)`` scale to its 8x narrower output;
+  the step. :func:`fast_dropout` draws one float64 uniform number per *dropped* element (the geometric
+  gaps between them, :func:`dropped_positions`), copies or scales its input in one pass and writes the
+  zeros at those positions, the same in the backward pass; the feed-forward block applies the
+  ``1 / (1 - p)`` scale to its 8x narrower output and, with ReLU, drops in the same pass as the ReLU
+  (:class:`_ReluDropout`);
 * the feed-forward block's cast of its ``[B, S, d_ff]`` activation to ``wo``'s float32 weight dtype
   (T5 keeps ``wo`` in float32 for float16 checkpoints): under autocast ``wo`` casts it straight back to
   bfloat16, two full copies of the largest tensor per layer, forward and backward. :class:`FeedForward`
@@ -18,9 +20,9 @@ that are not the model's arithmetic:
 :func:`use_cpu_kernels` swaps these modules in place: parameter names, ``state_dict`` keys and
 checkpoints stay those of ``T5ForConditionalGeneration``; in eval mode the outputs equal the original's up
 to float rounding, in training mode only the random dropout masks differ. A release-size training step
-on Beauty batches is ~1.4x faster under bfloat16 autocast (1.30x, then 1.11x from a second round)
-and 1.28x in float32 (``benchmarks/training.py --cpu_kernels=0,1``, docs/generation.md). On other devices
-:func:`fast_dropout` is ``torch.nn.functional.dropout``.
+on Beauty batches is ~2x faster under bfloat16 autocast (2.01x; the rounds: 1.30x, then 1.11x, then
+1.28-1.41x) and was 1.28x in float32 after the first round (``benchmarks/training.py --cpu_kernels=0,1``,
+docs/generation.md). On other devices :func:`fast_dropout` is ``torch.nn.functional.dropout``.
 """
 
 import math
