@@ -102,7 +102,7 @@ class _ReluDropout(torch.autograd.Function):
 
 
 def fast_dropout(x, p, training=True, scaled=True):
-    """``F.dropout(x, p, training)`` with a cheaper mask on CPU (same distribution, other random numbers):
+    """``F.dropout(x, p, training)``, cheaper on CPU (same distribution, other random numbers), with no mask:
     one pass over ``x`` (the scale, or a copy) and zeros written at :func:`dropped_positions`, the same in
     the backward pass. ``scaled=False`` leaves out the ``1 / (1 - p)`` factor for a caller that applies
     it to a smaller tensor downstream (every layer in between linear without bias)."""
