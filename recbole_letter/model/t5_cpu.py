@@ -113,6 +113,13 @@ def fast_dropout(x, p, training=True, scaled=True):
     return _Dropout.apply(x, p, scaled)
 
 
+def relu_dropout(x, p):
+    """``fast_dropout(relu(x), p, scaled=False)`` in training, ReLU and dropout in one pass on CPU."""
+    if x.device.type != "cpu" or p >= 1:
+        return fast_dropout(torch.relu(x), p, scaled=False)
+    return _ReluDropout.apply(x, p)
+
+
 class Dropout(nn.Dropout):
     """``nn.Dropout`` through :func:`fast_dropout`."""
 
@@ -160,8 +167,8 @@ class FeedForward(nn.Module):
     def forward(self, hidden):
         if not self.training or self.p == 0:
             return self.wo(self._activation(hidden))
-        if self.relu and hidden.device.type == "cpu" and self.p < 1:
-            dropped = _ReluDropout.apply(self.wi(hidden), self.p)  # ReLU and dropout in one pass
+        if self.relu:
+            dropped = relu_dropout(self.wi(hidden), self.p)
         else:
             dropped = fast_dropout(self._activation(hidden), self.p, scaled=False)
         # wo has no bias: its output (d_model wide) takes dropout's scale, not the d_ff-wide activation
