@@ -6,12 +6,16 @@ with and without mixed precision, with and without the T5's CPU kernels.
     python benchmarks/training.py --dataset=Beauty ... --buckets=8 --amp=0,1   # float32 vs autocast
     python benchmarks/training.py --dataset=Beauty ... --buckets=8 --amp=1 --cpu_kernels=0,1
     python benchmarks/training.py --dataset=Beauty ... --config_files=examples/small_t5_cpu.yaml
+    python benchmarks/training.py --model=LETTER_LC_Rec --llm_path=saved/smollm2-135m-instruct \
+        --train_batch_size=8 --buckets=8 --amp=1 --cpu_kernels=0,1 --threads=1
 
 Times forward + backward + AdamW step on the same training batches (RecBole's loader, shipped config
 plus the given files / ``--key=value`` overrides) for each ``length_buckets`` value and each ``--amp``
 value (1 = autocast as RecBole's trainer does under ``enable_amp``: bfloat16 on CPU, float16 on CUDA)
 and each ``--cpu_kernels`` value (``t5_cpu_kernels`` of LETTER_TIGER / TIGER: 0 = ``transformers``' T5
-modules, 1 = ``recbole_letter.model.t5_cpu``; default: the config's), interleaved over ``--rounds`` so
+modules, 1 = ``recbole_letter.model.t5_cpu``; ``llm_cpu_kernels`` of the LC-Rec models: 0 = the LM's
+loaded attention and ``peft``'s LoRA dropout, 1 = eager attention and ``t5_cpu``'s dropout; default:
+the config's), interleaved over ``--rounds`` so
 that machine load hits all settings alike, with the weights restored before each setting. Prints
 seconds per batch, the projected seconds per epoch and, as the last line, the speedup of the best
 setting over the first one.
@@ -33,7 +37,7 @@ def main():
     parser.add_argument("--dataset", default="ml-100k")
     parser.add_argument("--buckets", default="1,4,8")
     parser.add_argument("--amp", default="0", help="comma list of 0 (float32) / 1 (autocast)")
-    parser.add_argument("--cpu_kernels", default="", help="comma list of 0 / 1 (T5 generators; default: config)")
+    parser.add_argument("--cpu_kernels", default="", help="comma list of 0 / 1 (default: config)")
     parser.add_argument("--batches", type=int, default=6, help="timed batches per setting and round")
     parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument("--config_files", default="")
@@ -44,6 +48,7 @@ def main():
 
     from recbole_letter.benchmark import timed_train_step
     from recbole_letter.model import get_model_class
+    from recbole_letter.model.letter_lc_rec import LETTER_LC_Rec
     from recbole_letter.quick_start import parse_overrides, prepare
 
     overrides = {"show_progress": False, "state": "WARNING", **parse_overrides(rest)}
@@ -51,11 +56,13 @@ def main():
     config_files = [f for f in args.config_files.split(",") if f]
     config, _, train_data, _, _ = prepare(args.model, args.dataset, config_files, overrides)
     device = config["device"]
-    kernel_values = [bool(int(k)) for k in args.cpu_kernels.split(",") if k] or [config["t5_cpu_kernels"]]
+    model_class = get_model_class(args.model)
+    kernel_key = "llm_cpu_kernels" if issubclass(model_class, LETTER_LC_Rec) else "t5_cpu_kernels"
+    kernel_values = [bool(int(k)) for k in args.cpu_kernels.split(",") if k] or [config[kernel_key]]
     models = {}
     for kernels in kernel_values:  # each setting starts from the same weights (state below)
-        config["t5_cpu_kernels"] = kernels
-        models[kernels] = get_model_class(args.model)(config, train_data.dataset).to(device).train()
+        config[kernel_key] = kernels
+        models[kernels] = model_class(config, train_data.dataset).to(device).train()
     model = models[kernel_values[0]]
     state = copy.deepcopy(model.state_dict())
     needed = args.batches * args.rounds
@@ -82,7 +89,7 @@ def main():
                 seconds[buckets, amp, kernels] += timed_train_step(model, interaction, optimizer, amp=amp)
     timed = args.batches * args.rounds
     name = {setting: f"length_buckets={setting[0]}" + (" autocast" if setting[1] else "")
-            + ("" if len(kernel_values) == 1 else f" t5_cpu_kernels={setting[2]}") for setting in settings}
+            + ("" if len(kernel_values) == 1 else f" {kernel_key}={setting[2]}") for setting in settings}
     for setting in settings:
         per_batch = seconds[setting] / timed
         print(f"{name[setting]}: {per_batch:.3f} s/batch, ~{per_batch * len(train_data) / 60:.1f} min/epoch")

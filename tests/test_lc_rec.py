@@ -2,7 +2,8 @@
 
 Checked: code tokens added, LoRA trains while the LM (and frozen code rows) do not, the loss sees only
 the response, KV-cache beam search agrees with teacher forcing and yields real items, checkpoints hold
-only trained weights and reload through RecBole's trainer, clear errors.
+only trained weights and reload through RecBole's trainer, the CPU kernels (eager attention in training,
+fast LoRA dropout) change no gradient, clear errors.
 """
 
 import json
@@ -172,6 +173,38 @@ def test_loss_only_on_response_tokens(lc_config):
     listed = [t for t in prompt if re.fullmatch(r"<[a-z]_\d+>", t)]
     expected = model.tokenizer.convert_ids_to_tokens(model.item_code_tokens[seq[row, : seq_len[row]]].flatten().tolist())
     assert listed == expected
+
+
+def test_cpu_kernels_train_eager_with_fast_lora_dropout_and_same_gradients(lc_config):
+    from recbole_letter.model.t5_cpu import Dropout
+
+    name, cfg = lc_config
+    cfg = {**cfg, "prompt_sample_train": False}
+    _, fast, train_data, _ = _build(LETTER_LC_Rec, name, {**cfg, "llm_cpu_kernels": True})
+    dropouts = [m for n, m in fast.named_modules() if "lora_dropout" in n and isinstance(m, torch.nn.Dropout)]
+    assert dropouts and all(type(m) is Dropout and m.p == 0.05 for m in dropouts)
+    loaded = fast.eval_attention
+    assert loaded != "eager"  # the tiny LLaMA loads with SDPA, so the switch below is a real one
+    fast.train()
+    assert fast.lm.config._attn_implementation == "eager"
+    fast.eval()
+    assert fast.lm.config._attn_implementation == loaded
+    # without dropout, the kernels change nothing but float rounding: same loss and LoRA gradients
+    _, plain, _, _ = _build(LETTER_LC_Rec, name, {**cfg, "llm_cpu_kernels": False, "lora_dropout": 0.0})
+    _, fast, _, _ = _build(LETTER_LC_Rec, name, {**cfg, "llm_cpu_kernels": True, "lora_dropout": 0.0})
+    fast.load_state_dict(plain.state_dict())
+    for model in (plain, fast):
+        torch.nn.init.normal_(next(p for n, p in model.named_parameters() if "lora_B" in n), generator=torch.Generator().manual_seed(0))
+    batch = _first_batch(train_data)
+    grads = []
+    for model in (plain, fast):
+        model.train()
+        model.calculate_loss(batch).backward()
+        grads.append({n: p.grad for n, p in model.named_parameters() if p.grad is not None})
+    assert plain.lm.config._attn_implementation == loaded and fast.lm.config._attn_implementation == "eager"
+    assert grads[0].keys() == grads[1].keys() and grads[0]
+    for n in grads[0]:
+        torch.testing.assert_close(grads[1][n], grads[0][n], rtol=1e-4, atol=1e-6)
 
 
 def test_training_prompts_are_sampled_test_prompt_fixed(lc_config):

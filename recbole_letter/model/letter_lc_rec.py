@@ -19,6 +19,9 @@ How it works (docs/lc_rec.md):
   one at evaluation). The response is the next item's code tokens; the loss (cross-entropy of
   ``logits / tau`` over the whole vocabulary, ``GenerativeRecommender.ranking_loss``) sees only the
   response positions: prompt and padding never enter it.
+* On a CPU (``llm_cpu_kernels``) training runs the LM's eager attention (``transformers``' CPU
+  ``scaled_dot_product_attention`` backward is slower) and the LoRA dropout of ``t5_cpu``; evaluation
+  keeps the attention the LM was loaded with (SDPA decodes faster). Same model, same state_dict.
 * Decoding is the shared trie-constrained beam search over the LM's KV cache (prompt run once, the
   cache reordered by beam origin), so every generated sequence is a real item; ``full_sort_predict``
   comes from ``GenerativeRecommender``.
@@ -44,6 +47,7 @@ import torch.nn.functional as F
 from recbole.utils import InputType
 
 from recbole_letter.model.generative_recommender import GenerativeRecommender
+from recbole_letter.model.t5_cpu import use_fast_dropout
 
 DEFAULT_TEMPLATE_FILE = Path(__file__).resolve().parent.parent / "templates" / "lc_rec_prompts.json"
 LEVEL_LETTERS = string.ascii_lowercase
@@ -250,6 +254,9 @@ class LETTER_LC_Rec(GenerativeRecommender):
         self.freeze_code_embeddings = bool(config["freeze_code_embeddings"])
         self.prompt_sample_train = bool(config["prompt_sample_train"])
         self.gradient_checkpointing = bool(config["gradient_checkpointing"])
+        self.llm_cpu_kernels = config["llm_cpu_kernels"]
+        if self.llm_cpu_kernels is None:  # ~: on when the model trains on a CPU
+            self.llm_cpu_kernels = torch.device(config["device"]).type == "cpu"
 
         # tokenizer: one token per (level, code), ids first_code_token .. vocab_size - 1
         self.tokenizer = tokenizer
@@ -273,6 +280,9 @@ class LETTER_LC_Rec(GenerativeRecommender):
 
             lm = prepare_model_for_kbit_training(lm, use_gradient_checkpointing=self.gradient_checkpointing)
         self.llm = self._add_lora(lm)
+        self.eval_attention = lm.config._attn_implementation  # what the LM was loaded with ("sdpa", ...)
+        if self.llm_cpu_kernels:
+            use_fast_dropout(self.llm)  # the LoRA inputs' dropout; the LM's own attention dropout is a float
         # after peft (which freezes everything but LoRA), so these stay what the config asks for
         n_codes = self.vocab_size - first_code_token
         embedding = CodeTokenEmbedding(lm.get_input_embeddings(), first_code_token, n_codes)
@@ -306,6 +316,15 @@ class LETTER_LC_Rec(GenerativeRecommender):
             return get_peft_model(lm, lora_config)
         except ValueError as err:  # e.g. target modules that this architecture does not have
             raise ValueError(f"LoRA on {self.lora_target_modules}: {err}".splitlines()[0]) from None
+
+    def train(self, mode=True):
+        """With ``llm_cpu_kernels``: eager attention while training, the loaded one for evaluation."""
+        super().train(mode)
+        if self.llm_cpu_kernels:
+            wanted = "eager" if mode else self.eval_attention
+            if self.lm.config._attn_implementation != wanted:
+                self.lm.set_attn_implementation(wanted)
+        return self
 
     @property
     def lm(self):

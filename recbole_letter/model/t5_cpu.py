@@ -23,6 +23,9 @@ to float rounding, in training mode only the random dropout masks differ. A rele
 on Beauty batches is ~2x faster under bfloat16 autocast (2.01x; the rounds: 1.30x, then 1.11x, then
 1.28-1.41x) and was 1.28x in float32 after the first round (``benchmarks/training.py --cpu_kernels=0,1``,
 docs/generation.md). On other devices :func:`fast_dropout` is ``torch.nn.functional.dropout``.
+
+The dropout is not T5-specific: LETTER-LC-Rec's ``llm_cpu_kernels`` puts it into the LoRA layers
+(:func:`use_fast_dropout`).
 """
 
 import math
@@ -180,14 +183,22 @@ class FeedForward(nn.Module):
         return self.act(self.wi(hidden))
 
 
+def use_fast_dropout(model):
+    """Swap every ``nn.Dropout`` inside ``model`` for :class:`Dropout` (in place; no parameters change)."""
+    for module in list(model.modules()):
+        for name, child in list(module.named_children()):
+            if type(child) is nn.Dropout:
+                setattr(module, name, Dropout(child.p))
+    return model
+
+
 def use_cpu_kernels(t5):
     """Swap a T5's dropout, feed-forward and attention for the cheaper CPU versions above (in place)."""
     for module in list(t5.modules()):
         for name, child in list(module.named_children()):
             if isinstance(child, (modeling_t5.T5DenseActDense, modeling_t5.T5DenseGatedActDense)):
                 setattr(module, name, FeedForward(child))
-            elif type(child) is nn.Dropout:
-                setattr(module, name, Dropout(child.p))
+    use_fast_dropout(t5)
     if hasattr(modeling_t5, "eager_attention_forward"):  # T5 on the attention interface (transformers 5)
         t5.set_attn_implementation(ATTENTION_NAME)
     return t5
