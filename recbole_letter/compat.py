@@ -17,12 +17,17 @@ Each fix is applied once, at ``import recbole_letter``, and touches only what Re
   (the one that installs with today's setuptools) calls ``rng.integers``, which only a
   ``np.random.Generator`` has. RecBole's ``hyper_tuning`` module gets a numpy whose ``RandomState`` is
   ``default_rng`` (the only use of numpy's RNG there).
+* RecBole's own calls that pandas 2.2+ and torch 2.4+ deprecate (``fillna(inplace=True)`` on a column,
+  ``Series.agg(len)``, ``torch.cuda.amp.GradScaler``) print five ``FutureWarning`` s in every run; they
+  announce breakage in versions the pins exclude (pandas 3), so FutureWarnings raised *from RecBole's
+  modules* are not shown (``recbole_letter``'s and everyone else's still are).
 * torch >= 2.6 loads with ``weights_only=True``; RecBole checkpoints pickle their ``Config``. We do not
   change ``torch.load``; ``recbole_letter.trainer.load_checkpoint`` loads our own checkpoints
   knowingly, and the quick start evaluates the best model through it.
 """
 
 import types
+import warnings
 
 import numpy as np
 import scipy.sparse as sp
@@ -49,6 +54,7 @@ def apply():
     import recbole.model.sequential_recommender  # noqa: F401  (imports sine.py)
 
     torch.autograd.set_detect_anomaly(False)
+    warnings.filterwarnings("ignore", category=FutureWarning, module=r"recbole\.")  # not recbole_letter
     from recbole.trainer import hyper_tuning
 
     hyper_tuning.np = _NumpyWithGeneratorRNG()
