@@ -282,7 +282,7 @@ class LETTER_LC_Rec(GenerativeRecommender):
         self.llm = self._add_lora(lm)
         self.eval_attention = lm.config._attn_implementation  # what the LM was loaded with ("sdpa", ...)
         if self.llm_cpu_kernels:
-            use_fast_dropout(self.llm)  # the LoRA inputs' dropout; the LM's own attention dropout is a float
+            use_fast_dropout(self.llm)  # every nn.Dropout: the LoRA inputs' (LLaMA has no other dropout module)
         # after peft (which freezes everything but LoRA), so these stay what the config asks for
         n_codes = self.vocab_size - first_code_token
         embedding = CodeTokenEmbedding(lm.get_input_embeddings(), first_code_token, n_codes)
