@@ -1,5 +1,5 @@
 """Training-step cost of a generative recommender: one padded batch vs length-bucketed sub-batches,
-with and without mixed precision, with and without the T5's CPU kernels.
+with and without mixed precision, with and without the CPU kernels (T5 or LC-Rec).
 
     python benchmarks/training.py --dataset=Beauty --data_path=../shared/data \\
         --item_codes_file=../shared/data/Beauty/raw/Beauty.index.json --buckets=1,4,8

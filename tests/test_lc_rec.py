@@ -193,8 +193,9 @@ def test_cpu_kernels_train_eager_with_fast_lora_dropout_and_same_gradients(lc_co
     _, plain, _, _ = _build(LETTER_LC_Rec, name, {**cfg, "llm_cpu_kernels": False, "lora_dropout": 0.0})
     _, fast, _, _ = _build(LETTER_LC_Rec, name, {**cfg, "llm_cpu_kernels": True, "lora_dropout": 0.0})
     fast.load_state_dict(plain.state_dict())
-    for model in (plain, fast):
-        torch.nn.init.normal_(next(p for n, p in model.named_parameters() if "lora_B" in n), generator=torch.Generator().manual_seed(0))
+    for model in (plain, fast):  # one lora_B off zero, so that lora_A gets gradients too
+        first_b = next(p for n, p in model.named_parameters() if "lora_B" in n)
+        torch.nn.init.normal_(first_b, generator=torch.Generator().manual_seed(0))
     batch = _first_batch(train_data)
     grads = []
     for model in (plain, fast):

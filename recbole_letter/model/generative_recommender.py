@@ -91,6 +91,12 @@ class GenerativeRecommender(SequentialRecommender):
         padded batch is no slower (launch-bound: 1.01x at 4 buckets, 0.69x at 8 on an H200)."""
         return 1 if device is not None and torch.device(device).type == "cuda" else 8
 
+    @staticmethod
+    def cpu_kernels_setting(value, device):
+        """A ``*_cpu_kernels`` key (``t5_cpu_kernels``, ``llm_cpu_kernels``): ``~`` = on when the model
+        trains on a CPU."""
+        return torch.device(device).type == "cpu" if value is None else bool(value)
+
     # ---- token helpers --------------------------------------------------------------------------
     @property
     def trie(self):

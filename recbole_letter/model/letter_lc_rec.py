@@ -254,9 +254,7 @@ class LETTER_LC_Rec(GenerativeRecommender):
         self.freeze_code_embeddings = bool(config["freeze_code_embeddings"])
         self.prompt_sample_train = bool(config["prompt_sample_train"])
         self.gradient_checkpointing = bool(config["gradient_checkpointing"])
-        self.llm_cpu_kernels = config["llm_cpu_kernels"]
-        if self.llm_cpu_kernels is None:  # ~: on when the model trains on a CPU
-            self.llm_cpu_kernels = torch.device(config["device"]).type == "cpu"
+        self.llm_cpu_kernels = self.cpu_kernels_setting(config["llm_cpu_kernels"], config["device"])
 
         # tokenizer: one token per (level, code), ids first_code_token .. vocab_size - 1
         self.tokenizer = tokenizer

@@ -42,9 +42,7 @@ class LETTER_TIGER(GenerativeRecommender):
         self.relative_attention_num_buckets = config["relative_attention_num_buckets"]
         self.relative_attention_max_distance = config["relative_attention_max_distance"]
         self.initializer_factor = config["initializer_factor"]
-        self.t5_cpu_kernels = config["t5_cpu_kernels"]
-        if self.t5_cpu_kernels is None:  # ~: on when the model trains on a CPU
-            self.t5_cpu_kernels = torch.device(config["device"]).type == "cpu"
+        self.t5_cpu_kernels = self.cpu_kernels_setting(config["t5_cpu_kernels"], config["device"])
 
         # define layers: T5 with pad = decoder start = 0, eos = 1, code tokens from 2
         t5_config = T5Config(
