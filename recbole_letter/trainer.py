@@ -181,7 +181,10 @@ class LetterTrainer(Trainer):
         self.train_loss_dict.update(checkpoint["train_loss_dict"])
         self.saved_model_file = checkpoint["best_model_file"]
         self.last_model_file = str(path)
-        rng = self._own_rng_state(checkpoint["rng"], path)
+        # load_checkpoint mapped every tensor to this run's device, but random generator states must be CPU
+        # tensors (a GPU run resuming a CPU run's file failed on them)
+        rng = {key: value.cpu() if torch.is_tensor(value) else value
+               for key, value in self._own_rng_state(checkpoint["rng"], path).items()}
         torch.set_rng_state(rng["torch"])
         if rng.get("cuda") is not None and self.device.type == "cuda":  # a GPU run's file continued on a GPU
             torch.cuda.set_rng_state(rng["cuda"], self.device)

@@ -203,14 +203,10 @@ def test_ddp_resume_gives_every_rank_its_own_random_streams_back(tiny_dataset, t
         quick_start.run("SASRec", name, config_dict={**cfg, "nproc": 1, "resume_from": str(last)})
 
 
-def test_resume_from_last_checkpoint_continues_the_same_run(tiny_dataset, monkeypatch, tmp_path):
+def _stopped_run(name, cfg, folder, monkeypatch):
+    """The -last.pth of a run killed during its third epoch: epochs 0 and 1 (and their validation) are done."""
     from recbole.trainer import Trainer
 
-    name, cfg = tiny_dataset
-    cfg = {**cfg, **TINY_SEQ, "epochs": 4, "train_batch_size": 256, "lr_scheduler": "cosine", "warmup_ratio": 0.2}
-    whole = quick_start.run("SASRec", name, config_dict=cfg)
-
-    # the same run, killed during its third epoch: epochs 0 and 1 (and their validation) are done
     train_epoch = Trainer._train_epoch
 
     def killed_in_third_epoch(self, train_data, epoch_idx, *args, **kwargs):
@@ -218,12 +214,20 @@ def test_resume_from_last_checkpoint_continues_the_same_run(tiny_dataset, monkey
             raise KeyboardInterrupt
         return train_epoch(self, train_data, epoch_idx, *args, **kwargs)
 
-    monkeypatch.setattr(Trainer, "_train_epoch", killed_in_third_epoch)
-    with pytest.raises(KeyboardInterrupt):
-        quick_start.run("SASRec", name, config_dict={**cfg, "checkpoint_dir": str(tmp_path / "stopped")})
-    monkeypatch.undo()
-    (last,) = (tmp_path / "stopped").glob("*-last.pth")
+    with monkeypatch.context() as patch:
+        patch.setattr(Trainer, "_train_epoch", killed_in_third_epoch)
+        with pytest.raises(KeyboardInterrupt):
+            quick_start.run("SASRec", name, config_dict={**cfg, "checkpoint_dir": str(folder)})
+    (last,) = folder.glob("*-last.pth")
     assert load_checkpoint(last)["epoch"] == 1
+    return last
+
+
+def test_resume_from_last_checkpoint_continues_the_same_run(tiny_dataset, monkeypatch, tmp_path):
+    name, cfg = tiny_dataset
+    cfg = {**cfg, **TINY_SEQ, "epochs": 4, "train_batch_size": 256, "lr_scheduler": "cosine", "warmup_ratio": 0.2}
+    whole = quick_start.run("SASRec", name, config_dict=cfg)
+    last = _stopped_run(name, cfg, tmp_path / "stopped", monkeypatch)
 
     resumed = quick_start.run("SASRec", name, config_dict={**cfg, "resume_from": str(last)})
     assert resumed["checkpoint"] == str(last).replace("-last.pth", ".pth")  # the stopped run's best file
@@ -233,3 +237,18 @@ def test_resume_from_last_checkpoint_continues_the_same_run(tiny_dataset, monkey
     assert resumed["test_result"] == whole["test_result"]
     with pytest.raises(ValueError, match="not a '-last.pth' file"):
         quick_start.run("SASRec", name, config_dict={**cfg, "resume_from": resumed["checkpoint"]})
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_resume_across_devices(tiny_dataset, monkeypatch, tmp_path):
+    # a CPU run's -last.pth continues on the GPU and the GPU's continues on the CPU: the random generator
+    # states inside must be handed to torch as CPU tensors whatever device the file is loaded for
+    name, cfg = tiny_dataset
+    cfg = {**cfg, **TINY_SEQ, "epochs": 4, "train_batch_size": 256}
+    last = _stopped_run(name, {**cfg, "use_gpu": False}, tmp_path / "stopped", monkeypatch)
+    on_gpu = quick_start.run("SASRec", name, config_dict={**cfg, "use_gpu": True, "resume_from": str(last)})
+    assert on_gpu["epochs"] == 4
+    state = load_checkpoint(last)  # now the GPU run's state after epoch 2, its CUDA generator included
+    assert state["epoch"] == 2 and state["rng"][0]["cuda"] is not None
+    on_cpu = quick_start.run("SASRec", name, config_dict={**cfg, "use_gpu": False, "resume_from": str(last)})
+    assert on_cpu["epochs"] == 4
