@@ -257,6 +257,10 @@ def evaluate_checkpoint(path, config_dict=None):
 
     checkpoint = load_checkpoint(path)
     config = checkpoint["config"]
+    # one process on this machine's device, chosen as RecBole chooses it: the run's own may not exist here
+    # (a GPU run evaluated on a CPU; DDP's cuda:<rank> and process group)
+    config["single_spec"], config["local_rank"] = True, 0
+    config["device"] = torch.device("cuda" if str(config["gpu_id"]) and torch.cuda.is_available() else "cpu")
     for key, value in (config_dict or {}).items():
         config[key] = value
     init_seed(config["seed"], config["reproducibility"])

@@ -184,6 +184,22 @@ def test_ddp_two_processes_on_cpu(tiny_dataset):
     name, cfg = tiny_dataset
     result = quick_start.run("BPR", name, config_dict={**cfg, "embedding_size": 8, "nproc": 2, "port": free_port()})
     assert set(result["test_result"]) == METRICS
+    # its checkpoint (a DDP config inside: cuda:<rank> on GPUs, a process group) evaluates in one process
+    again = quick_start.evaluate_checkpoint(result["checkpoint"])
+    # DDP averages the ranks' metrics, each already rounded to 4 places
+    assert again["test_result"] == pytest.approx(result["test_result"], abs=2e-4)
+
+
+def test_checkpoint_evaluates_on_this_machines_device(tiny_dataset, tmp_path):
+    # a checkpoint from a GPU run, evaluated on a machine that may have no GPU: the saved config's device
+    # is replaced by this machine's (before, building the model failed: "Torch not compiled with CUDA")
+    name, cfg = tiny_dataset
+    result = quick_start.run("BPR", name, config_dict={**cfg, "embedding_size": 8})
+    checkpoint = load_checkpoint(result["checkpoint"])
+    checkpoint["config"]["device"] = torch.device("cuda", 0)
+    torch.save(checkpoint, tmp_path / "from_gpu.pth")
+    again = quick_start.evaluate_checkpoint(str(tmp_path / "from_gpu.pth"))
+    assert again["test_result"] == pytest.approx(result["test_result"], abs=1e-4)
 
 
 def test_ddp_resume_gives_every_rank_its_own_random_streams_back(tiny_dataset, tmp_path):
