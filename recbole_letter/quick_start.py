@@ -250,7 +250,8 @@ def run(model, dataset, config_files=None, config_dict=None, saved=True, before_
 def evaluate_checkpoint(path, config_dict=None):
     """Evaluate a checkpoint written by a run (valid and test) without training.
 
-    The checkpoint carries its config; ``config_dict`` overrides keys of it (e.g. ``eval_batch_size``).
+    The checkpoint carries its config; ``config_dict`` overrides keys of it (e.g. ``eval_batch_size``;
+    ``data_path`` as for training). It runs in one process on this machine's device.
     Useful after a run was stopped: its best-so-far checkpoint is in ``checkpoint_dir``.
     """
     from recbole_letter.trainer import load_checkpoint
@@ -262,7 +263,9 @@ def evaluate_checkpoint(path, config_dict=None):
     config["single_spec"], config["local_rank"] = True, 0
     config["device"] = torch.device("cuda" if str(config["gpu_id"]) and torch.cuda.is_available() else "cpu")
     for key, value in (config_dict or {}).items():
-        config[key] = value
+        # data_path means what it means for training, the folder holding the dataset's folder (the saved
+        # config holds the joined path, as RecBole's Config makes it)
+        config[key] = os.path.join(value, config["dataset"]) if key == "data_path" else value
     init_seed(config["seed"], config["reproducibility"])
     init_logger(config)
     train_data, valid_data, test_data = data_preparation(config, create_dataset(config))

@@ -197,8 +197,9 @@ def test_checkpoint_evaluates_on_this_machines_device(tiny_dataset, tmp_path):
     result = quick_start.run("BPR", name, config_dict={**cfg, "embedding_size": 8})
     checkpoint = load_checkpoint(result["checkpoint"])
     checkpoint["config"]["device"] = torch.device("cuda", 0)
+    checkpoint["config"]["data_path"] = str(tmp_path / "moved" / name)  # and its data is elsewhere now
     torch.save(checkpoint, tmp_path / "from_gpu.pth")
-    again = quick_start.evaluate_checkpoint(str(tmp_path / "from_gpu.pth"))
+    again = quick_start.evaluate_checkpoint(str(tmp_path / "from_gpu.pth"), {"data_path": cfg["data_path"]})
     assert again["test_result"] == pytest.approx(result["test_result"], abs=1e-4)
 
 
