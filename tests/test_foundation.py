@@ -220,10 +220,14 @@ def test_ddp_resume_gives_every_rank_its_own_random_streams_back(tiny_dataset, t
         quick_start.run("SASRec", name, config_dict={**cfg, "nproc": 1, "resume_from": str(last)})
 
 
-def _stopped_run(name, cfg, folder, monkeypatch):
-    """The -last.pth of a run killed during its third epoch: epochs 0 and 1 (and their validation) are done."""
+def test_resume_from_last_checkpoint_continues_the_same_run(tiny_dataset, monkeypatch, tmp_path):
     from recbole.trainer import Trainer
 
+    name, cfg = tiny_dataset
+    cfg = {**cfg, **TINY_SEQ, "epochs": 4, "train_batch_size": 256, "lr_scheduler": "cosine", "warmup_ratio": 0.2}
+    whole = quick_start.run("SASRec", name, config_dict=cfg)
+
+    # the same run, killed during its third epoch: epochs 0 and 1 (and their validation) are done
     train_epoch = Trainer._train_epoch
 
     def killed_in_third_epoch(self, train_data, epoch_idx, *args, **kwargs):
@@ -231,20 +235,12 @@ def _stopped_run(name, cfg, folder, monkeypatch):
             raise KeyboardInterrupt
         return train_epoch(self, train_data, epoch_idx, *args, **kwargs)
 
-    with monkeypatch.context() as patch:
-        patch.setattr(Trainer, "_train_epoch", killed_in_third_epoch)
-        with pytest.raises(KeyboardInterrupt):
-            quick_start.run("SASRec", name, config_dict={**cfg, "checkpoint_dir": str(folder)})
-    (last,) = folder.glob("*-last.pth")
+    monkeypatch.setattr(Trainer, "_train_epoch", killed_in_third_epoch)
+    with pytest.raises(KeyboardInterrupt):
+        quick_start.run("SASRec", name, config_dict={**cfg, "checkpoint_dir": str(tmp_path / "stopped")})
+    monkeypatch.undo()
+    (last,) = (tmp_path / "stopped").glob("*-last.pth")
     assert load_checkpoint(last)["epoch"] == 1
-    return last
-
-
-def test_resume_from_last_checkpoint_continues_the_same_run(tiny_dataset, monkeypatch, tmp_path):
-    name, cfg = tiny_dataset
-    cfg = {**cfg, **TINY_SEQ, "epochs": 4, "train_batch_size": 256, "lr_scheduler": "cosine", "warmup_ratio": 0.2}
-    whole = quick_start.run("SASRec", name, config_dict=cfg)
-    last = _stopped_run(name, cfg, tmp_path / "stopped", monkeypatch)
 
     resumed = quick_start.run("SASRec", name, config_dict={**cfg, "resume_from": str(last)})
     assert resumed["checkpoint"] == str(last).replace("-last.pth", ".pth")  # the stopped run's best file
@@ -256,16 +252,29 @@ def test_resume_from_last_checkpoint_continues_the_same_run(tiny_dataset, monkey
         quick_start.run("SASRec", name, config_dict={**cfg, "resume_from": resumed["checkpoint"]})
 
 
+def _run_in_cpu_process(name, cfg):
+    """quick_start.run of SASRec in a fresh process that sees no GPU (RecBole hides them for gpu_id "")."""
+    code = "import json, sys; from recbole_letter import quick_start; " \
+           "quick_start.run('SASRec', sys.argv[1], config_dict=json.loads(sys.argv[2]))"
+    proc = subprocess.run([sys.executable, "-c", code, name, json.dumps({**cfg, "gpu_id": ""})],
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+
+
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
-def test_resume_across_devices(tiny_dataset, monkeypatch, tmp_path):
-    # a CPU run's -last.pth continues on the GPU and the GPU's continues on the CPU: the random generator
-    # states inside must be handed to torch as CPU tensors whatever device the file is loaded for
+def test_resume_across_devices(tiny_dataset, tmp_path):
+    # a finished 4-epoch run leaves the state after epoch 2 in -last.pth and resuming it re-runs epoch 3: a
+    # CPU run's file continues on the GPU and a GPU run's on the CPU (the random generator states inside
+    # must reach torch as CPU tensors whatever device the file is loaded for)
     name, cfg = tiny_dataset
     cfg = {**cfg, **TINY_SEQ, "epochs": 4, "train_batch_size": 256}
-    last = _stopped_run(name, {**cfg, "use_gpu": False}, tmp_path / "stopped", monkeypatch)
-    on_gpu = quick_start.run("SASRec", name, config_dict={**cfg, "use_gpu": True, "resume_from": str(last)})
-    assert on_gpu["epochs"] == 4
-    state = load_checkpoint(last)  # now the GPU run's state after epoch 2, its CUDA generator included
-    assert state["epoch"] == 2 and state["rng"][0]["cuda"] is not None
-    on_cpu = quick_start.run("SASRec", name, config_dict={**cfg, "use_gpu": False, "resume_from": str(last)})
-    assert on_cpu["epochs"] == 4
+    cpu_cfg = {**cfg, "checkpoint_dir": str(tmp_path / "cpu")}
+    _run_in_cpu_process(name, cpu_cfg)
+    (last,) = (tmp_path / "cpu").glob("*-last.pth")
+    assert load_checkpoint(last)["rng"][0]["cuda"] is None
+    assert quick_start.run("SASRec", name, config_dict={**cpu_cfg, "resume_from": str(last)})["epochs"] == 4
+    gpu_cfg = {**cfg, "checkpoint_dir": str(tmp_path / "gpu")}
+    quick_start.run("SASRec", name, config_dict=gpu_cfg)
+    (last,) = (tmp_path / "gpu").glob("*-last.pth")
+    assert load_checkpoint(last)["rng"][0]["cuda"] is not None
+    _run_in_cpu_process(name, {**gpu_cfg, "resume_from": str(last)})
