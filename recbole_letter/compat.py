@@ -20,7 +20,9 @@ Each fix is applied once, at ``import recbole_letter``, and touches only what Re
 * RecBole's own calls that pandas 2.2+ and torch 2.4+ deprecate (``fillna(inplace=True)`` on a column,
   ``Series.agg(len)``, ``torch.cuda.amp.GradScaler``) print five ``FutureWarning`` s in every run; they
   announce breakage in versions the pins exclude (pandas 3), so FutureWarnings raised *from RecBole's
-  modules* are not shown (``recbole_letter``'s and everyone else's still are).
+  modules* are not shown (``recbole_letter``'s and everyone else's still are). Likewise the one
+  ``UserWarning`` that LightGCN / NGCF / ... raise through ``torch.sparse.FloatTensor`` (a deprecated
+  constructor that still works), and only that one.
 * torch >= 2.6 loads with ``weights_only=True``; RecBole checkpoints pickle their ``Config``. We do not
   change ``torch.load``; ``recbole_letter.trainer.load_checkpoint`` loads our own checkpoints
   knowingly, and the quick start evaluates the best model through it.
@@ -55,6 +57,8 @@ def apply():
 
     torch.autograd.set_detect_anomaly(False)
     warnings.filterwarnings("ignore", category=FutureWarning, module=r"recbole\.")  # not recbole_letter
+    warnings.filterwarnings("ignore", message=r"torch\.sparse\.SparseTensor\(indices, values, shape",
+                            category=UserWarning, module=r"recbole\.")
     from recbole.trainer import hyper_tuning
 
     hyper_tuning.np = _NumpyWithGeneratorRNG()

@@ -151,18 +151,19 @@ def test_missing_column_and_empty_file(tiny_dataset, tmp_path):
 def test_cli_several_models_writes_table(tiny_data_path, tmp_path):
     out = tmp_path / "results"
     proc = subprocess.run(
-        [sys.executable, str(REPO / "run_recbole_letter.py"), "--model=BPR,Caser", "--dataset=ml-tiny",
+        [sys.executable, str(REPO / "run_recbole_letter.py"), "--model=BPR,Caser,LightGCN", "--dataset=ml-tiny",
          f"--data_path={tiny_data_path}", "--epochs=1", "--show_progress=False", "--state=WARNING",
          "--embedding_size=8", f"--results_dir={out}"],
         capture_output=True, text=True, timeout=300,
     )
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert "FutureWarning" not in proc.stderr  # RecBole's deprecated pandas / torch calls (compat.py)
+    assert "sparse.SparseTensor" not in proc.stderr  # LightGCN's deprecated sparse constructor (compat.py)
     assert "| BPR " in proc.stdout and "| Caser " in proc.stdout and "test recall@10" in proc.stdout
     rows = json.loads((out / "ml-tiny.json").read_text())
-    assert [r["model"] for r in rows] == ["BPR", "Caser"]
+    assert [r["model"] for r in rows] == ["BPR", "Caser", "LightGCN"]
     csv = (out / "ml-tiny.csv").read_text().splitlines()
-    assert csv[0].startswith("model,") and len(csv) == 3
+    assert csv[0].startswith("model,") and len(csv) == 4
     # a fresh process evaluates a saved checkpoint alone and gets the run's test figures back
     proc = subprocess.run(
         [sys.executable, str(REPO / "run_recbole_letter.py"), f"--checkpoint={rows[0]['checkpoint']}",
