@@ -265,7 +265,7 @@ def evaluate_checkpoint(path, config_dict=None):
     # one process on this machine's device, chosen as RecBole chooses it (gpu_id "" = the CPU): the run's
     # own may not exist here (a GPU run evaluated on a CPU; DDP's cuda:<rank> and process group)
     config["single_spec"], config["local_rank"] = True, 0
-    config["device"] = torch.device("cuda" if str(config["gpu_id"]) and torch.cuda.is_available() else "cpu")
+    config["device"] = torch.device("cuda" if str(config["gpu_id"] or "") and torch.cuda.is_available() else "cpu")
     init_seed(config["seed"], config["reproducibility"])
     init_logger(config)
     train_data, valid_data, test_data = data_preparation(config, create_dataset(config))

@@ -1,6 +1,7 @@
 """The entry point, the property layering, the six baselines and bad-input errors."""
 
 import json
+import os
 import socket
 import subprocess
 import sys
@@ -181,7 +182,8 @@ def free_port():
         return str(s.getsockname()[1])
 
 
-def test_ddp_two_processes_on_cpu(tiny_dataset):
+def test_ddp_two_processes_on_cpu(tiny_dataset, monkeypatch):
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "")  # the spawned ranks use gloo: RecBole's NCCL path wants a GPU each
     name, cfg = tiny_dataset
     result = quick_start.run("BPR", name, config_dict={**cfg, "embedding_size": 8, "nproc": 2, "port": free_port()})
     assert set(result["test_result"]) == METRICS
@@ -204,7 +206,8 @@ def test_checkpoint_evaluates_on_this_machines_device(tiny_dataset, tmp_path):
     assert again["test_result"] == pytest.approx(result["test_result"], abs=1e-4)
 
 
-def test_ddp_resume_gives_every_rank_its_own_random_streams_back(tiny_dataset, tmp_path):
+def test_ddp_resume_gives_every_rank_its_own_random_streams_back(tiny_dataset, tmp_path, monkeypatch):
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "")  # gloo ranks, as in test_ddp_two_processes_on_cpu
     # a finished 4-epoch run leaves the state after epoch 2 in -last.pth: resuming it re-runs epoch 3,
     # whose dropout on each rank must draw from that rank's stream (seeded seed + rank), not rank 0's
     name, cfg = tiny_dataset
@@ -257,8 +260,9 @@ def _run_in_cpu_process(name, cfg):
     """quick_start.run of SASRec in a fresh process that sees no GPU (RecBole hides them for gpu_id "")."""
     code = "import json, sys; from recbole_letter import quick_start; " \
            "quick_start.run('SASRec', sys.argv[1], config_dict=json.loads(sys.argv[2]))"
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))}
     proc = subprocess.run([sys.executable, "-c", code, name, json.dumps({**cfg, "gpu_id": ""})],
-                          capture_output=True, text=True, timeout=300)
+                          capture_output=True, text=True, timeout=300, env=env)
     assert proc.returncode == 0, proc.stderr[-2000:]
 
 
