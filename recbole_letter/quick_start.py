@@ -262,10 +262,10 @@ def evaluate_checkpoint(path, config_dict=None):
         # data_path means what it means for training, the folder holding the dataset's folder (the saved
         # config holds the joined path, as RecBole's Config makes it)
         config[key] = os.path.join(value, config["dataset"]) if key == "data_path" else value
-    # one process on this machine's device, chosen as RecBole chooses it (gpu_id "" = the CPU): the run's
-    # own may not exist here (a GPU run evaluated on a CPU; DDP's cuda:<rank> and process group)
-    config["single_spec"], config["local_rank"] = True, 0
-    config["device"] = torch.device("cuda" if str(config["gpu_id"] or "") and torch.cuda.is_available() else "cpu")
+    # one process on this machine's device, chosen by RecBole's own _init_device (gpu_id "" = the CPU): the
+    # run's may not exist here (a GPU run evaluated on a CPU; DDP's cuda:<rank> and process group)
+    config.final_config_dict.pop("local_rank", None)
+    config._init_device()
     init_seed(config["seed"], config["reproducibility"])
     init_logger(config)
     train_data, valid_data, test_data = data_preparation(config, create_dataset(config))

@@ -164,7 +164,9 @@ class LetterTrainer(Trainer):
         random streams, the same best checkpoint file. The config must be the run's own. Replaces
         RecBole's version, which cannot read its own checkpoints on torch >= 2.6 and restores neither
         the schedule nor the random generators."""
-        checkpoint = load_checkpoint(path, self.device)
+        # on the CPU: random generator states must stay CPU tensors (mapped to a GPU, resuming there failed);
+        # load_state_dict moves weights and optimiser state to the model's device
+        checkpoint = load_checkpoint(path)
         if "best_model_file" not in checkpoint:
             raise ValueError(f"{path} is not a '-last.pth' file written by LetterTrainer (best checkpoints "
                              f"cannot be resumed: evaluate them with --checkpoint)")
@@ -181,10 +183,7 @@ class LetterTrainer(Trainer):
         self.train_loss_dict.update(checkpoint["train_loss_dict"])
         self.saved_model_file = checkpoint["best_model_file"]
         self.last_model_file = str(path)
-        # load_checkpoint mapped every tensor to this run's device, but random generator states must be CPU
-        # tensors (a GPU run resuming a CPU run's file failed on them)
-        rng = {key: value.cpu() if torch.is_tensor(value) else value
-               for key, value in self._own_rng_state(checkpoint["rng"], path).items()}
+        rng = self._own_rng_state(checkpoint["rng"], path)
         torch.set_rng_state(rng["torch"])
         if rng.get("cuda") is not None and self.device.type == "cuda":  # a GPU run's file continued on a GPU
             torch.cuda.set_rng_state(rng["cuda"], self.device)
