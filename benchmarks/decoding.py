@@ -14,7 +14,7 @@ Same LETTER_TIGER weights (release architecture, random init unless --checkpoint
 Prints both throughputs (users/s), the agreement of the lists (identical, or differing only where the
 two scores tie within --tie_tol) and, as the last line, ``speedup: <ratio>``. ``--full_eval`` also
 times one full RecBole test evaluation (every test user) with our decoding; ``--amp`` also times ours
-under autocast (``enable_amp``: bfloat16 on CPU, float16 on CUDA) against float32, interleaved, and
+under autocast (``enable_amp``, in ``amp_dtype``: bfloat16 by default) against float32, interleaved, and
 how many of the float32 top-10 items it keeps.
 """
 

@@ -11,7 +11,7 @@ with and without mixed precision, with and without the CPU kernels (T5 or LC-Rec
 
 Times forward + backward + AdamW step on the same training batches (RecBole's loader, shipped config
 plus the given files / ``--key=value`` overrides) for each ``length_buckets`` value and each ``--amp``
-value (1 = autocast as RecBole's trainer does under ``enable_amp``: bfloat16 on CPU, float16 on CUDA)
+value (1 = autocast as our trainer does under ``enable_amp``: to ``amp_dtype``, bfloat16 by default)
 and each ``--cpu_kernels`` value (``t5_cpu_kernels`` of LETTER_TIGER / TIGER: 0 = ``transformers``' T5
 modules, 1 = ``recbole_letter.model.t5_cpu``; ``llm_cpu_kernels`` of the LC-Rec models: 0 = the LM's
 loaded attention and ``peft``'s LoRA dropout, 1 = eager attention and ``t5_cpu``'s dropout; default:

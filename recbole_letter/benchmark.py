@@ -28,7 +28,8 @@ def results_table(results):
 def timed_train_step(model, interaction, optimizer, amp=False):
     """Seconds of one optimiser step on ``interaction`` (zero_grad, ``calculate_loss``, backward, step),
     GPU work included; the loss may be a tuple of parts, as RecBole allows. ``amp`` autocasts the loss
-    as RecBole's trainer does under ``enable_amp`` (bfloat16 on CPU, float16 on CUDA)."""
+    as ``LetterTrainer`` does under ``enable_amp``: to the model's ``amp_dtype`` (a generator's config
+    key, bfloat16 by default), else to torch's default (bfloat16 on CPU, float16 on CUDA)."""
     import torch
 
     cuda = next(model.parameters()).is_cuda
@@ -36,7 +37,7 @@ def timed_train_step(model, interaction, optimizer, amp=False):
         torch.cuda.synchronize()
     start = time.perf_counter()
     optimizer.zero_grad()
-    with torch.autocast(next(model.parameters()).device.type, enabled=amp):
+    with torch.autocast(next(model.parameters()).device.type, dtype=getattr(model, "amp_dtype", None), enabled=amp):
         losses = model.calculate_loss(interaction)
     (sum(losses) if isinstance(losses, tuple) else losses).backward()
     optimizer.step()

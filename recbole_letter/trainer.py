@@ -1,7 +1,8 @@
 """What RecBole's Trainer cannot already do: a warm-up + cosine LR schedule, epochs of a fixed number
-of batches, resuming a stopped run, DDP on CPU (gloo), and reading back its own best checkpoint on
-torch >= 2.6."""
+of batches, resuming a stopped run, DDP on CPU (gloo), autocast in bfloat16 on CUDA too, and reading
+back its own best checkpoint on torch >= 2.6."""
 
+import contextlib
 import itertools
 import math
 import os
@@ -22,6 +23,29 @@ def load_checkpoint(path, device="cpu"):
     unpickling runs code, so never point it at a checkpoint from an untrusted source.
     """
     return torch.load(path, map_location=device, weights_only=False)
+
+
+AMP_DTYPES = {"bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+def amp_dtype(config):
+    """The ``amp_dtype`` key as a torch dtype: what ``enable_amp`` autocasts to, in training and decoding."""
+    name = config["amp_dtype"] or "bfloat16"
+    if name not in AMP_DTYPES:
+        raise ValueError(f"amp_dtype must be one of {sorted(AMP_DTYPES)}, got {name!r}")
+    return AMP_DTYPES[name]
+
+
+@contextlib.contextmanager
+def default_autocast_dtype(device_type, dtype):
+    """Make ``torch.autocast(device_type)`` without a dtype mean ``dtype`` inside this block (RecBole's
+    training loop opens its autocast without one: float16 on CUDA, bfloat16 on a CPU)."""
+    previous = torch.get_autocast_dtype(device_type)
+    torch.set_autocast_dtype(device_type, dtype)
+    try:
+        yield
+    finally:
+        torch.set_autocast_dtype(device_type, previous)
 
 
 def warmup_schedule(total_steps, warmup_steps, cosine=True):
@@ -76,6 +100,8 @@ class LetterTrainer(Trainer):
       :meth:`resume_checkpoint` (``resume_from``) continues the run from it, writing the same best checkpoint;
     * the last epoch is always validated, whatever ``eval_step`` (RecBole validates only when
       ``(epoch + 1) % eval_step == 0``): a run always ends on a measured epoch and has a best checkpoint;
+    * ``enable_amp`` autocasts to ``amp_dtype`` (bfloat16 by default) on every device: RecBole's own
+      loop would use float16 on CUDA, where T5 is known to overflow and a gradient scaler is needed;
     * DDP on CPU: RecBole wraps the model with ``device_ids=[local_rank]``, which only GPU modules accept;
     * ``evaluate(load_best_model=True)`` reads the best checkpoint through :func:`load_checkpoint`.
     """
@@ -105,6 +131,7 @@ class LetterTrainer(Trainer):
         self.last_model_file = os.path.splitext(self.saved_model_file)[0] + "-last.pth"
         self.save_last = False
         self.resumed = None  # what resume_checkpoint() read that fit() applies: schedule position, loader generator
+        self.amp_dtype = amp_dtype(config)
 
     def fit(self, train_data, valid_data=None, verbose=True, saved=True, show_progress=False, callback_fn=None):
         if self.train_batches_per_epoch is not None:
@@ -127,7 +154,8 @@ class LetterTrainer(Trainer):
             self._save_last(epoch_idx - 1, train_data)
         if epoch_idx == self.epochs - 1 and self.eval_step > 1:
             self.eval_step = 1  # RecBole's loop validates after this epoch: (epoch_idx + 1) % 1 == 0
-        return super()._train_epoch(train_data, epoch_idx, loss_func=loss_func, show_progress=show_progress)
+        with default_autocast_dtype(self.device.type, self.amp_dtype):
+            return super()._train_epoch(train_data, epoch_idx, loss_func=loss_func, show_progress=show_progress)
 
     def _save_last(self, epoch, train_data):
         generator = getattr(train_data, "generator", None)

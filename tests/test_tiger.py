@@ -270,3 +270,35 @@ def test_enable_amp_autocasts_training_and_decoding(trained_tiger, tiny_data_pat
     result = quick_start.run("LETTER_TIGER", "ml-tiny",
                              config_dict={**_tiny_tiger_config(tiny_data_path, tmp_path), "enable_amp": True})
     assert set(result["test_result"]) == {"recall@5", "recall@10", "ndcg@5", "ndcg@10"}
+
+
+def test_amp_dtype_is_the_autocast_dtype_of_training_and_decoding(tiny_data_path, tmp_path, monkeypatch):
+    """``amp_dtype`` reaches RecBole's training autocast (which has no dtype of its own: float16 on CUDA)
+    and the decoder's; float16 is the one a CPU would not pick by itself. Restored after the run."""
+    from recbole_letter import quick_start
+    from recbole_letter.model.letter_tiger import LETTER_TIGER
+
+    seen = {"train": set(), "decode": set()}
+    code_logits, build_step_fn = LETTER_TIGER.code_logits, LETTER_TIGER.build_step_fn
+
+    def autocast_state():
+        return torch.is_autocast_enabled("cpu"), torch.get_autocast_dtype("cpu")
+
+    def recording_code_logits(self, *args):
+        if self.training:
+            seen["train"].add(autocast_state())
+        return code_logits(self, *args)
+
+    def recording_build_step_fn(self, *args):
+        seen["decode"].add(autocast_state())
+        return build_step_fn(self, *args)
+
+    monkeypatch.setattr(LETTER_TIGER, "code_logits", recording_code_logits)
+    monkeypatch.setattr(LETTER_TIGER, "build_step_fn", recording_build_step_fn)
+    config_dict = {**_tiny_tiger_config(tiny_data_path, tmp_path), "enable_amp": True, "amp_dtype": "float16",
+                   "epochs": 1}
+    quick_start.run("LETTER_TIGER", "ml-tiny", config_dict=config_dict)
+    assert seen == {"train": {(True, torch.float16)}, "decode": {(True, torch.float16)}}
+    assert torch.get_autocast_dtype("cpu") == torch.bfloat16  # torch's own default is back
+    with pytest.raises(ValueError, match="amp_dtype must be one of"):
+        quick_start.run("LETTER_TIGER", "ml-tiny", config_dict={**config_dict, "amp_dtype": "float8"})

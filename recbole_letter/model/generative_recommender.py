@@ -31,7 +31,7 @@ pad = 0, eos = 1, codes from 2 (``vocab_size`` = 2 + sum of codebook sizes). ``s
 ``first_code_token + sum(codebook_sizes)``: the smallest vocabulary holding every code token.
 
 Config keys read here: ``tau`` (loss temperature), ``beam_size`` (>= max ``topk``),
-``beam_batch_size`` (users decoded at once in ``full_sort_predict``), ``length_buckets`` (training
+``enable_amp`` / ``amp_dtype`` (decoding autocasts as training does), ``beam_batch_size`` (users decoded at once in ``full_sort_predict``), ``length_buckets`` (training
 batches run as this many sub-batches of similar history length, each padded only to its own longest
 history: the same loss and gradients for less padding; ``~`` = ``default_length_buckets``),
 ``item_codes_file`` and the tokenizer's keys (through ``get_item_codes``).
@@ -50,6 +50,7 @@ from recbole_letter.generation import (
     item_code_token_table,
 )
 from recbole_letter.tokenizer import get_item_codes
+from recbole_letter.trainer import amp_dtype
 
 
 class GenerativeRecommender(SequentialRecommender):
@@ -60,8 +61,9 @@ class GenerativeRecommender(SequentialRecommender):
         self.beam_size = int(config["beam_size"] or 20)
         self.beam_batch_size = int(config["beam_batch_size"] or 64)
         self.length_buckets = int(config["length_buckets"] or self.default_length_buckets(config["device"]))
-        # RecBole's trainer autocasts calculate_loss under enable_amp; decoding follows the same switch
+        # the trainer autocasts calculate_loss to amp_dtype under enable_amp; decoding follows the same switch
         self.enable_amp = bool(config["enable_amp"])
+        self.amp_dtype = amp_dtype(config)
         topk = config["topk"]
         max_topk = max(topk) if isinstance(topk, (list, tuple)) else int(topk or 0)
         if self.beam_size < max_topk:
@@ -167,7 +169,7 @@ class GenerativeRecommender(SequentialRecommender):
         # decode users of similar history length together: less padding in every chunk
         order = torch.argsort(item_seq_len, stable=True)
         ids, scores = [], []
-        with torch.autocast(item_seq.device.type, enabled=self.enable_amp):
+        with torch.autocast(item_seq.device.type, dtype=self.amp_dtype, enabled=self.enable_amp):
             for start in range(0, item_seq.shape[0], self.beam_batch_size):
                 chunk = order[start : start + self.beam_batch_size]
                 step_fn = self.build_step_fn(item_seq[chunk], item_seq_len[chunk])
