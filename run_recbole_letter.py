@@ -10,8 +10,8 @@
     python run_recbole_letter.py --benchmark=sweep --param=tau --dataset=Beauty ...
     python run_recbole_letter.py --benchmark=tune --model=SASRec --params_file=hyper.test [--algo=bayes]
 
-Arguments follow RecBole: --model (one name or a comma list), --dataset, --config_files (space or comma
-separated YAML files) and any --key=value config override. --results_dir (default results/) receives
+Arguments follow RecBole: --model (one name or a comma list), --dataset, --config_files (YAML files, comma
+separated, or space separated inside one quoted argument) and any --key=value config override. --results_dir (default results/) receives
 the side-by-side table as <dataset>.md/.csv/.json.
 """
 
@@ -62,7 +62,7 @@ def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", default=None, help="model name or comma list (default LETTER_TIGER)")
     parser.add_argument("--dataset", default="ml-100k")
-    parser.add_argument("--config_files", default=None, help="YAML files, space or comma separated")
+    parser.add_argument("--config_files", default=None, help="YAML files, comma separated (or space separated, quoted)")
     parser.add_argument("--results_dir", default="results")
     parser.add_argument("--benchmark", choices=["table1", "ablation", "sweep", "codes", "tune"], default=None,
                         help="reproduce a paper table/figure (resumable; docs/results.md)")

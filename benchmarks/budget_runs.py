@@ -29,13 +29,21 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 RESERVE_FRACTION = 0.15  # the probe runs while the other jobs start: keep a margin for contention
 
 
-def parse_job(spec):
-    """``label:MODEL:DATASET[:key=value,...]`` -> (label, model, dataset, overrides typed as on the CLI)."""
+PATH_KEYS = ("data_path", "item_codes_file", "resume_from", "llm_path")  # relative to where budget_runs started
+
+
+def parse_job(spec, base_dir=None):
+    """``label:MODEL:DATASET[:key=value,...]`` -> (label, model, dataset, overrides typed as on the CLI).
+    Relative ``PATH_KEYS`` values are taken from ``base_dir`` (each job runs in its own folder)."""
     from recbole_letter.quick_start import parse_overrides
 
     label, model, dataset, *rest = spec.split(":", 3)
     pairs = rest[0].split(",") if rest and rest[0] else []
-    return label, model, dataset, parse_overrides([f"--{pair}" for pair in pairs])
+    overrides = parse_overrides([f"--{pair}" for pair in pairs])
+    for key in PATH_KEYS:
+        if base_dir and isinstance(overrides.get(key), str):
+            overrides[key] = os.path.join(base_dir, overrides[key])  # join keeps an absolute path as it is
+    return label, model, dataset, overrides
 
 
 def _sync(device):
@@ -142,10 +150,11 @@ def main():
     parser.add_argument("--deadline", type=float, required=True, help="seconds from now until every job must be done")
     parser.add_argument("--out", default="budget_runs")
     parser.add_argument("--single", action="store_true", help=argparse.SUPPRESS)  # one job, in this process
+    parser.add_argument("--base_dir", default=None, help=argparse.SUPPRESS)  # the folder relative paths start from
     args = parser.parse_args()
     os.makedirs(args.out, exist_ok=True)
     if args.single:
-        run_job(*parse_job(args.jobs[0]), deadline=args.deadline, out_dir=args.out)
+        run_job(*parse_job(args.jobs[0], args.base_dir), deadline=args.deadline, out_dir=args.out)
         return
     deadline = time.time() + args.deadline
     labels, procs = [], []
@@ -156,7 +165,7 @@ def main():
         os.makedirs(workdir, exist_ok=True)
         log = open(os.path.join(args.out, f"{label}.log"), "w")
         cmd = [sys.executable, os.path.abspath(__file__), "--single", f"--deadline={deadline}",
-               f"--out={os.path.abspath(args.out)}", spec]  # fmt: skip
+               f"--out={os.path.abspath(args.out)}", f"--base_dir={os.getcwd()}", spec]  # fmt: skip
         procs.append(subprocess.Popen(cmd, cwd=workdir, stdout=log, stderr=subprocess.STDOUT))
     for proc, label in zip(procs, labels):
         try:

@@ -95,15 +95,17 @@ def main():
     from recbole_letter.model.letter_lc_rec import LETTER_LC_Rec
     from recbole_letter.quick_start import prepare
 
+    # paths given relative to where the command started, before moving into the scratch folder
+    llm_path = args.llm_path and os.path.abspath(args.llm_path)
+    tokenizer = args.tokenizer and os.path.abspath(args.tokenizer)
     scratch = tempfile.mkdtemp(prefix="lc_rec_bench_")
     os.chdir(scratch)  # RecBole writes ./log and ./saved
-    llm_path = args.llm_path
     if args.random_llm:
         if not args.tokenizer:
             parser.error("--random_llm needs --tokenizer")
         start = time.perf_counter()
         llm_path = os.path.join(scratch, args.random_llm)
-        n_params = write_random_llm(args.random_llm, args.tokenizer, args.dtype, llm_path)
+        n_params = write_random_llm(args.random_llm, tokenizer, args.dtype, llm_path)
         print(f"random {args.random_llm}: {n_params / 1e9:.2f} B parameters, written in {time.perf_counter() - start:.0f}s", flush=True)
     data_dir = Path(recbole.__file__).parent / "dataset_example" / args.dataset
     random_codes_file(data_dir, "codes.json")

@@ -19,6 +19,14 @@ def test_job_spec_overrides_are_typed():
     assert budget_runs.parse_job("s:SASRec:ml-100k")[3] == {}
 
 
+def test_job_paths_are_relative_to_where_budget_runs_started():
+    # every job runs in its own folder (<out>/<label>): a relative data_path must not resolve there
+    overrides = budget_runs.parse_job("lt:LETTER_TIGER:Beauty:data_path=../shared/data,item_codes_file=/d/x.json,"
+                                      "checkpoint_dir=saved", base_dir="/work/main")[3]
+    assert overrides == {"data_path": "/work/main/../shared/data", "item_codes_file": "/d/x.json",
+                         "checkpoint_dir": "saved"}  # the job's own folder, as intended
+
+
 @pytest.mark.parametrize(
     "args, expected",
     [

@@ -149,6 +149,23 @@ def test_missing_column_and_empty_file(tiny_dataset, tmp_path):
         quick_start.build_config("SASRec", "bad", config_dict={**cfg, "data_path": str(tmp_path / "bad")})
 
 
+def test_item_text_columns_are_required_only_where_a_tokenizer_reads_them(tiny_dataset, tmp_path):
+    # a LETTER-JSON conversion has an .item without text: baselines and generators on given codes run on it
+    name, cfg = tiny_dataset
+    folder = tmp_path / name
+    folder.mkdir()
+    for suffix in ("inter", "item"):
+        lines = (Path(cfg["data_path"]) / name / f"{name}.{suffix}").read_text().splitlines()
+        if suffix == "item":
+            lines = [line.split("\t")[0] for line in lines]  # item_id only
+        (folder / f"{name}.{suffix}").write_text("\n".join(lines) + "\n")
+    cfg = {**cfg, "data_path": str(tmp_path)}
+    quick_start.build_config("SASRec", name, config_dict=cfg)
+    quick_start.build_config("LETTER_TIGER", name, config_dict={**cfg, "item_codes_file": "codes.index.json"})
+    with pytest.raises(ValueError, match=r"missing column\(s\) \['movie_title'\]"):
+        quick_start.build_config("LETTER_TIGER", name, config_dict=cfg)
+
+
 def test_cli_several_models_writes_table(tiny_data_path, tmp_path):
     out = tmp_path / "results"
     proc = subprocess.run(

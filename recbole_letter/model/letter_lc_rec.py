@@ -27,7 +27,7 @@ How it works (docs/lc_rec.md):
   comes from ``GenerativeRecommender``.
 
 ``LC_Rec`` is the same generator on TIGER's plain RQ-VAE codes (``alpha: 0, beta: 0`` in
-``properties/model/LC_Rec.yaml``).
+``properties/model/LC_Rec.yaml``) with the plain generation loss (``tau: 1.0``; LETTER_LC_Rec 0.7).
 
 Checkpoints hold only what training can change (LoRA weights, code-token rows, the item codes); the
 base LM is read again from ``llm_path`` when the model is built.

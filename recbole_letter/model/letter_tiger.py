@@ -6,8 +6,9 @@ Reference:
 
 Input = the code tokens of the last <= ``MAX_ITEM_LIST_LENGTH`` history items; target = the next item's
 code tokens; loss = the ranking-guided cross-entropy of ``logits / tau``; ranking = trie-constrained
-beam search. The two classes differ only in their tokenizer settings (``properties/model/*.yaml``):
-LETTER_TIGER uses the LETTER tokenizer (alpha, beta > 0), TIGER the plain RQ-VAE (alpha = beta = 0).
+beam search. The two classes differ only in their settings (``properties/model/*.yaml``): LETTER_TIGER
+uses the LETTER tokenizer (alpha, beta > 0) and the ranking-guided loss (tau 0.7), TIGER the plain
+RQ-VAE (alpha = beta = 0) and the plain generation loss (tau 1.0).
 
 The T5 is built from a ``transformers.T5Config`` (random init, no download); on a CPU its dropout,
 feed-forward and attention modules are swapped for cheaper equivalents (``t5_cpu.py``). Decoding

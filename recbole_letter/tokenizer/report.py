@@ -1,6 +1,6 @@
 """Quality report of item codes: JSON + printed table + PNG plots.
 
-Figures (LETTER_SPEC section 2): collision rate before / after resolution, codes used and entropy per
+Figures (paper Sec. 3.1 and Sec. 4): collision rate before / after resolution, codes used and entropy per
 level, the level-1 code-assignment histogram grouped as in paper Fig. 6 (codes sorted by frequency,
 groups of 15), and the two CF checks of paper Tables 3-4:
 
