@@ -53,3 +53,19 @@ def test_index_json_maps_raw_tokens_to_internal_ids(tiny_dataset, tmp_path):
     path.write_text(json.dumps(index))
     with pytest.raises(ValueError, match="1 items of the dataset have no code"):
         ItemCodes.from_index_json(path, dataset)
+
+
+@pytest.mark.parametrize("name", ["letter", "rqvae"])
+def test_published_beauty_codes_are_complete_and_unique(name):
+    """artifacts/: every Beauty item once, 5 tokens in the release's layout, no two items alike."""
+    import re
+    from pathlib import Path
+
+    codes = json.loads((Path(__file__).parents[1] / "artifacts" / f"Beauty.{name}.index.json").read_text())
+    assert sorted(map(int, codes)) == list(range(12101))
+    sequences = [tuple(tokens) for tokens in codes.values()]
+    assert len(set(sequences)) == len(sequences)
+    pattern = re.compile(r"<([a-e])_(\d+)>")
+    for tokens in sequences:
+        parsed = [pattern.fullmatch(token).groups() for token in tokens]
+        assert [level for level, _ in parsed] == list("abcde") and all(int(c) < 256 for _, c in parsed)
