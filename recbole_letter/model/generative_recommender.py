@@ -30,11 +30,12 @@ first added code token), ``eos_token_id`` and ``pad_token_id`` to ``__init__``; 
 pad = 0, eos = 1, codes from 2 (``vocab_size`` = 2 + sum of codebook sizes). ``self.vocab_size`` is
 ``first_code_token + sum(codebook_sizes)``: the smallest vocabulary holding every code token.
 
-Config keys read here: ``tau`` (loss temperature), ``beam_size`` (>= max ``topk``),
-``enable_amp`` / ``amp_dtype`` (decoding autocasts as training does), ``beam_batch_size`` (users decoded at once in ``full_sort_predict``), ``length_buckets`` (training
-batches run as this many sub-batches of similar history length, each padded only to its own longest
-history: the same loss and gradients for less padding; ``~`` = ``default_length_buckets``),
-``item_codes_file`` and the tokenizer's keys (through ``get_item_codes``).
+Config keys read here: ``tau`` (loss temperature), ``beam_size`` (>= max ``topk``), ``enable_amp`` /
+``amp_dtype`` (decoding autocasts as training does), ``beam_batch_size`` (users decoded at once in
+``full_sort_predict``), ``length_buckets`` (training batches run as this many sub-batches of similar
+history length, each padded only to its own longest history: the same loss and gradients for less
+padding; ``~`` = ``default_length_buckets``), ``item_codes_file`` and the tokenizer's keys (through
+``get_item_codes``).
 """
 
 import torch
