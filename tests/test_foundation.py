@@ -271,6 +271,16 @@ def test_resume_from_last_checkpoint_continues_the_same_run(tiny_dataset, monkey
     assert resumed["test_result"] == whole["test_result"]
     with pytest.raises(ValueError, match="not a '-last.pth' file"):
         quick_start.run("SASRec", name, config_dict={**cfg, "resume_from": resumed["checkpoint"]})
+    # the CPU half of test_resume_across_devices, which CI cannot run: a GPU run's file (its saved config
+    # names a CUDA device, its generator states include CUDA's) continues on this machine's device,
+    # re-running its last epoch to the same result
+    state = load_checkpoint(last)
+    assert state["epoch"] == 2 and state["rng"][0]["cuda"] is None
+    state["rng"][0]["cuda"] = torch.zeros(16, dtype=torch.uint8)
+    state["config"]["device"] = torch.device("cuda", 0)
+    torch.save(state, last)
+    again = quick_start.run("SASRec", name, config_dict={**cfg, "resume_from": str(last)})
+    assert again["test_result"] == whole["test_result"]
 
 
 def _run_in_cpu_process(name, cfg):

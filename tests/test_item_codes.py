@@ -38,12 +38,14 @@ def test_index_json_maps_raw_tokens_to_internal_ids(tiny_dataset, tmp_path):
     rng = np.random.default_rng(0)
     index = {tok: [f"<{c}_{int(rng.integers(8))}>" for c in "abc"] for tok in tokens}
     index["not-in-dataset"] = ["<a_0>", "<b_0>", "<c_0>"]
+    index = dict(reversed(index.items()))  # the file's order is not the dataset's: keys decide
     path = tmp_path / "x.index.json"
     path.write_text(json.dumps(index))
     item_codes = ItemCodes.from_index_json(path, dataset, codebook_size=8)
     assert item_codes.n_items == dataset.item_num and (item_codes.codes[0] == PAD_CODE).all()
-    internal = dataset.token2id(dataset.iid_field, tokens[5])
-    assert [f"<{c}_{v}>" for c, v in zip("abc", item_codes.codes[internal])] == index[tokens[5]]
+    for token in tokens:
+        internal = dataset.token2id(dataset.iid_field, token)
+        assert [f"<{c}_{v}>" for c, v in zip("abc", item_codes.codes[internal])] == index[token]
     # written back in the same layout: same keys (every dataset item), same code tokens
     item_codes.to_index_json(tmp_path / "back.index.json", dataset)
     back = json.loads((tmp_path / "back.index.json").read_text())

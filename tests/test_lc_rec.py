@@ -243,7 +243,11 @@ def test_trains_saves_and_reloads_through_recbole(lc_config):
     state = load_checkpoint(result["checkpoint"])["state_dict"]
     assert any("lora_A" in k for k in state) and any(".code_embedding." in k for k in state)
     assert not any(k.endswith("q_proj.base_layer.weight") or "base_embedding" in k for k in state)
-    # a fresh model (base LM re-read from llm_path) + the checkpoint decodes exactly like the trained one
+    # a fresh model (base LM re-read from llm_path) + the checkpoint scores the test users exactly as the
+    # trained model did (which kept anything the checkpoint might lack in memory) ...
+    again = quick_start.evaluate_checkpoint(result["checkpoint"])
+    assert again["test_result"] == result["test_result"]
+    # ... and whatever the random init of the rest (another seed)
     _, fresh, _, test_data = _build(LC_Rec, name, {**cfg, "freeze_code_embeddings": False})
     _, other, _, _ = _build(LC_Rec, name, {**cfg, "freeze_code_embeddings": False, "seed": 7})
     fresh.load_state_dict(state)

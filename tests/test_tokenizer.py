@@ -64,13 +64,19 @@ def test_dead_codes_are_reseeded_onto_residuals_and_picked_again():
 
 def test_residual_quantisation_and_straight_through():
     model = small_rqvae(sinkhorn=0.0)
-    s = torch.randn(10, 16)
+    s = torch.randn(64, 16)
+    model.quantizer.init_codebooks(model.encoder(s), seed=0)  # codes on the scale of z: each level matters
     out = model(s, use_sinkhorn=False)
     books = model.quantizer.codebooks
     expected = sum(books[level][out["codes"][:, level]] for level in range(2))
     assert torch.allclose(out["z_hat"], expected, atol=1e-6)  # forward value = sum of chosen codes
-    # level 1 is the nearest code to z
+    # level 1 is the nearest code to z, level 2 the nearest to what level 1 left
     assert torch.equal(out["codes"][:, 0], torch.cdist(out["z"], books[0]).argmin(1))
+    residual = out["z"] - books[0][out["codes"][:, 0]]
+    assert torch.equal(out["codes"][:, 1], torch.cdist(residual, books[1]).argmin(1))
+    # straight-through: the gradient of z_hat passes to z unchanged
+    (grad,) = torch.autograd.grad(out["z_hat"].sum(), out["z"])
+    assert torch.equal(grad, torch.ones_like(grad))
 
 
 def test_cf_loss_reaches_only_encoder_and_diversity_only_codebooks():
@@ -109,8 +115,12 @@ def test_diversity_loss_masks_the_chosen_code():
     clusters = DiversityClusters(codebooks, 2, 3, 3, seed=0)
     codes = torch.tensor([[0], [1]])
     picked = codebooks[0][codes[:, 0]].unsqueeze(1)
-    loss = diversity_loss(picked, codebooks, codes, clusters)
-    assert torch.isfinite(loss)
+    loss = diversity_loss(picked, codebooks, codes, clusters, generator=torch.Generator().manual_seed(0))
+    # by hand: softmax over the level's codes without the chosen one (its own logit, |e|^2, would dominate)
+    positives = clusters.sample_positives(0, codes[:, 0], torch.Generator().manual_seed(0))
+    logits = picked[:, 0] @ codebooks[0].T
+    logits[torch.arange(2), codes[:, 0]] = float("-inf")
+    torch.testing.assert_close(loss, torch.nn.functional.cross_entropy(logits, positives))
 
 
 def test_cache_detects_partial_and_corrupted_files(tmp_path):

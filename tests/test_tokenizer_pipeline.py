@@ -137,7 +137,9 @@ def test_user_cf_table_in_atomic_order_and_with_ids(tiny, tmp_path):
     _, dataset, _ = tiny
     tokens = dataset.field2id_token[dataset.iid_field][1:]
     table = np.random.default_rng(0).normal(size=(len(tokens), 4)).astype(np.float32)
-    torch.save({"item_id": [str(t) for t in tokens], "embedding": torch.from_numpy(table)}, tmp_path / "cf.pt")
+    order = np.random.default_rng(1).permutation(len(tokens))  # the file's rows in another order: ids decide
+    torch.save({"item_id": [str(tokens[i]) for i in order], "embedding": torch.from_numpy(table[order])},
+               tmp_path / "cf.pt")
     aligned = load_cf_table(str(tmp_path / "cf.pt"), dataset)
     assert np.allclose(aligned[1:], table) and (aligned[0] == 0).all()
     atomic = np.zeros((max(int(t) for t in tokens) + 1, 4), dtype=np.float32)
@@ -159,6 +161,13 @@ def test_bce_cf_model_trains_on_pairs(tiny):
     model, cf_config = build_cf_model(with_keys(config, cf_loss_type="BCE"), dataset)
     sampler = Sampler(["train"], [dataset], "uniform", 1.0).set_phase("train")
     batch = next(iter(TrainDataLoader(cf_config, dataset, sampler, shuffle=True)))
+    model.eval()  # no dropout: the loss can be recomputed by hand
     loss = model.calculate_loss(batch)
     loss.backward()
-    assert torch.isfinite(loss) and model.item_embedding.weight.grad.abs().sum() > 0
+    assert model.item_embedding.weight.grad.abs().sum() > 0
+    with torch.no_grad():  # positives labelled 1, the sampled negative 0: -log s(pos) - log(1 - s(neg))
+        user = model.forward(batch[model.ITEM_SEQ], batch[model.ITEM_SEQ_LEN])
+        pos = (user * model.item_embedding(batch[model.POS_ITEM_ID])).sum(-1)
+        neg = (user * model.item_embedding(batch[model.NEG_ITEM_ID])).sum(-1)
+        expected = torch.nn.functional.softplus(-pos).mean() + torch.nn.functional.softplus(neg).mean()
+    torch.testing.assert_close(loss.detach(), expected)
