@@ -10,7 +10,11 @@ shipped configs plus those overrides) runs in its own process, all at once. Befo
 times a few training steps and one validation batch on its real data (weights restored afterwards),
 estimates one epoch (training + validation), and sets ``epochs`` to what fits before the deadline,
 keeping time for the test evaluation; never more than the config's ``epochs``, so early stopping still
-applies. A cosine schedule then spans the epochs that will really run.
+applies. A cosine schedule then spans the epochs that will really run. When epochs run slower than the
+probe said (the machine got busier), a job stops at the start of the first epoch that would no longer
+fit before the deadline, with the last epoch's time as the estimate, and tests its best checkpoint so
+far (``stopped_at_deadline`` in its JSON; a job with no checkpoint yet goes on); the parent kills what
+is still running 30 s after the deadline.
 
 Writes ``<out>/<label>.json`` (the result dict of ``quick_start.run`` plus the probe's figures) and
 ``<out>/<label>.log`` per job, prints one markdown table at the end. Jobs that crash keep their log.
@@ -99,29 +103,72 @@ def plan_epochs(train_epoch, valid_pass, eval_step, test_pass, seconds_left, max
     return max(1, min(int(max_epochs), fits))
 
 
+class DeadlineReached(Exception):
+    """The next epoch would not fit before the deadline (raised at the start of that epoch)."""
+
+
+def stop_before_deadline(trainer, deadline, first_epoch_seconds, reserve_seconds):
+    """Make ``trainer`` raise :class:`DeadlineReached` at the start of an epoch that would end later than
+    ``deadline - reserve_seconds``; an epoch (training + validation) is taken to last as long as the
+    previous one or as the mean so far, whichever is longer (``first_epoch_seconds`` before any ran);
+    never before the best checkpoint exists. Returns a dict counting the epochs started and keeping that
+    estimate."""
+    train_epoch = trainer._train_epoch
+    clock = {"epochs": 0, "epoch_seconds": first_epoch_seconds, "first_started": None, "started": None}
+
+    def guarded(*args, **kwargs):
+        now = time.time()
+        if clock["started"] is not None:
+            mean = (now - clock["first_started"]) / clock["epochs"]
+            clock["epoch_seconds"] = max(now - clock["started"], mean)
+        else:
+            clock["first_started"] = now
+        if now + clock["epoch_seconds"] > deadline - reserve_seconds and os.path.isfile(trainer.saved_model_file):
+            raise DeadlineReached(f"stopped before epoch {clock['epochs'] + 1}: {deadline - now:.1f}s left, "
+                                  f"an epoch takes {clock['epoch_seconds']:.1f}s")
+        clock["epochs"] += 1
+        clock["started"] = now
+        return train_epoch(*args, **kwargs)
+
+    trainer._train_epoch = guarded
+    return clock
+
+
 def run_job(label, model_name, dataset, overrides, deadline, out_dir):
     """One job in this process: ``quick_start.run`` with ``epochs`` sized by a probe before training;
     writes ``<label>.json`` (run's result dict plus the probe's figures)."""
     import torch
 
-    from recbole_letter.quick_start import run
+    from recbole_letter.quick_start import evaluate_checkpoint, run
 
     if torch.cuda.is_available():
         torch.backends.cuda.matmul.allow_tf32 = True
         torch.backends.cudnn.allow_tf32 = True
+    plan = {}
 
     def size_epochs(config, model, trainer, train_data, valid_data, test_data):
         train_epoch, valid_pass = probe_epoch_seconds(config, model, train_data, valid_data)
         test_pass = valid_pass * len(test_data) / max(1, len(valid_data))
         left = deadline - time.time()
-        epochs = plan_epochs(train_epoch, valid_pass, int(config["eval_step"] or 1), test_pass, left, config["epochs"])
+        eval_step = int(config["eval_step"] or 1)
+        epochs = plan_epochs(train_epoch, valid_pass, eval_step, test_pass, left, config["epochs"])
         print(f"[{label}] probe: train epoch {train_epoch:.1f}s, valid pass {valid_pass:.1f}s -> {epochs} epochs "
               f"in {left:.0f}s (config allows {config['epochs']})", flush=True)
         trainer.epochs = config["epochs"] = epochs
+        # stopped early, the best checkpoint is evaluated on valid and test: keep time for both
+        plan["clock"] = stop_before_deadline(trainer, deadline, train_epoch + valid_pass / eval_step, valid_pass + test_pass)
+        plan.update(checkpoint=trainer.saved_model_file, epochs=epochs)
         return {"probe_train_epoch_s": train_epoch, "probe_valid_pass_s": valid_pass, "epochs_planned": epochs}
 
     overrides = {"show_progress": False, "state": "INFO", **overrides}
-    result = run(model_name, dataset, config_dict=overrides, before_fit=size_epochs)
+    try:
+        result = run(model_name, dataset, config_dict=overrides, before_fit=size_epochs)
+    except DeadlineReached as stop:
+        print(f"[{label}] {stop}; testing the best checkpoint so far", flush=True)
+        clock = plan["clock"]
+        result = evaluate_checkpoint(plan["checkpoint"])
+        result.update(best_epoch=result["epochs"], epochs=clock["epochs"], seconds_per_epoch=clock["epoch_seconds"],
+                      epochs_planned=plan["epochs"], stopped_at_deadline=str(stop))  # fmt: skip
     device = torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu"
     result.update(label=label, overrides=overrides, device=device)
     with open(os.path.join(out_dir, f"{label}.json"), "w") as f:

@@ -42,3 +42,44 @@ def test_job_paths_are_relative_to_where_budget_runs_started():
 )
 def test_plan_epochs(args, expected):
     assert budget_runs.plan_epochs(*args) == expected
+
+
+def test_a_job_stops_at_the_start_of_an_epoch_that_would_miss_the_deadline(tmp_path, monkeypatch):
+    now = {"t": 0.0}
+    monkeypatch.setattr(budget_runs, "time", type("Clock", (), {"time": staticmethod(lambda: now["t"])}))
+
+    class Trainer:
+        saved_model_file = str(tmp_path / "best.pth")
+        epochs_run = 0
+
+        def _train_epoch(self, *args):
+            self.epochs_run += 1
+
+    trainer = Trainer()
+    # the probe said 200 s per epoch: the first epoch would miss the deadline, but there is no checkpoint yet
+    clock = budget_runs.stop_before_deadline(trainer, deadline=100, first_epoch_seconds=200, reserve_seconds=10)
+    trainer._train_epoch()
+    now["t"] = 20  # epoch 1 took 20 s: epoch 2 fits
+    trainer._train_epoch()
+    (tmp_path / "best.pth").write_bytes(b"")  # validated: from now on it may stop
+    for t in (45, 60):  # estimates max(last, mean): 25 -> ends at 70, 20 -> 80; both before 100 - 10
+        now["t"] = t
+        trainer._train_epoch()
+    now["t"] = 75  # last 15 s, mean 18.75 s: epoch 5 would end at 93.75
+    with pytest.raises(budget_runs.DeadlineReached, match="before epoch 5"):
+        trainer._train_epoch()
+    assert trainer.epochs_run == clock["epochs"] == 4
+
+
+def test_a_job_that_runs_slower_than_planned_tests_its_best_checkpoint(tiny_dataset, tmp_path, monkeypatch):
+    import json
+    import time
+
+    name, cfg = tiny_dataset
+    monkeypatch.setattr(budget_runs, "plan_epochs", lambda *args: 200)  # a probe far too optimistic
+    overrides = {**cfg, "hidden_size": 16, "inner_size": 32, "n_layers": 1, "n_heads": 1, "MAX_ITEM_LIST_LENGTH": 5}
+    budget_runs.run_job("late", "SASRec", name, overrides, deadline=time.time() + 8, out_dir=str(tmp_path))
+    result = json.loads((tmp_path / "late.json").read_text())
+    assert result["stopped_at_deadline"].startswith("stopped before epoch")
+    assert 1 <= result["best_epoch"] <= result["epochs"] < result["epochs_planned"] == 200
+    assert set(result["test_result"]) == {"recall@5", "recall@10", "ndcg@5", "ndcg@10"}
