@@ -77,7 +77,8 @@ def test_a_job_that_runs_slower_than_planned_tests_its_best_checkpoint(tiny_data
 
     name, cfg = tiny_dataset
     monkeypatch.setattr(budget_runs, "plan_epochs", lambda *args: 200)  # a probe far too optimistic
-    overrides = {**cfg, "hidden_size": 16, "inner_size": 32, "n_layers": 1, "n_heads": 1, "MAX_ITEM_LIST_LENGTH": 5}
+    overrides = {**cfg, "hidden_size": 16, "inner_size": 32, "n_layers": 1, "n_heads": 1, "MAX_ITEM_LIST_LENGTH": 5,
+                 "stopping_step": 1000}  # only the deadline may end it (not early stopping)
     budget_runs.run_job("late", "SASRec", name, overrides, deadline=time.time() + 8, out_dir=str(tmp_path))
     result = json.loads((tmp_path / "late.json").read_text())
     assert result["stopped_at_deadline"].startswith("stopped before epoch")
