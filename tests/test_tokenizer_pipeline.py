@@ -109,6 +109,13 @@ def test_tokenize_only_writes_report(tiny, capsys):
     assert saved["n_items"] == dataset.item_num - 1 and saved["collision_rate_after"] == 0.0
     assert saved["collision_rate_after_sinkhorn"] <= saved["collision_rate_before"]
     assert sum(saved["level1_group_counts"]) == saved["n_items"]
+    # level 1's figures agree with its code histogram; entropies within [0, log2 N]; an overlap is a share
+    counts = np.asarray(saved["level1_code_counts"])
+    assert counts.sum() == saved["n_items"] and saved["codes_used_per_level"][0] == (counts > 0).sum()
+    share = counts[counts > 0] / counts.sum()
+    assert saved["entropy_per_level"][0] == pytest.approx(-(share * np.log2(share)).sum())
+    assert all(0 <= e <= m + 1e-9 for e, m in zip(saved["entropy_per_level"], saved["max_entropy_per_level"]))
+    assert 0.0 <= saved["cf_neighbour_code_overlap"] <= 1.0
     assert set(saved["zhat_ranking"]["z_hat"]) == {"recall@5", "recall@10", "ndcg@5", "ndcg@10"}
     assert all(os.path.isfile(p) for p in saved["plots"].values())
     # the final codes, exported in the release's layout, read back as item_codes_file give the same table
