@@ -10,11 +10,13 @@ shipped configs plus those overrides) runs in its own process, all at once. Befo
 times a few training steps and one validation batch on its real data (weights restored afterwards),
 estimates one epoch (training + validation), and sets ``epochs`` to what fits before the deadline,
 keeping time for the test evaluation; never more than the config's ``epochs``, so early stopping still
-applies. A cosine schedule then spans the epochs that will really run. When epochs run slower than the
-probe said (the machine got busier), a job stops at the start of the first epoch that would no longer
-fit before the deadline, with the last epoch's time as the estimate, and tests its best checkpoint so
-far (``stopped_at_deadline`` in its JSON; a job with no checkpoint yet goes on); the parent kills what
-is still running 30 s after the deadline.
+applies. A cosine schedule then spans the epochs that will really run (a job with ``resume_from``
+plans from its next epoch). When epochs run slower than the probe said (the machine got busier), a job
+stops at the start of the first epoch that would no longer fit before the deadline (see
+:func:`stop_before_deadline`) and tests its best checkpoint so far (``stopped_at_deadline`` in its JSON,
+"(deadline)" in the table; a job with no checkpoint yet goes on); the parent kills what is still
+running 30 s after the deadline. Relative paths in a job's ``PATH_KEYS`` (and the default ``dataset/``
+folder) are taken from where ``budget_runs`` started, although each job runs in its own folder.
 
 Writes ``<out>/<label>.json`` (the result dict of ``quick_start.run`` plus the probe's figures) and
 ``<out>/<label>.log`` per job, prints one markdown table at the end. Jobs that crash keep their log.
@@ -33,20 +35,25 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 RESERVE_FRACTION = 0.15  # the probe runs while the other jobs start: keep a margin for contention
 
 
-PATH_KEYS = ("data_path", "item_codes_file", "resume_from", "llm_path")  # relative to where budget_runs started
+PATH_KEYS = ("data_path", "item_codes_file", "resume_from", "llm_path", "cf_emb_file", "prompt_template_file")
 
 
 def parse_job(spec, base_dir=None):
     """``label:MODEL:DATASET[:key=value,...]`` -> (label, model, dataset, overrides typed as on the CLI).
-    Relative ``PATH_KEYS`` values are taken from ``base_dir`` (each job runs in its own folder)."""
+    Relative ``PATH_KEYS`` values are taken from ``base_dir`` (each job runs in its own folder), and so is
+    the default data folder ``dataset/`` when it holds the dataset (else RecBole's default applies: the
+    ml-100k copy inside recbole)."""
     from recbole_letter.quick_start import parse_overrides
 
     label, model, dataset, *rest = spec.split(":", 3)
     pairs = rest[0].split(",") if rest and rest[0] else []
     overrides = parse_overrides([f"--{pair}" for pair in pairs])
-    for key in PATH_KEYS:
-        if base_dir and isinstance(overrides.get(key), str):
-            overrides[key] = os.path.join(base_dir, overrides[key])  # join keeps an absolute path as it is
+    if base_dir:
+        for key in PATH_KEYS:
+            if isinstance(overrides.get(key), str):
+                overrides[key] = os.path.join(base_dir, overrides[key])  # join keeps an absolute path as it is
+        if "data_path" not in overrides and os.path.isdir(os.path.join(base_dir, "dataset", dataset)):
+            overrides["data_path"] = os.path.join(base_dir, "dataset")
     return label, model, dataset, overrides
 
 
@@ -62,6 +69,7 @@ def probe_epoch_seconds(config, model, train_data, valid_data, steps=8, warmup=3
     import torch
 
     from recbole_letter.benchmark import timed_train_step
+    from recbole_letter.trainer import amp_dtype
 
     device = config["device"]
     state = copy.deepcopy(model.state_dict())
@@ -71,7 +79,8 @@ def probe_epoch_seconds(config, model, train_data, valid_data, steps=8, warmup=3
     batches_per_epoch = min(len(train_data), config["train_batches_per_epoch"] or len(train_data))
     times = []
     for i in range(min(warmup + steps, len(train_data))):
-        seconds = timed_train_step(model, next(batches).to(device), optimizer, amp=bool(config["enable_amp"]))
+        seconds = timed_train_step(model, next(batches).to(device), optimizer,
+                                   amp_dtype(config) if config["enable_amp"] else None)
         if i >= warmup:
             times.append(seconds)
     model.load_state_dict(state)
@@ -107,70 +116,82 @@ class DeadlineReached(Exception):
     """The next epoch would not fit before the deadline (raised at the start of that epoch)."""
 
 
-def stop_before_deadline(trainer, deadline, first_epoch_seconds, reserve_seconds):
-    """Make ``trainer`` raise :class:`DeadlineReached` at the start of an epoch that would end later than
-    ``deadline - reserve_seconds``; an epoch (training + validation) is taken to last as long as the
-    previous one or as the mean so far, whichever is longer (``first_epoch_seconds`` before any ran);
-    never before the best checkpoint exists. Returns a dict counting the epochs started and keeping that
-    estimate."""
-    train_epoch = trainer._train_epoch
-    clock = {"epochs": 0, "epoch_seconds": first_epoch_seconds, "first_started": None, "started": None}
+def stop_before_deadline(trainer, deadline, train_seconds, valid_seconds, reserve_seconds):
+    """Stop ``trainer.fit`` at the start of an epoch that would end later than ``deadline -
+    reserve_seconds``; ``fit`` then returns the best validation so far (the run goes on to test its best
+    checkpoint), and a :class:`LetterTrainer` keeps the state after the last finished epoch for resuming.
 
-    def guarded(*args, **kwargs):
+    An epoch's training is taken to last as long as the previous one or as the mean so far, whichever is
+    longer (``train_seconds`` before any ran), plus, when RecBole validates after it, the longest
+    validation seen (``valid_seconds`` before any). It never stops before the best checkpoint exists.
+    Returns a dict: ``stopped`` (the reason, or None), ``epochs`` (started in this process)."""
+    train_epoch, fit = trainer._train_epoch, trainer.fit
+    clock = {"stopped": None, "epochs": 0, "train": train_seconds, "train_total": 0.0, "valid": valid_seconds,
+             "ended": None, "validated": False}  # fmt: skip
+
+    def guarded(train_data, epoch_idx, *args, **kwargs):
         now = time.time()
-        if clock["started"] is not None:
-            mean = (now - clock["first_started"]) / clock["epochs"]
-            clock["epoch_seconds"] = max(now - clock["started"], mean)
-        else:
-            clock["first_started"] = now
-        if now + clock["epoch_seconds"] > deadline - reserve_seconds and os.path.isfile(trainer.saved_model_file):
-            raise DeadlineReached(f"stopped before epoch {clock['epochs'] + 1}: {deadline - now:.1f}s left, "
-                                  f"an epoch takes {clock['epoch_seconds']:.1f}s")
+        if clock["validated"]:  # the time since the previous epoch ended went to its validation
+            clock["valid"] = max(clock["valid"], now - clock["ended"])
+        validates = (epoch_idx + 1) % trainer.eval_step == 0 or epoch_idx == trainer.epochs - 1
+        need = clock["train"] + (clock["valid"] if validates else 0.0)
+        if now + need > deadline - reserve_seconds and os.path.isfile(trainer.saved_model_file):
+            if getattr(trainer, "save_last", False) and epoch_idx > trainer.start_epoch:
+                trainer._save_last(epoch_idx - 1, train_data)  # LetterTrainer: resumable from here
+            raise DeadlineReached(f"stopped before epoch {epoch_idx + 1}: {deadline - now:.1f}s left, "
+                                  f"it needs ~{need:.1f}s")
+        loss = train_epoch(train_data, epoch_idx, *args, **kwargs)
         clock["epochs"] += 1
-        clock["started"] = now
-        return train_epoch(*args, **kwargs)
+        took = time.time() - now
+        clock["train_total"] += took
+        clock["train"] = max(took, clock["train_total"] / clock["epochs"])
+        clock["ended"], clock["validated"] = time.time(), validates
+        return loss
 
-    trainer._train_epoch = guarded
+    def fit_until_deadline(*args, **kwargs):
+        try:
+            return fit(*args, **kwargs)
+        except DeadlineReached as stop:
+            clock["stopped"] = str(stop)
+            return trainer.best_valid_score, trainer.best_valid_result
+
+    trainer._train_epoch, trainer.fit = guarded, fit_until_deadline
     return clock
 
 
 def run_job(label, model_name, dataset, overrides, deadline, out_dir):
-    """One job in this process: ``quick_start.run`` with ``epochs`` sized by a probe before training;
-    writes ``<label>.json`` (run's result dict plus the probe's figures)."""
+    """One job in this process: ``quick_start.run`` with ``epochs`` sized by a probe before training
+    (counted from the run's next epoch when it resumes); writes ``<label>.json`` (run's result dict plus
+    the probe's figures and ``stopped_at_deadline``)."""
     import torch
 
-    from recbole_letter.quick_start import evaluate_checkpoint, run
+    from recbole_letter.quick_start import run
 
     if torch.cuda.is_available():
         torch.backends.cuda.matmul.allow_tf32 = True
         torch.backends.cudnn.allow_tf32 = True
-    plan = {}
+    guard = {}
 
     def size_epochs(config, model, trainer, train_data, valid_data, test_data):
         train_epoch, valid_pass = probe_epoch_seconds(config, model, train_data, valid_data)
         test_pass = valid_pass * len(test_data) / max(1, len(valid_data))
         left = deadline - time.time()
         eval_step = int(config["eval_step"] or 1)
-        epochs = plan_epochs(train_epoch, valid_pass, eval_step, test_pass, left, config["epochs"])
-        print(f"[{label}] probe: train epoch {train_epoch:.1f}s, valid pass {valid_pass:.1f}s -> {epochs} epochs "
-              f"in {left:.0f}s (config allows {config['epochs']})", flush=True)
+        first = trainer.start_epoch  # > 0 when resumed
+        epochs = first + plan_epochs(train_epoch, valid_pass, eval_step, test_pass, left, config["epochs"] - first)
+        print(f"[{label}] probe: train epoch {train_epoch:.1f}s, valid pass {valid_pass:.1f}s -> epochs {first + 1}-"
+              f"{epochs} in {left:.0f}s (config allows {config['epochs']})", flush=True)
         trainer.epochs = config["epochs"] = epochs
-        # stopped early, the best checkpoint is evaluated on valid and test: keep time for both
-        plan["clock"] = stop_before_deadline(trainer, deadline, train_epoch + valid_pass / eval_step, valid_pass + test_pass)
-        plan.update(checkpoint=trainer.saved_model_file, epochs=epochs)
+        guard["clock"] = stop_before_deadline(trainer, deadline, train_epoch, valid_pass, test_pass)
         return {"probe_train_epoch_s": train_epoch, "probe_valid_pass_s": valid_pass, "epochs_planned": epochs}
 
     overrides = {"show_progress": False, "state": "INFO", **overrides}
-    try:
-        result = run(model_name, dataset, config_dict=overrides, before_fit=size_epochs)
-    except DeadlineReached as stop:
-        print(f"[{label}] {stop}; testing the best checkpoint so far", flush=True)
-        clock = plan["clock"]
-        result = evaluate_checkpoint(plan["checkpoint"])
-        result.update(best_epoch=result["epochs"], epochs=clock["epochs"], seconds_per_epoch=clock["epoch_seconds"],
-                      epochs_planned=plan["epochs"], stopped_at_deadline=str(stop))  # fmt: skip
+    result = run(model_name, dataset, config_dict=overrides, before_fit=size_epochs)
+    stopped = guard["clock"]["stopped"] if "clock" in guard else None
+    if stopped:
+        print(f"[{label}] {stopped}; tested the best checkpoint so far", flush=True)
     device = torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu"
-    result.update(label=label, overrides=overrides, device=device)
+    result.update(label=label, overrides=overrides, device=device, stopped_at_deadline=stopped)
     with open(os.path.join(out_dir, f"{label}.json"), "w") as f:
         json.dump(result, f, indent=2)
     print(f"[{label}] test {result['test_result']}", flush=True)
@@ -185,7 +206,8 @@ def table(out_dir, labels):
             continue
         r = json.load(open(path))
         t = r["test_result"]
-        rows.append(f"| {label} | {r['model']} | {r['dataset']} | {r['epochs']}/{r['epochs_planned']} | "
+        stopped = " (deadline)" if r.get("stopped_at_deadline") else ""
+        rows.append(f"| {label} | {r['model']} | {r['dataset']} | {r['epochs']}/{r['epochs_planned']}{stopped} | "
                     f"{r['seconds_per_epoch']:.1f} | {t['recall@5']:.4f} | {t['recall@10']:.4f} | "
                     f"{t['ndcg@5']:.4f} | {t['ndcg@10']:.4f} |")  # fmt: skip
     return "\n".join(rows)

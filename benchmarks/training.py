@@ -47,6 +47,7 @@ def main():
         torch.set_num_threads(args.threads)
 
     from recbole_letter.benchmark import timed_train_step
+    from recbole_letter.trainer import amp_dtype
     from recbole_letter.model import get_model_class
     from recbole_letter.model.letter_lc_rec import LETTER_LC_Rec
     from recbole_letter.quick_start import parse_overrides, prepare
@@ -86,7 +87,8 @@ def main():
             model.length_buckets = buckets
             optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-4)
             for interaction in chunk:
-                seconds[buckets, amp, kernels] += timed_train_step(model, interaction, optimizer, amp=amp)
+                seconds[buckets, amp, kernels] += timed_train_step(model, interaction, optimizer,
+                                                                   amp_dtype(config) if amp else None)
     timed = args.batches * args.rounds
     name = {setting: f"length_buckets={setting[0]}" + (" autocast" if setting[1] else "")
             + ("" if len(kernel_values) == 1 else f" {kernel_key}={setting[2]}") for setting in settings}

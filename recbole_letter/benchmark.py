@@ -25,11 +25,11 @@ def results_table(results):
     return pd.DataFrame(rows)
 
 
-def timed_train_step(model, interaction, optimizer, amp=False):
+def timed_train_step(model, interaction, optimizer, amp_dtype=None):
     """Seconds of one optimiser step on ``interaction`` (zero_grad, ``calculate_loss``, backward, step),
-    GPU work included; the loss may be a tuple of parts, as RecBole allows. ``amp`` autocasts the loss
-    as ``LetterTrainer`` does under ``enable_amp``: to the model's ``amp_dtype`` (a generator's config
-    key, bfloat16 by default), else to torch's default (bfloat16 on CPU, float16 on CUDA)."""
+    GPU work included; the loss may be a tuple of parts, as RecBole allows. ``amp_dtype`` (a torch dtype)
+    autocasts the loss to it, as ``LetterTrainer`` does under ``enable_amp``
+    (``recbole_letter.trainer.amp_dtype(config)``); ``None`` runs float32."""
     import torch
 
     cuda = next(model.parameters()).is_cuda
@@ -37,7 +37,7 @@ def timed_train_step(model, interaction, optimizer, amp=False):
         torch.cuda.synchronize()
     start = time.perf_counter()
     optimizer.zero_grad()
-    with torch.autocast(next(model.parameters()).device.type, dtype=getattr(model, "amp_dtype", None), enabled=amp):
+    with torch.autocast(next(model.parameters()).device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
         losses = model.calculate_loss(interaction)
     (sum(losses) if isinstance(losses, tuple) else losses).backward()
     optimizer.step()

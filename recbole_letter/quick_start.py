@@ -107,9 +107,10 @@ def build_config(model, dataset, config_files=None, config_dict=None):
 def check_atomic_files(config):
     """Fail with one line when the dataset's atomic files are missing, empty or lack a column. The item
     text columns (``text_fields``) are required only where a tokenizer will encode them: a generator
-    without ``item_codes_file``; a baseline or a generator on given codes runs without them."""
+    without ``item_codes_file``, or ``tokenize_only``; a baseline or a generator on given codes runs
+    without them."""
     dataset, data_path = config["dataset"], config["data_path"]
-    needs_text = is_generative(config["model"]) and not config["item_codes_file"]
+    needs_text = is_generative(config["model"]) and (config["tokenize_only"] or not config["item_codes_file"])
     optional = set() if needs_text else set(config["text_fields"] or [])
     for suffix, columns in (config["load_col"] or {}).items():
         path = os.path.join(data_path, f"{dataset}.{suffix}")

@@ -48,32 +48,45 @@ def test_a_job_stops_at_the_start_of_an_epoch_that_would_miss_the_deadline(tmp_p
     now = {"t": 0.0}
     monkeypatch.setattr(budget_runs, "time", type("Clock", (), {"time": staticmethod(lambda: now["t"])}))
 
-    class Trainer:
+    class Trainer:  # RecBole's fit loop in miniature: 10 s of training per epoch, 8 s per validation
         saved_model_file = str(tmp_path / "best.pth")
-        epochs_run = 0
+        eval_step, epochs, start_epoch = 2, 50, 0
+        best_valid_score, best_valid_result = 0.5, {"ndcg@10": 0.5}
+        trained = 0
 
-        def _train_epoch(self, *args):
-            self.epochs_run += 1
+        def _train_epoch(self, train_data, epoch_idx):
+            now["t"] += 10
+            self.trained += 1
 
+        def fit(self, write_checkpoint=True):
+            for epoch_idx in range(self.start_epoch, self.epochs):
+                self._train_epoch(None, epoch_idx)
+                if (epoch_idx + 1) % self.eval_step == 0:
+                    now["t"] += 8
+                    if write_checkpoint:
+                        open(self.saved_model_file, "w").close()
+            return "finished"
+
+    # the probe said 5 s + 3 s: epochs end at 10, 28 (validated), 38, 56, 66, 84; epoch 7 needs 10 s
+    # more by then (the longer of the last and the mean), which would pass 100 - 10 s of reserve
     trainer = Trainer()
-    # the probe said 200 s per epoch: the first epoch would miss the deadline, but there is no checkpoint yet
-    clock = budget_runs.stop_before_deadline(trainer, deadline=100, first_epoch_seconds=200, reserve_seconds=10)
-    trainer._train_epoch()
-    now["t"] = 20  # epoch 1 took 20 s: epoch 2 fits
-    trainer._train_epoch()
-    (tmp_path / "best.pth").write_bytes(b"")  # validated: from now on it may stop
-    for t in (45, 60):  # estimates max(last, mean): 25 -> ends at 70, 20 -> 80; both before 100 - 10
-        now["t"] = t
-        trainer._train_epoch()
-    now["t"] = 75  # last 15 s, mean 18.75 s: epoch 5 would end at 93.75
-    with pytest.raises(budget_runs.DeadlineReached, match="before epoch 5"):
-        trainer._train_epoch()
-    assert trainer.epochs_run == clock["epochs"] == 4
+    clock = budget_runs.stop_before_deadline(trainer, deadline=100, train_seconds=5, valid_seconds=3,
+                                             reserve_seconds=10)
+    assert trainer.fit() == (0.5, {"ndcg@10": 0.5})  # the best so far, for the test to load
+    assert trainer.trained == clock["epochs"] == 6 and clock["stopped"].startswith("stopped before epoch 7")
+    # with no checkpoint to test, it trains on whatever the time
+    now["t"] = 0.0
+    trainer = Trainer()
+    trainer.saved_model_file = str(tmp_path / "none.pth")
+    clock = budget_runs.stop_before_deadline(trainer, deadline=5, train_seconds=5, valid_seconds=3, reserve_seconds=1)
+    assert trainer.fit(write_checkpoint=False) == "finished" and clock["stopped"] is None and trainer.trained == 50
 
 
 def test_a_job_that_runs_slower_than_planned_tests_its_best_checkpoint(tiny_dataset, tmp_path, monkeypatch):
     import json
     import time
+
+    from recbole_letter.trainer import load_checkpoint
 
     name, cfg = tiny_dataset
     monkeypatch.setattr(budget_runs, "plan_epochs", lambda *args: 200)  # a probe far too optimistic
@@ -82,5 +95,26 @@ def test_a_job_that_runs_slower_than_planned_tests_its_best_checkpoint(tiny_data
     budget_runs.run_job("late", "SASRec", name, overrides, deadline=time.time() + 8, out_dir=str(tmp_path))
     result = json.loads((tmp_path / "late.json").read_text())
     assert result["stopped_at_deadline"].startswith("stopped before epoch")
-    assert 1 <= result["best_epoch"] <= result["epochs"] < result["epochs_planned"] == 200
+    assert 1 <= result["epochs"] < result["epochs_planned"] == 200
     assert set(result["test_result"]) == {"recall@5", "recall@10", "ndcg@5", "ndcg@10"}
+    # and the state after its last finished epoch, to resume from
+    (last,) = Path(result["checkpoint"]).parent.glob("*-last.pth")
+    assert load_checkpoint(last)["epoch"] == result["epochs"] - 1
+
+
+def test_a_resumed_job_plans_from_its_next_epoch(tiny_dataset, tmp_path, monkeypatch):
+    import json
+    import time
+
+    from recbole_letter import quick_start
+
+    name, cfg = tiny_dataset
+    cfg = {**cfg, "hidden_size": 16, "inner_size": 32, "n_layers": 1, "n_heads": 1, "MAX_ITEM_LIST_LENGTH": 5,
+           "epochs": 4, "checkpoint_dir": str(tmp_path / "saved")}
+    quick_start.run("SASRec", name, config_dict=cfg)  # leaves the state after its third epoch
+    (last,) = (tmp_path / "saved").glob("*-last.pth")
+    monkeypatch.setattr(budget_runs, "plan_epochs", lambda *args: 1)  # one more epoch fits
+    budget_runs.run_job("resumed", "SASRec", name, {**cfg, "resume_from": str(last)}, deadline=time.time() + 300,
+                        out_dir=str(tmp_path))
+    result = json.loads((tmp_path / "resumed.json").read_text())
+    assert result["epochs_planned"] == result["epochs"] == 4 and result["stopped_at_deadline"] is None

@@ -168,8 +168,9 @@ def test_item_text_columns_are_required_only_where_a_tokenizer_reads_them(tiny_d
     cfg = {**cfg, "data_path": str(tmp_path)}
     quick_start.build_config("SASRec", name, config_dict=cfg)
     quick_start.build_config("LETTER_TIGER", name, config_dict={**cfg, "item_codes_file": "codes.index.json"})
-    with pytest.raises(ValueError, match=r"missing column\(s\) \['movie_title'\]"):
-        quick_start.build_config("LETTER_TIGER", name, config_dict=cfg)
+    for needs_text in ({}, {"item_codes_file": "codes.index.json", "tokenize_only": True}):
+        with pytest.raises(ValueError, match=r"missing column\(s\) \['movie_title'\]"):
+            quick_start.build_config("LETTER_TIGER", name, config_dict={**cfg, **needs_text})
 
 
 def test_cli_several_models_writes_table(tiny_data_path, tmp_path):
