@@ -118,3 +118,21 @@ def test_a_resumed_job_plans_from_its_next_epoch(tiny_dataset, tmp_path, monkeyp
                         out_dir=str(tmp_path))
     result = json.loads((tmp_path / "resumed.json").read_text())
     assert result["epochs_planned"] == result["epochs"] == 4 and result["stopped_at_deadline"] is None
+
+
+def test_the_probe_leaves_the_run_as_it_would_have_been(tiny_dataset, tmp_path, monkeypatch):
+    # same config, same epochs: a budget job trains exactly as a plain run (dropout and shuffles included)
+    import json
+    import time
+
+    from recbole_letter import quick_start
+
+    name, cfg = tiny_dataset
+    cfg = {**cfg, "hidden_size": 16, "inner_size": 32, "n_layers": 1, "n_heads": 1, "MAX_ITEM_LIST_LENGTH": 5,
+           "epochs": 2, "hidden_dropout_prob": 0.5, "train_batch_size": 256}
+    plain = quick_start.run("SASRec", name, config_dict=cfg)
+    monkeypatch.setattr(budget_runs, "plan_epochs", lambda *args: 2)
+    budget_runs.run_job("same", "SASRec", name, cfg, deadline=time.time() + 300, out_dir=str(tmp_path))
+    result = json.loads((tmp_path / "same.json").read_text())
+    assert result["best_valid_result"] == plain["best_valid_result"]
+    assert result["test_result"] == plain["test_result"]
