@@ -68,22 +68,13 @@ def probe_epoch_seconds(config, model, train_data, valid_data, steps=8, warmup=3
     """Seconds of one training epoch and of one validation pass, from a few timed batches. The weights
     and every random stream the probe draws from (dropout, the loader's shuffle) are restored, so the
     run trains as it would have without the probe (a resumed run continues exactly)."""
-    import random
+    from recbole_letter.trainer import random_state, set_random_state
 
-    import numpy as np
-    import torch
-
-    streams = (torch.get_rng_state(), np.random.get_state(), random.getstate(), train_data.generator.get_state(),
-               torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None)  # fmt: skip
+    streams = random_state(config["device"], train_data.generator)
     try:
         return _probe(config, model, train_data, valid_data, steps, warmup)
     finally:
-        torch.set_rng_state(streams[0])
-        np.random.set_state(streams[1])
-        random.setstate(streams[2])
-        train_data.generator.set_state(streams[3])
-        if streams[4] is not None:
-            torch.cuda.set_rng_state_all(streams[4])
+        set_random_state(streams, config["device"], train_data.generator)
 
 
 def _probe(config, model, train_data, valid_data, steps, warmup):

@@ -48,6 +48,30 @@ def default_autocast_dtype(device_type, dtype):
         torch.set_autocast_dtype(device_type, previous)
 
 
+def random_state(device, generator=None):
+    """Every random stream training draws from: torch's, ``device``'s CUDA one, numpy's, Python's and a
+    loader's ``generator`` (its shuffle)."""
+    return {
+        "torch": torch.get_rng_state(),
+        "cuda": torch.cuda.get_rng_state(device) if device.type == "cuda" else None,  # GPU dropout
+        "numpy": np.random.get_state(),
+        "python": random.getstate(),
+        "loader_generator": generator.get_state() if generator is not None else None,
+    }
+
+
+def set_random_state(state, device, generator=None):
+    """Put back what :func:`random_state` returned (the CUDA stream only when ``device`` is a GPU: a GPU
+    run's state continues on a CPU too)."""
+    torch.set_rng_state(state["torch"])
+    if state.get("cuda") is not None and device.type == "cuda":
+        torch.cuda.set_rng_state(state["cuda"], device)
+    np.random.set_state(state["numpy"])
+    random.setstate(state["python"])
+    if generator is not None and state["loader_generator"] is not None:
+        generator.set_state(state["loader_generator"])
+
+
 def warmup_schedule(total_steps, warmup_steps, cosine=True):
     """LR multiplier per step: linear warm-up over ``warmup_steps``, then cosine decay to 0 over the
     remaining steps (or constant 1 with ``cosine=False``). Shared by the generators and the tokenizer."""
@@ -159,7 +183,7 @@ class LetterTrainer(Trainer):
 
     def _save_last(self, epoch, train_data):
         generator = getattr(train_data, "generator", None)
-        own = self._rng_state(generator)
+        own = random_state(self.device, generator)
         rng = [own]  # one per process: DDP ranks draw from streams seeded apart (seed + rank)
         if not self.config["single_spec"]:
             rng = [None] * torch.distributed.get_world_size()
@@ -212,22 +236,9 @@ class LetterTrainer(Trainer):
         self.saved_model_file = checkpoint["best_model_file"]
         self.last_model_file = str(path)
         rng = self._own_rng_state(checkpoint["rng"], path)
-        torch.set_rng_state(rng["torch"])
-        if rng.get("cuda") is not None and self.device.type == "cuda":  # a GPU run's file continued on a GPU
-            torch.cuda.set_rng_state(rng["cuda"], self.device)
-        np.random.set_state(rng["numpy"])
-        random.setstate(rng["python"])
+        set_random_state(rng, self.device)  # the loader's generator: in fit(), once the loader is known
         self.resumed = {"scheduler_steps": checkpoint["scheduler_steps"], "loader_generator": rng["loader_generator"]}
         self.logger.info(f"resumed from {path}: epoch {self.start_epoch} next, best checkpoint {self.saved_model_file}")
-
-    def _rng_state(self, generator):
-        return {
-            "torch": torch.get_rng_state(),
-            "cuda": torch.cuda.get_rng_state(self.device) if self.device.type == "cuda" else None,  # GPU dropout
-            "numpy": np.random.get_state(),
-            "python": random.getstate(),
-            "loader_generator": generator.get_state() if generator is not None else None,
-        }
 
     def _own_rng_state(self, states, path):
         """This process's random generators from a ``-last.pth`` file's per-process list (a single dict in
