@@ -1,5 +1,5 @@
 """Training-step cost of a generative recommender: one padded batch vs length-bucketed sub-batches,
-with and without mixed precision, with and without the CPU kernels (T5 or LC-Rec).
+with and without mixed precision, with and without the CPU kernels (T5 or LC-Rec), eager or compiled (T5).
 
     python benchmarks/training.py --dataset=Beauty --data_path=../shared/data \\
         --item_codes_file=../shared/data/Beauty/raw/Beauty.index.json --buckets=1,4,8
@@ -8,6 +8,7 @@ with and without mixed precision, with and without the CPU kernels (T5 or LC-Rec
     python benchmarks/training.py --dataset=Beauty ... --config_files=examples/small_t5_cpu.yaml
     python benchmarks/training.py --model=LETTER_LC_Rec --llm_path=saved/smollm2-135m-instruct \
         --train_batch_size=8 --buckets=8 --amp=1 --cpu_kernels=0,1 --threads=1
+    python benchmarks/training.py --dataset=Beauty ... --buckets=1 --amp=0,1 --compile=0,1,reduce-overhead
 
 Times forward + backward + AdamW step on the same training batches (RecBole's loader, shipped config
 plus the given files / ``--key=value`` overrides) for each ``length_buckets`` value and each ``--amp``
@@ -15,10 +16,12 @@ value (1 = autocast as our trainer does under ``enable_amp``: to ``amp_dtype``, 
 and each ``--cpu_kernels`` value (``t5_cpu_kernels`` of LETTER_TIGER / TIGER: 0 = ``transformers``' T5
 modules, 1 = ``recbole_letter.model.t5_cpu``; ``llm_cpu_kernels`` of the LC-Rec models: 0 = the LM's
 loaded attention and ``peft``'s LoRA dropout, 1 = eager attention and ``t5_cpu``'s dropout; default:
-the config's), interleaved over ``--rounds`` so
-that machine load hits all settings alike, with the weights restored before each setting. Prints
-seconds per batch, the projected seconds per epoch and, as the last line, the speedup of the best
-setting over the first one.
+the config's) and each ``--compile`` value (``torch_compile`` of LETTER_TIGER / TIGER: 0 = eager, 1 =
+``torch.compile``'s default mode, or a ``torch_compile_mode`` such as ``reduce-overhead``; a compiled setting first
+runs ``--warmup`` untimed steps, whose time, the compiler's included, is printed), interleaved over
+``--rounds`` so that machine load hits all settings alike, with the weights restored before each
+setting. Prints seconds per batch, the projected seconds per epoch and, as the last line, the speedup
+of the best setting over the first one.
 """
 
 import argparse
@@ -38,6 +41,8 @@ def main():
     parser.add_argument("--buckets", default="1,4,8")
     parser.add_argument("--amp", default="0", help="comma list of 0 (float32) / 1 (autocast)")
     parser.add_argument("--cpu_kernels", default="", help="comma list of 0 / 1 (default: config)")
+    parser.add_argument("--compile", default="0", help="comma list of 0 (eager) / 1 / a torch_compile_mode (T5)")
+    parser.add_argument("--warmup", type=int, default=3, help="untimed steps of a compiled setting, first")
     parser.add_argument("--batches", type=int, default=6, help="timed batches per setting and round")
     parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument("--config_files", default="")
@@ -60,13 +65,20 @@ def main():
     model_class = get_model_class(args.model)
     kernel_key = "llm_cpu_kernels" if issubclass(model_class, LETTER_LC_Rec) else "t5_cpu_kernels"
     kernel_values = [bool(int(k)) for k in args.cpu_kernels.split(",") if k] or [config[kernel_key]]
+    compile_values = [None if c == "0" else "default" if c == "1" else c for c in args.compile.split(",")]
+    if any(compile_values) and issubclass(model_class, LETTER_LC_Rec):
+        raise SystemExit("error: --compile is a T5 setting (torch_compile of LETTER_TIGER / TIGER)")
     models = {}
     for kernels in kernel_values:  # each setting starts from the same weights (state below)
-        config[kernel_key] = kernels
-        models[kernels] = model_class(config, train_data.dataset).to(device).train()
-    model = models[kernel_values[0]]
+        for compiled in compile_values:
+            config[kernel_key] = kernels
+            config["torch_compile"], config["torch_compile_mode"] = compiled is not None, compiled
+            models[kernels, compiled] = model_class(config, train_data.dataset).to(device).train()
+    model = models[kernel_values[0], compile_values[0]]
     state = copy.deepcopy(model.state_dict())
-    needed = args.batches * args.rounds
+    timed = args.batches * args.rounds
+    warm = args.warmup if any(compile_values) else 0
+    needed = warm + timed
     batches = []
     for interaction in train_data:
         batches.append(interaction.to(device))
@@ -76,22 +88,30 @@ def main():
     print(f"{args.model} on {args.dataset}: {len(train_data)} batches of {config['train_batch_size']} per epoch; "
           f"history length (items) mean {lengths.mean():.1f}, max {int(lengths.max())}; torch threads "
           f"{torch.get_num_threads()}; device {device}")
-    settings = [(int(b), bool(int(a)), k) for b in args.buckets.split(",") for a in args.amp.split(",")
-                for k in kernel_values]
+    settings = [(int(b), bool(int(a)), k, c) for b in args.buckets.split(",") for a in args.amp.split(",")
+                for k in kernel_values for c in compile_values]
+    name = {setting: f"length_buckets={setting[0]}" + (" autocast" if setting[1] else "")
+            + ("" if len(kernel_values) == 1 else f" {kernel_key}={setting[2]}")
+            + ("" if len(compile_values) == 1 else f" {setting[3] or 'eager'}") for setting in settings}
+
+    def steps(setting, chunk):
+        buckets, amp, kernels, compiled = setting
+        model = models[kernels, compiled]
+        model.load_state_dict(state)
+        model.length_buckets = buckets
+        optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-4)
+        return sum(timed_train_step(model, interaction, optimizer, amp_dtype(config) if amp else None)
+                   for interaction in chunk)
+
+    warmup, batches = batches[:warm], batches[warm:]
+    for setting in settings:
+        if setting[3]:  # compiles (a graph per autocast and bucket setting) before anything is timed
+            print(f"{name[setting]}: {steps(setting, warmup):.1f} s for {len(warmup)} warm-up steps", flush=True)
     seconds = dict.fromkeys(settings, 0.0)
     for round_index in range(args.rounds):
         chunk = batches[round_index * args.batches : (round_index + 1) * args.batches]
-        for buckets, amp, kernels in settings:
-            model = models[kernels]
-            model.load_state_dict(state)
-            model.length_buckets = buckets
-            optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-4)
-            for interaction in chunk:
-                seconds[buckets, amp, kernels] += timed_train_step(model, interaction, optimizer,
-                                                                   amp_dtype(config) if amp else None)
-    timed = args.batches * args.rounds
-    name = {setting: f"length_buckets={setting[0]}" + (" autocast" if setting[1] else "")
-            + ("" if len(kernel_values) == 1 else f" {kernel_key}={setting[2]}") for setting in settings}
+        for setting in settings:
+            seconds[setting] += steps(setting, chunk)
     for setting in settings:
         per_batch = seconds[setting] / timed
         print(f"{name[setting]}: {per_batch:.3f} s/batch, ~{per_batch * len(train_data) / 60:.1f} min/epoch")

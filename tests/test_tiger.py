@@ -243,6 +243,66 @@ def test_t5_cpu_kernels_by_default_on_cpu_and_checkpoints_load_either_way(traine
                                    rtol=1e-5, atol=1e-5)
 
 
+def test_torch_compile_gives_the_t5_s_loss_and_gradients_at_full_width(trained_tiger):
+    # aot_eager: the same tracing and autograd graphs as inductor, without the C++ compiler's minutes
+    from recbole_letter.model.letter_tiger import LETTER_TIGER
+    from recbole_letter.trainer import load_checkpoint
+
+    config, train_data, _, trainer, _ = trained_tiger
+    state = load_checkpoint(trainer.saved_model_file)["state_dict"]
+    keys = ("t5_cpu_kernels", "length_buckets", "torch_compile", "torch_compile_mode", "torch_compile_backend")
+    saved = {key: config[key] for key in keys}
+    try:
+        config["t5_cpu_kernels"] = False
+        eager = LETTER_TIGER(config, train_data.dataset)
+        config["t5_cpu_kernels"] = None  # ~ -> off under torch_compile, on a CPU too
+        config["torch_compile"], config["torch_compile_backend"] = True, "aot_eager"
+        compiled = LETTER_TIGER(config, train_data.dataset)
+        config["t5_cpu_kernels"] = True
+        with pytest.raises(ValueError, match="t5_cpu_kernels"):
+            LETTER_TIGER(config, train_data.dataset)
+        config["t5_cpu_kernels"], config["length_buckets"] = None, 8
+        with pytest.raises(ValueError, match="length_buckets"):
+            LETTER_TIGER(config, train_data.dataset)
+        config["length_buckets"], config["torch_compile_mode"] = None, "fastest"
+        with pytest.raises(ValueError, match="reduce-overhead"):
+            LETTER_TIGER(config, train_data.dataset)
+    finally:
+        for key, value in saved.items():
+            config[key] = value
+    assert not compiled.t5_cpu_kernels and compiled.length_buckets == 1
+    assert compiled.torch_compile == {"mode": "default", "backend": "aot_eager"}
+    assert compiled.t5._compiled_call_impl is not None and eager.t5._compiled_call_impl is None
+    compiled.load_state_dict(state)  # strict: the compiled T5 keeps the T5's parameter names
+    eager.load_state_dict(state)
+    eager.length_buckets = 1
+    batch = next(iter(train_data))
+    batch = batch[batch[eager.ITEM_SEQ_LEN] < config["MAX_ITEM_LIST_LENGTH"]]  # histories with padding
+    tokens, mask = compiled.history_code_tokens(batch[eager.ITEM_SEQ], batch[eager.ITEM_SEQ_LEN])
+    assert compiled._trim(tokens, mask)[0].shape == tokens.shape  # static width: one graph for every batch
+    assert eager._trim(tokens, mask)[0].shape[1] < tokens.shape[1]  # (eager trims: this batch has padding)
+    losses = []
+    for model in (eager, compiled):
+        model.eval()  # no dropout: the two forwards must agree
+        loss = model.calculate_loss(batch)
+        loss.backward()
+        losses.append((loss.detach(), model.t5.shared.weight.grad.clone()))
+    torch.testing.assert_close(losses[1][0], losses[0][0], rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(losses[1][1], losses[0][1], rtol=1e-4, atol=1e-6)
+
+
+def test_a_compiled_run_trains_saves_and_reloads_through_recbole(tiny_data_path, tmp_path):
+    from recbole_letter import quick_start
+
+    config_dict = {**_tiny_tiger_config(tiny_data_path, tmp_path), "epochs": 2, "torch_compile": True,
+                   "torch_compile_backend": "aot_eager"}
+    result = quick_start.run("LETTER_TIGER", "ml-tiny", config_dict=config_dict)
+    assert set(result["test_result"]) == {"recall@5", "recall@10", "ndcg@5", "ndcg@10"}
+    # its checkpoint (a compiled T5's weights under the T5's names) evaluates eagerly too
+    again = quick_start.evaluate_checkpoint(result["checkpoint"], {"torch_compile": False})
+    assert again["test_result"] == pytest.approx(result["test_result"], abs=1e-4)
+
+
 def test_enable_amp_autocasts_training_and_decoding(trained_tiger, tiny_data_path, tmp_path):
     config, train_data, test_data, trainer, _ = trained_tiger
     model = trainer.model.eval()

@@ -11,7 +11,9 @@ uses the LETTER tokenizer (alpha, beta > 0) and the ranking-guided loss (tau 0.7
 RQ-VAE (alpha = beta = 0) and the plain generation loss (tau 1.0).
 
 The T5 is built from a ``transformers.T5Config`` (random init, no download); on a CPU its dropout,
-feed-forward and attention modules are swapped for cheaper equivalents (``t5_cpu.py``). Decoding
+feed-forward and attention modules are swapped for cheaper equivalents (``t5_cpu.py``). With
+``torch_compile`` (for GPUs, whose eager step is bound by kernel launches) the T5's training forward is
+compiled by ``torch.compile`` and sees every batch at its full, padded width (static shapes). Decoding
 does not go through ``generate``: ``_T5BeamDecoder`` runs the encoder once per batch, computes every
 decoder layer's cross-attention keys/values once per **user** (broadcast to the user's beams instead
 of copied per beam) and keeps a self-attention cache reordered by ``beam_origin``.
@@ -43,7 +45,18 @@ class LETTER_TIGER(GenerativeRecommender):
         self.relative_attention_num_buckets = config["relative_attention_num_buckets"]
         self.relative_attention_max_distance = config["relative_attention_max_distance"]
         self.initializer_factor = config["initializer_factor"]
-        self.t5_cpu_kernels = self.cpu_kernels_setting(config["t5_cpu_kernels"], config["device"])
+        self.torch_compile = compile_settings(config)
+        if self.torch_compile and config["t5_cpu_kernels"]:
+            raise ValueError("torch_compile cannot trace t5_cpu_kernels (their dropout draws a data-dependent "
+                             "number of random positions): set --t5_cpu_kernels=False, or leave it ~")
+        if self.torch_compile:  # sub-batches would only split the batch: the compiled T5 sees the full width
+            if config["length_buckets"] not in (None, 1):
+                raise ValueError("torch_compile runs whole batches at their full width: set --length_buckets=1, "
+                                 "or leave it ~")
+            self.length_buckets = 1
+        # ~: the CPU kernels on a CPU, unless the T5 is compiled (then transformers' modules, as on a GPU)
+        self.t5_cpu_kernels = not self.torch_compile and self.cpu_kernels_setting(config["t5_cpu_kernels"],
+                                                                                  config["device"])
 
         # define layers: T5 with pad = decoder start = 0, eos = 1, code tokens from 2
         t5_config = T5Config(
@@ -66,9 +79,15 @@ class LETTER_TIGER(GenerativeRecommender):
         self.t5 = T5ForConditionalGeneration(t5_config)
         if self.t5_cpu_kernels:  # same model and state_dict, cheaper dropout/feed-forward/attention on CPU
             use_cpu_kernels(self.t5)
+        if self.torch_compile:  # in place: parameter names, state_dict and checkpoints stay the T5's
+            self.t5.compile(**self.torch_compile)
 
     def _trim(self, tokens, mask):
-        """Drop the all-padding columns at the end of a batch of left-aligned histories."""
+        """Drop the all-padding columns at the end of a batch of left-aligned histories (not when the T5 is
+        compiled: the full width keeps the shapes static, one graph instead of one per width; the padding is
+        masked either way, so the outputs are the same)."""
+        if self.torch_compile:
+            return tokens, mask
         used = mask.any(dim=0).nonzero()
         width = int(used.max()) + 1 if len(used) else 1
         return tokens[:, :width], mask[:, :width]
@@ -84,6 +103,21 @@ class LETTER_TIGER(GenerativeRecommender):
     def build_step_fn(self, item_seq, item_seq_len):
         tokens, mask = self._trim(*self.history_code_tokens(item_seq, item_seq_len))
         return _T5BeamDecoder(self.t5, tokens, mask, self.pad_token_id, max_steps=self.code_len)
+
+
+COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
+
+
+def compile_settings(config):
+    """``torch_compile`` (bool), ``torch_compile_mode`` and ``torch_compile_backend`` (``~`` = ``torch.compile``'s
+    own defaults: mode ``default``, backend ``inductor``), as ``transformers``' ``TrainingArguments`` name
+    them -> the keyword arguments of ``torch.compile``, or ``None`` when the T5 runs eagerly."""
+    if not config["torch_compile"]:
+        return None
+    mode = config["torch_compile_mode"] or "default"
+    if mode not in COMPILE_MODES:
+        raise ValueError(f"torch_compile_mode must be one of {', '.join(COMPILE_MODES)}; got {mode!r}")
+    return {"mode": mode, "backend": config["torch_compile_backend"] or "inductor"}
 
 
 class TIGER(LETTER_TIGER):
