@@ -278,9 +278,10 @@ def test_torch_compile_gives_the_t5_s_loss_and_gradients_at_full_width(trained_t
     eager.length_buckets = 1
     batch = next(iter(train_data))
     batch = batch[batch[eager.ITEM_SEQ_LEN] < config["MAX_ITEM_LIST_LENGTH"]]  # histories with padding
-    tokens, mask = compiled.history_code_tokens(batch[eager.ITEM_SEQ], batch[eager.ITEM_SEQ_LEN])
-    assert compiled._trim(tokens, mask)[0].shape == tokens.shape  # static width: one graph for every batch
-    assert eager._trim(tokens, mask)[0].shape[1] < tokens.shape[1]  # (eager trims: this batch has padding)
+    full_width = batch[eager.ITEM_SEQ].shape[1] * eager.code_len
+    history = batch[eager.ITEM_SEQ], batch[eager.ITEM_SEQ_LEN]
+    assert compiled.forward_inputs(*history)[0].shape[1] == full_width  # static: one graph for every batch
+    assert eager.forward_inputs(*history)[0].shape[1] < full_width  # (eager trims: this batch has padding)
     losses = []
     for model in (eager, compiled):
         model.eval()  # no dropout: the two forwards must agree

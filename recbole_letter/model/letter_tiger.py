@@ -83,17 +83,20 @@ class LETTER_TIGER(GenerativeRecommender):
             self.t5.compile(**self.torch_compile)
 
     def _trim(self, tokens, mask):
-        """Drop the all-padding columns at the end of a batch of left-aligned histories (not when the T5 is
-        compiled: the full width keeps the shapes static, one graph instead of one per width; the padding is
-        masked either way, so the outputs are the same)."""
-        if self.torch_compile:
-            return tokens, mask
+        """Drop the all-padding columns at the end of a batch of left-aligned histories."""
         used = mask.any(dim=0).nonzero()
         width = int(used.max()) + 1 if len(used) else 1
         return tokens[:, :width], mask[:, :width]
 
+    def forward_inputs(self, item_seq, item_seq_len):
+        """The T5 encoder's input of the teacher-forced forward: history code tokens and mask ``[B, S]``,
+        trimmed to the batch's longest history; at the full width when the T5 is compiled (static shapes:
+        one graph instead of one per width; the padding is masked, so the outputs are the same)."""
+        tokens, mask = self.history_code_tokens(item_seq, item_seq_len)
+        return (tokens, mask) if self.torch_compile else self._trim(tokens, mask)
+
     def code_logits(self, item_seq, item_seq_len, target_tokens):
-        tokens, mask = self._trim(*self.history_code_tokens(item_seq, item_seq_len))  # [B, S]
+        tokens, mask = self.forward_inputs(item_seq, item_seq_len)  # [B, S]
         start = torch.full_like(target_tokens[:, :1], self.pad_token_id)
         decoder_input = torch.cat([start, target_tokens[:, :-1]], dim=1)  # [B, T]
         output = self.t5(input_ids=tokens, attention_mask=mask.long(), decoder_input_ids=decoder_input,
