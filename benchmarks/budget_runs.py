@@ -15,7 +15,10 @@ plans from its next epoch). When epochs run slower than the probe said (the mach
 stops at the start of the first epoch that would no longer fit before the deadline (see
 :func:`stop_before_deadline`) and tests its best checkpoint so far (``stopped_at_deadline`` in its JSON,
 "(deadline)" in the table; a job with no checkpoint yet goes on); the parent kills what is still
-running 30 s after the deadline. Relative paths in a job's ``PATH_KEYS`` (and the default ``dataset/``
+running 30 s after the deadline. The plan is never raised afterwards (the schedule is fixed): a probe
+that ran while the machine was busier than it will be (another program's burst) plans too few epochs
+(seen: 1 epoch for a 2-thread job whose probe met a benchmark, against 11 on the quiet machine), so
+keep the machine quiet for the first minutes. Relative paths in a job's ``PATH_KEYS`` (and the default ``dataset/``
 folder) are taken from where ``budget_runs`` started, although each job runs in its own folder.
 
 Writes ``<out>/<label>.json`` (the result dict of ``quick_start.run`` plus the probe's figures) and
