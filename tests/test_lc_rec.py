@@ -292,6 +292,8 @@ def test_clear_errors(lc_config, tmp_path):
     if not torch.cuda.is_available():
         with pytest.raises(ValueError, match="load_in_8bit: True needs a CUDA GPU"):
             _build(LETTER_LC_Rec, name, {**cfg, "load_in_8bit": True})
+    with pytest.raises(ValueError, match="torch_compile compiles the T5 of LETTER_TIGER"):
+        _build(LETTER_LC_Rec, name, {**cfg, "torch_compile": True})
     bad = json.loads(DEFAULT_TEMPLATE_FILE.read_text())
     bad["test"] = "no history placeholder here"
     (tmp_path / "bad.json").write_text(json.dumps(bad))

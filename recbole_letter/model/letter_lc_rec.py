@@ -234,6 +234,9 @@ class LETTER_LC_Rec(GenerativeRecommender):
     input_type = InputType.POINTWISE
 
     def __init__(self, config, dataset):
+        if config["torch_compile"]:  # not silently ignored: the key is LETTER_TIGER / TIGER's
+            raise ValueError("torch_compile compiles the T5 of LETTER_TIGER / TIGER; the LC-Rec models have no "
+                             "compiled path")
         tokenizer = load_tokenizer(config)
         first_code_token = len(tokenizer)
         eos_token_id = tokenizer.eos_token_id
