@@ -21,7 +21,12 @@ the config's) and each ``--compile`` value (``torch_compile`` of LETTER_TIGER / 
 runs ``--warmup`` untimed steps, whose time, the compiler's included, is printed), interleaved over
 ``--rounds`` so that machine load hits all settings alike, with the weights restored before each
 setting. Prints seconds per batch, the projected seconds per epoch and, as the last line, the speedup
-of the best setting over the first one.
+of the best setting over the first one. ``--best_overrides=FILE`` also writes the fastest setting as
+``key=value,...`` overrides for a run, so that one command can time the settings and then train with
+the fastest (a borrowed GPU, one call):
+
+    python benchmarks/training.py ... --amp=0,1 --compile=0,1,reduce-overhead --best_overrides=best.txt &&
+        python benchmarks/budget_runs.py ... "lt:LETTER_TIGER:Beauty:$(cat best.txt),eval_step=2"
 """
 
 import argparse
@@ -34,7 +39,7 @@ import torch
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
-def main():
+def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--model", default="LETTER_TIGER")
     parser.add_argument("--dataset", default="ml-100k")
@@ -47,7 +52,8 @@ def main():
     parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument("--config_files", default="")
     parser.add_argument("--threads", type=int, default=0, help="torch threads (0 = torch default)")
-    args, rest = parser.parse_known_args()
+    parser.add_argument("--best_overrides", default="", help="write the fastest setting here as key=value,...")
+    args, rest = parser.parse_known_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
 
@@ -89,7 +95,8 @@ def main():
           f"history length (items) mean {lengths.mean():.1f}, max {int(lengths.max())}; torch threads "
           f"{torch.get_num_threads()}; device {device}")
     settings = [(int(b), bool(int(a)), k, c) for b in args.buckets.split(",") for a in args.amp.split(",")
-                for k in kernel_values for c in compile_values]
+                for k in kernel_values for c in compile_values
+                if c is None or int(b) == 1]  # a compiled T5 runs whole batches (length_buckets 1)
     name = {setting: f"length_buckets={setting[0]}" + (" autocast" if setting[1] else "")
             + ("" if len(kernel_values) == 1 else f" {kernel_key}={setting[2]}")
             + ("" if len(compile_values) == 1 else f" {setting[3] or 'eager'}") for setting in settings}
@@ -115,9 +122,27 @@ def main():
     for setting in settings:
         per_batch = seconds[setting] / timed
         print(f"{name[setting]}: {per_batch:.3f} s/batch, ~{per_batch * len(train_data) / 60:.1f} min/epoch")
+    if args.best_overrides:
+        fastest = setting_overrides(min(settings, key=seconds.get), kernel_key, any(compile_values))
+        with open(args.best_overrides, "w") as f:
+            f.write(",".join(f"{key}={value}" for key, value in fastest.items()) + "\n")
     base = settings[0]
     best = min(settings[1:], key=seconds.get) if len(settings) > 1 else base
     print(f"speedup: {seconds[base] / seconds[best]:.2f} ({name[best]} vs {name[base]})")
+
+
+def setting_overrides(setting, kernel_key, compile_keys):
+    """A timed setting as the config overrides that give it in a run (``compile_keys``: name
+    ``torch_compile`` also when it is off, as the settings compared both)."""
+    buckets, amp, kernels, compiled = setting
+    overrides = {"length_buckets": buckets, "enable_amp": amp}
+    if kernels is not None:
+        overrides[kernel_key] = kernels
+    if compile_keys:
+        overrides["torch_compile"] = compiled is not None
+    if compiled is not None:
+        overrides["torch_compile_mode"] = compiled
+    return overrides
 
 
 if __name__ == "__main__":

@@ -304,6 +304,38 @@ def test_a_compiled_run_trains_saves_and_reloads_through_recbole(tiny_data_path,
     assert again["test_result"] == pytest.approx(result["test_result"], abs=1e-4)
 
 
+def test_training_benchmark_writes_its_fastest_setting_as_overrides_a_run_accepts(tiny_data_path, tmp_path,
+                                                                                   capsys):
+    import importlib.util
+    from pathlib import Path
+
+    import yaml
+
+    from recbole_letter.model.letter_tiger import LETTER_TIGER
+    from recbole_letter.quick_start import parse_overrides, prepare
+
+    spec = importlib.util.spec_from_file_location("training", Path(__file__).parents[1] / "benchmarks" / "training.py")
+    training = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(training)
+    config_dict = {**_tiny_tiger_config(tiny_data_path, tmp_path), "train_batch_size": 32}
+    (tmp_path / "tiny.yaml").write_text(yaml.safe_dump(config_dict))
+    best = tmp_path / "best.txt"
+    training.main(["--dataset=ml-tiny", f"--config_files={tmp_path / 'tiny.yaml'}", "--buckets=1,2", "--amp=0",
+                   "--compile=0,1", "--torch_compile_backend=aot_eager", "--batches=1", "--rounds=1", "--warmup=1",
+                   f"--best_overrides={best}"])
+    printed = capsys.readouterr().out
+    timed = [line.split(":")[0] for line in printed.splitlines() if "s/batch" in line]
+    # a compiled T5 runs whole batches: no compiled setting with 2 buckets is timed
+    assert timed == ["length_buckets=1 eager", "length_buckets=1 default", "length_buckets=2 eager"]
+    overrides = parse_overrides([f"--{pair}" for pair in best.read_text().strip().split(",")])
+    assert set(overrides) <= {"length_buckets", "enable_amp", "torch_compile", "torch_compile_mode"}
+    assert overrides["enable_amp"] is False and overrides["torch_compile"] == ("torch_compile_mode" in overrides)
+    assert (overrides["length_buckets"], overrides["torch_compile"]) in {(1, False), (1, True), (2, False)}
+    config, _, train_data, _, _ = prepare("LETTER_TIGER", "ml-tiny", config_dict={**config_dict, **overrides,
+                                                                                 "torch_compile_backend": "aot_eager"})
+    assert LETTER_TIGER(config, train_data.dataset).length_buckets == overrides["length_buckets"]
+
+
 def test_enable_amp_autocasts_training_and_decoding(trained_tiger, tiny_data_path, tmp_path):
     config, train_data, test_data, trainer, _ = trained_tiger
     model = trainer.model.eval()
