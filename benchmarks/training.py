@@ -17,13 +17,14 @@ and each ``--cpu_kernels`` value (``t5_cpu_kernels`` of LETTER_TIGER / TIGER: 0 
 modules, 1 = ``recbole_letter.model.t5_cpu``; ``llm_cpu_kernels`` of the LC-Rec models: 0 = the LM's
 loaded attention and ``peft``'s LoRA dropout, 1 = eager attention and ``t5_cpu``'s dropout; default:
 the config's) and each ``--compile`` value (``torch_compile`` of LETTER_TIGER / TIGER: 0 = eager, 1 =
-``torch.compile``'s default mode, or a ``torch_compile_mode`` such as ``reduce-overhead``; a compiled setting first
-runs ``--warmup`` untimed steps, whose time, the compiler's included, is printed), interleaved over
+``torch.compile``'s default mode, or a ``torch_compile_mode`` such as ``reduce-overhead``; only with
+``--buckets=1`` and without CPU kernels), after ``--warmup`` untimed steps of every setting (their
+time, a compiler's included, is printed), interleaved over
 ``--rounds`` so that machine load hits all settings alike, with the weights restored before each
 setting. Prints seconds per batch, the projected seconds per epoch and, as the last line, the speedup
-of the best setting over the first one. ``--best_overrides=FILE`` also writes the fastest setting as
-``key=value,...`` overrides for a run, so that one command can time the settings and then train with
-the fastest (a borrowed GPU, one call):
+of the best setting over the first one. ``--best_overrides=FILE`` also writes the fastest setting (by
+step time: a compiler's minutes are not counted) as ``key=value,...`` overrides for a run, so that one
+command can time the settings and then train with the fastest (a borrowed GPU, one call):
 
     python benchmarks/training.py ... --amp=0,1 --compile=0,1,reduce-overhead --best_overrides=best.txt &&
         python benchmarks/budget_runs.py ... "lt:LETTER_TIGER:Beauty:$(cat best.txt),eval_step=2"
@@ -47,7 +48,7 @@ def main(argv=None):
     parser.add_argument("--amp", default="0", help="comma list of 0 (float32) / 1 (autocast)")
     parser.add_argument("--cpu_kernels", default="", help="comma list of 0 / 1 (default: config)")
     parser.add_argument("--compile", default="0", help="comma list of 0 (eager) / 1 / a torch_compile_mode (T5)")
-    parser.add_argument("--warmup", type=int, default=3, help="untimed steps of a compiled setting, first")
+    parser.add_argument("--warmup", type=int, default=2, help="untimed steps of every setting, first")
     parser.add_argument("--batches", type=int, default=6, help="timed batches per setting and round")
     parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument("--config_files", default="")
@@ -71,35 +72,45 @@ def main(argv=None):
     model_class = get_model_class(args.model)
     kernel_key = "llm_cpu_kernels" if issubclass(model_class, LETTER_LC_Rec) else "t5_cpu_kernels"
     kernel_values = [bool(int(k)) for k in args.cpu_kernels.split(",") if k] or [config[kernel_key]]
-    compile_values = [None if c == "0" else "default" if c == "1" else c for c in args.compile.split(",")]
+    # compiled: False (eager), True (torch.compile's default mode) or a torch_compile_mode
+    compile_values = [{"0": False, "1": True}.get(c, c) for c in args.compile.split(",")]
     if any(compile_values) and issubclass(model_class, LETTER_LC_Rec):
         raise SystemExit("error: --compile is a T5 setting (torch_compile of LETTER_TIGER / TIGER)")
+    if device.type == "cuda":  # as budget_runs trains: float32 matmuls on TF32 tensor cores
+        torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True
+    # a compiled T5 runs whole batches (length_buckets 1) with transformers' modules (no CPU kernels)
+    settings = [(int(b), bool(int(a)), k, c) for b in args.buckets.split(",") for a in args.amp.split(",")
+                for k in kernel_values for c in compile_values if not c or (int(b) == 1 and not k)]
+    if not settings:
+        raise SystemExit("error: no setting to time: a compiled T5 needs --buckets=1 and no CPU kernels")
     models = {}
-    for kernels in kernel_values:  # each setting starts from the same weights (state below)
-        for compiled in compile_values:
-            config[kernel_key] = kernels
-            config["torch_compile"], config["torch_compile_mode"] = compiled is not None, compiled
+    for _, _, kernels, compiled in settings:  # each setting starts from the same weights (state below)
+        if (kernels, compiled) not in models:
+            config[kernel_key], config["torch_compile"] = kernels, bool(compiled)
+            config["torch_compile_mode"] = compiled if isinstance(compiled, str) else None
+            config["length_buckets"] = None  # set per setting below
             models[kernels, compiled] = model_class(config, train_data.dataset).to(device).train()
-    model = models[kernel_values[0], compile_values[0]]
-    state = copy.deepcopy(model.state_dict())
+    state = copy.deepcopy(next(iter(models.values())).state_dict())
     timed = args.batches * args.rounds
-    warm = args.warmup if any(compile_values) else 0
-    needed = warm + timed
+    needed = args.warmup + timed
     batches = []
     for interaction in train_data:
         batches.append(interaction.to(device))
         if len(batches) == needed:
             break
+    if len(batches) < needed:
+        raise SystemExit(f"error: {needed} batches needed (--warmup + --batches x --rounds), the loader has "
+                         f"{len(batches)}: use a smaller --train_batch_size or fewer batches")
+    model = next(iter(models.values()))
     lengths = torch.cat([b[model.ITEM_SEQ_LEN] for b in batches]).float()
     print(f"{args.model} on {args.dataset}: {len(train_data)} batches of {config['train_batch_size']} per epoch; "
           f"history length (items) mean {lengths.mean():.1f}, max {int(lengths.max())}; torch threads "
           f"{torch.get_num_threads()}; device {device}")
-    settings = [(int(b), bool(int(a)), k, c) for b in args.buckets.split(",") for a in args.amp.split(",")
-                for k in kernel_values for c in compile_values
-                if c is None or int(b) == 1]  # a compiled T5 runs whole batches (length_buckets 1)
+    compile_names = {False: "eager", True: "compiled"}
     name = {setting: f"length_buckets={setting[0]}" + (" autocast" if setting[1] else "")
             + ("" if len(kernel_values) == 1 else f" {kernel_key}={setting[2]}")
-            + ("" if len(compile_values) == 1 else f" {setting[3] or 'eager'}") for setting in settings}
+            + ("" if len(compile_values) == 1 else f" {compile_names.get(setting[3], setting[3])}")
+            for setting in settings}
 
     def steps(setting, chunk):
         buckets, amp, kernels, compiled = setting
@@ -110,9 +121,9 @@ def main(argv=None):
         return sum(timed_train_step(model, interaction, optimizer, amp_dtype(config) if amp else None)
                    for interaction in chunk)
 
-    warmup, batches = batches[:warm], batches[warm:]
-    for setting in settings:
-        if setting[3]:  # compiles (a graph per autocast and bucket setting) before anything is timed
+    warmup, batches = batches[: args.warmup], batches[args.warmup :]
+    if warmup:  # one-off costs (the compiler's, first kernels) before anything is timed
+        for setting in settings:
             print(f"{name[setting]}: {steps(setting, warmup):.1f} s for {len(warmup)} warm-up steps", flush=True)
     seconds = dict.fromkeys(settings, 0.0)
     for round_index in range(args.rounds):
@@ -123,7 +134,8 @@ def main(argv=None):
         per_batch = seconds[setting] / timed
         print(f"{name[setting]}: {per_batch:.3f} s/batch, ~{per_batch * len(train_data) / 60:.1f} min/epoch")
     if args.best_overrides:
-        fastest = setting_overrides(min(settings, key=seconds.get), kernel_key, any(compile_values))
+        fastest = setting_overrides(min(settings, key=seconds.get), kernel_key, config["torch_compile_backend"],
+                                    any(compile_values))
         with open(args.best_overrides, "w") as f:
             f.write(",".join(f"{key}={value}" for key, value in fastest.items()) + "\n")
     base = settings[0]
@@ -131,17 +143,20 @@ def main(argv=None):
     print(f"speedup: {seconds[base] / seconds[best]:.2f} ({name[best]} vs {name[base]})")
 
 
-def setting_overrides(setting, kernel_key, compile_keys):
-    """A timed setting as the config overrides that give it in a run (``compile_keys``: name
+def setting_overrides(setting, kernel_key, backend, compile_keys):
+    """A timed setting as the config overrides that give it in a run (``backend``: the
+    ``torch_compile_backend`` it was compiled with, if one was given; ``compile_keys``: name
     ``torch_compile`` also when it is off, as the settings compared both)."""
     buckets, amp, kernels, compiled = setting
     overrides = {"length_buckets": buckets, "enable_amp": amp}
     if kernels is not None:
         overrides[kernel_key] = kernels
     if compile_keys:
-        overrides["torch_compile"] = compiled is not None
-    if compiled is not None:
+        overrides["torch_compile"] = bool(compiled)
+    if isinstance(compiled, str):
         overrides["torch_compile_mode"] = compiled
+    if compiled and backend:
+        overrides["torch_compile_backend"] = backend
     return overrides
 
 

@@ -245,11 +245,19 @@ def test_t5_cpu_kernels_by_default_on_cpu_and_checkpoints_load_either_way(traine
 
 def test_torch_compile_gives_the_t5_s_loss_and_gradients_at_full_width(trained_tiger):
     # aot_eager: the same tracing and autograd graphs as inductor, without the C++ compiler's minutes
+    from recbole.data.interaction import Interaction
+
     from recbole_letter.model.letter_tiger import LETTER_TIGER
     from recbole_letter.trainer import load_checkpoint
 
     config, train_data, _, trainer, _ = trained_tiger
     state = load_checkpoint(trainer.saved_model_file)["state_dict"]
+    graphs = []  # a backend that records the integer inputs of every graph it is given, then runs it as is
+
+    def recording_backend(graph, example_inputs):
+        graphs.append([tuple(x.shape) for x in example_inputs if isinstance(x, torch.Tensor) and not x.is_floating_point()])
+        return graph.forward
+
     keys = ("t5_cpu_kernels", "length_buckets", "torch_compile", "torch_compile_mode", "torch_compile_backend")
     saved = {key: config[key] for key in keys}
     try:
@@ -258,46 +266,70 @@ def test_torch_compile_gives_the_t5_s_loss_and_gradients_at_full_width(trained_t
         config["t5_cpu_kernels"] = None  # ~ -> off under torch_compile, on a CPU too
         config["torch_compile"], config["torch_compile_backend"] = True, "aot_eager"
         compiled = LETTER_TIGER(config, train_data.dataset)
+        config["torch_compile_backend"] = recording_backend
+        recorded = LETTER_TIGER(config, train_data.dataset)
         config["t5_cpu_kernels"] = True
         with pytest.raises(ValueError, match="t5_cpu_kernels"):
             LETTER_TIGER(config, train_data.dataset)
         config["t5_cpu_kernels"], config["length_buckets"] = None, 8
         with pytest.raises(ValueError, match="length_buckets"):
             LETTER_TIGER(config, train_data.dataset)
-        config["length_buckets"], config["torch_compile_mode"] = None, "fastest"
+        config["length_buckets"], config["torch_compile_mode"] = None, "reduce-overhead"
+        with pytest.raises(ValueError, match="a setting of the inductor backend"):  # torch.compile only warns
+            LETTER_TIGER(config, train_data.dataset)
+        config["torch_compile_backend"], config["torch_compile_mode"] = None, "fastest"
         with pytest.raises(ValueError, match="reduce-overhead"):
             LETTER_TIGER(config, train_data.dataset)
     finally:
         for key, value in saved.items():
             config[key] = value
     assert not compiled.t5_cpu_kernels and compiled.length_buckets == 1
-    assert compiled.torch_compile == {"mode": "default", "backend": "aot_eager"}
+    assert compiled.torch_compile == {"backend": "aot_eager"}
     assert compiled.t5._compiled_call_impl is not None and eager.t5._compiled_call_impl is None
-    compiled.load_state_dict(state)  # strict: the compiled T5 keeps the T5's parameter names
-    eager.load_state_dict(state)
+    for model in (eager, compiled, recorded):
+        model.load_state_dict(state)  # strict: the compiled T5 keeps the T5's parameter names
+        model.eval()  # no dropout: the forwards must agree
     eager.length_buckets = 1
     batch = next(iter(train_data))
     batch = batch[batch[eager.ITEM_SEQ_LEN] < config["MAX_ITEM_LIST_LENGTH"]]  # histories with padding
     full_width = batch[eager.ITEM_SEQ].shape[1] * eager.code_len
     history = batch[eager.ITEM_SEQ], batch[eager.ITEM_SEQ_LEN]
-    assert compiled.forward_inputs(*history)[0].shape[1] == full_width  # static: one graph for every batch
     assert eager.forward_inputs(*history)[0].shape[1] < full_width  # (eager trims: this batch has padding)
     losses = []
     for model in (eager, compiled):
-        model.eval()  # no dropout: the two forwards must agree
         loss = model.calculate_loss(batch)
         loss.backward()
         losses.append((loss.detach(), model.t5.shared.weight.grad.clone()))
     torch.testing.assert_close(losses[1][0], losses[0][0], rtol=1e-5, atol=1e-6)
     torch.testing.assert_close(losses[1][1], losses[0][1], rtol=1e-4, atol=1e-6)
 
+    # the compiled forward gets every batch at the full width: one graph for two batches of the same size
+    # whose longest histories differ (the same batch with each history's last item dropped)
+    lengths = batch[eager.ITEM_SEQ_LEN]
+    assert int(lengths.max()) > 1
+    shorter = batch[eager.ITEM_SEQ].clone()
+    rows = torch.nonzero(lengths > 1).squeeze(1)
+    shorter[rows, lengths[rows] - 1] = 0
+    other = Interaction({eager.ITEM_SEQ: shorter, eager.ITEM_SEQ_LEN: torch.where(lengths > 1, lengths - 1, lengths),
+                         eager.POS_ITEM_ID: batch[eager.POS_ITEM_ID]})
+    with torch.no_grad():
+        recorded.calculate_loss(batch)
+        after_first = len(graphs)
+        recorded.calculate_loss(other)
+    assert after_first >= 1 and len(graphs) == after_first  # no second compile
+    assert (len(lengths), full_width) in [shape for graph in graphs for shape in graph]
+
 
 def test_a_compiled_run_trains_saves_and_reloads_through_recbole(tiny_data_path, tmp_path):
     from recbole_letter import quick_start
 
+    from torch._dynamo.utils import counters
+
     config_dict = {**_tiny_tiger_config(tiny_data_path, tmp_path), "epochs": 2, "torch_compile": True,
                    "torch_compile_backend": "aot_eager"}
+    graphs_before = counters["stats"]["unique_graphs"]
     result = quick_start.run("LETTER_TIGER", "ml-tiny", config_dict=config_dict)
+    assert counters["stats"]["unique_graphs"] > graphs_before  # training went through the compiled forward
     assert set(result["test_result"]) == {"recall@5", "recall@10", "ndcg@5", "ndcg@10"}
     # its checkpoint (a compiled T5's weights under the T5's names) evaluates eagerly too
     again = quick_start.evaluate_checkpoint(result["checkpoint"], {"torch_compile": False})
@@ -326,14 +358,27 @@ def test_training_benchmark_writes_its_fastest_setting_as_overrides_a_run_accept
     printed = capsys.readouterr().out
     timed = [line.split(":")[0] for line in printed.splitlines() if "s/batch" in line]
     # a compiled T5 runs whole batches: no compiled setting with 2 buckets is timed
-    assert timed == ["length_buckets=1 eager", "length_buckets=1 default", "length_buckets=2 eager"]
+    assert timed == ["length_buckets=1 eager", "length_buckets=1 compiled", "length_buckets=2 eager"]
     overrides = parse_overrides([f"--{pair}" for pair in best.read_text().strip().split(",")])
-    assert set(overrides) <= {"length_buckets", "enable_amp", "torch_compile", "torch_compile_mode"}
-    assert overrides["enable_amp"] is False and overrides["torch_compile"] == ("torch_compile_mode" in overrides)
+    assert set(overrides) <= {"length_buckets", "enable_amp", "torch_compile", "torch_compile_backend"}
+    assert overrides["enable_amp"] is False and overrides["torch_compile"] == ("torch_compile_backend" in overrides)
     assert (overrides["length_buckets"], overrides["torch_compile"]) in {(1, False), (1, True), (2, False)}
-    config, _, train_data, _, _ = prepare("LETTER_TIGER", "ml-tiny", config_dict={**config_dict, **overrides,
-                                                                                 "torch_compile_backend": "aot_eager"})
+    assert overrides.get("torch_compile_backend", "aot_eager") == "aot_eager"  # the backend it was timed with
+    config, _, train_data, _, _ = prepare("LETTER_TIGER", "ml-tiny", config_dict={**config_dict, **overrides})
     assert LETTER_TIGER(config, train_data.dataset).length_buckets == overrides["length_buckets"]
+    base_args = ["--dataset=ml-tiny", f"--config_files={tmp_path / 'tiny.yaml'}", "--amp=0", "--rounds=1"]
+    with pytest.raises(SystemExit, match="no setting to time"):  # a compiled T5 runs whole batches only
+        training.main(base_args + ["--buckets=4", "--compile=1"])
+    with pytest.raises(SystemExit, match=r"batches needed .* the loader has"):
+        training.main(base_args + ["--buckets=1", "--batches=10000"])
+    # each kind of setting, whichever won above
+    assert training.setting_overrides((8, True, None, False), "t5_cpu_kernels", None, False) == {
+        "length_buckets": 8, "enable_amp": True}
+    assert training.setting_overrides((1, False, False, False), "t5_cpu_kernels", None, True) == {
+        "length_buckets": 1, "enable_amp": False, "t5_cpu_kernels": False, "torch_compile": False}
+    assert training.setting_overrides((1, True, None, "reduce-overhead"), "t5_cpu_kernels", "inductor", True) == {
+        "length_buckets": 1, "enable_amp": True, "torch_compile": True, "torch_compile_mode": "reduce-overhead",
+        "torch_compile_backend": "inductor"}
 
 
 def test_enable_amp_autocasts_training_and_decoding(trained_tiger, tiny_data_path, tmp_path):

@@ -12,8 +12,9 @@ RQ-VAE (alpha = beta = 0) and the plain generation loss (tau 1.0).
 
 The T5 is built from a ``transformers.T5Config`` (random init, no download); on a CPU its dropout,
 feed-forward and attention modules are swapped for cheaper equivalents (``t5_cpu.py``). With
-``torch_compile`` (for GPUs, whose eager step is bound by kernel launches) the T5's training forward is
-compiled by ``torch.compile`` and sees every batch at its full, padded width (static shapes). Decoding
+``torch_compile`` (for GPUs, whose eager step is bound by kernel launches) the T5's teacher-forced forward
+(training, ``predict``) is compiled by ``torch.compile`` and sees every batch at its full, padded width
+(static shapes). Decoding
 does not go through ``generate``: ``_T5BeamDecoder`` runs the encoder once per batch, computes every
 decoder layer's cross-attention keys/values once per **user** (broadcast to the user's beams instead
 of copied per beam) and keeps a self-attention cache reordered by ``beam_origin``.
@@ -114,13 +115,19 @@ COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-
 def compile_settings(config):
     """``torch_compile`` (bool), ``torch_compile_mode`` and ``torch_compile_backend`` (``~`` = ``torch.compile``'s
     own defaults: mode ``default``, backend ``inductor``), as ``transformers``' ``TrainingArguments`` name
-    them -> the keyword arguments of ``torch.compile``, or ``None`` when the T5 runs eagerly."""
+    them -> the keyword arguments of ``torch.compile``, or ``None`` when the T5 runs eagerly. A mode is
+    inductor's: another backend with a mode is an error (``torch.compile`` would only warn)."""
     if not config["torch_compile"]:
         return None
-    mode = config["torch_compile_mode"] or "default"
+    backend, mode = config["torch_compile_backend"] or "inductor", config["torch_compile_mode"]
+    if backend != "inductor":
+        if mode is not None:
+            raise ValueError(f"torch_compile_mode is a setting of the inductor backend, not of {backend!r}")
+        return {"backend": backend}
+    mode = mode or "default"
     if mode not in COMPILE_MODES:
         raise ValueError(f"torch_compile_mode must be one of {', '.join(COMPILE_MODES)}; got {mode!r}")
-    return {"mode": mode, "backend": config["torch_compile_backend"] or "inductor"}
+    return {"backend": backend, "mode": mode}
 
 
 class TIGER(LETTER_TIGER):
