@@ -14,10 +14,9 @@ The T5 is built from a ``transformers.T5Config`` (random init, no download); on 
 feed-forward and attention modules are swapped for cheaper equivalents (``t5_cpu.py``). With
 ``torch_compile`` (for GPUs, whose eager step is bound by kernel launches) the T5's teacher-forced forward
 (training, ``predict``) is compiled by ``torch.compile`` and sees every batch at its full, padded width
-(static shapes). Decoding
-does not go through ``generate``: ``_T5BeamDecoder`` runs the encoder once per batch, computes every
-decoder layer's cross-attention keys/values once per **user** (broadcast to the user's beams instead
-of copied per beam) and keeps a self-attention cache reordered by ``beam_origin``.
+(static shapes). Decoding does not go through ``generate``: ``_T5BeamDecoder`` runs the encoder once per
+batch, computes every decoder layer's cross-attention keys/values once per **user** (broadcast to the
+user's beams instead of copied per beam) and keeps a self-attention cache reordered by ``beam_origin``.
 """
 
 import torch
