@@ -18,8 +18,9 @@ stops at the start of the first epoch that would no longer fit before the deadli
 running 30 s after the deadline. The plan is never raised afterwards (the schedule is fixed): a probe
 that ran while the machine was busier than it will be (another program's burst) plans too few epochs
 (seen: 1 epoch for a 2-thread job whose probe met a benchmark, against 11 on the quiet machine), so
-keep the machine quiet for the first minutes. Relative paths in a job's ``PATH_KEYS`` (and the default ``dataset/``
-folder) are taken from where ``budget_runs`` started, although each job runs in its own folder.
+keep the machine quiet for the first minutes. Relative paths in a job's ``PATH_KEYS`` (and the default
+``dataset/`` folder) are taken from where ``budget_runs`` started, although each job runs in its own
+folder.
 
 Writes ``<out>/<label>.json`` (the result dict of ``quick_start.run`` plus the probe's figures) and
 ``<out>/<label>.log`` per job, prints one markdown table at the end. Jobs that crash keep their log.
@@ -180,11 +181,10 @@ def run_job(label, model_name, dataset, overrides, deadline, out_dir):
     the probe's figures and ``stopped_at_deadline``)."""
     import torch
 
+    from recbole_letter.benchmark import use_tf32
     from recbole_letter.quick_start import run
 
-    if torch.cuda.is_available():
-        torch.backends.cuda.matmul.allow_tf32 = True
-        torch.backends.cudnn.allow_tf32 = True
+    use_tf32()
     guard = {}
 
     def size_epochs(config, model, trainer, train_data, valid_data, test_data):

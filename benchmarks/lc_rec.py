@@ -128,7 +128,8 @@ def main():
     print(f"sequence (prompt + response, padded) {tuple(sequences['input_ids'].shape)}, "
           f"real tokens per row {sequences['attention_mask'].sum(1).float().mean().item():.0f}", flush=True)
     for step in range(args.steps + 1):  # step 0 warms up (kernels, allocator)
-        seconds = timed_train_step(model, next(batches).to(device), optimizer, amp_dtype(config) if args.amp else None)
+        seconds = timed_train_step(model, next(batches).to(device), optimizer,
+                                   amp_dtype(config) if args.amp else None)
         if step:
             times.append(seconds)
     print(f"train step (batch {args.batch}, {args.dtype}{', autocast' if args.amp else ''}): median {np.median(times):.3f}s over {len(times)} steps",

@@ -58,7 +58,7 @@ def main(argv=None):
     if args.threads:
         torch.set_num_threads(args.threads)
 
-    from recbole_letter.benchmark import timed_train_step
+    from recbole_letter.benchmark import timed_train_step, use_tf32
     from recbole_letter.trainer import amp_dtype
     from recbole_letter.model import get_model_class
     from recbole_letter.model.letter_lc_rec import LETTER_LC_Rec
@@ -76,8 +76,7 @@ def main(argv=None):
     compile_values = [{"0": False, "1": True}.get(c, c) for c in args.compile.split(",")]
     if any(compile_values) and issubclass(model_class, LETTER_LC_Rec):
         raise SystemExit("error: --compile is a T5 setting (torch_compile of LETTER_TIGER / TIGER)")
-    if device.type == "cuda":  # as budget_runs trains: float32 matmuls on TF32 tensor cores
-        torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True
+    use_tf32(device)  # as budget_runs trains
     # a compiled T5 runs whole batches (length_buckets 1) with transformers' modules (no CPU kernels)
     settings = [(int(b), bool(int(a)), k, c) for b in args.buckets.split(",") for a in args.amp.split(",")
                 for k in kernel_values for c in compile_values if not c or (int(b) == 1 and not k)]
@@ -90,7 +89,8 @@ def main(argv=None):
             config["torch_compile_mode"] = compiled if isinstance(compiled, str) else None
             config["length_buckets"] = None  # set per setting below
             models[kernels, compiled] = model_class(config, train_data.dataset).to(device).train()
-    state = copy.deepcopy(next(iter(models.values())).state_dict())
+    model = next(iter(models.values()))
+    state = copy.deepcopy(model.state_dict())
     timed = args.batches * args.rounds
     needed = args.warmup + timed
     batches = []
@@ -101,7 +101,6 @@ def main(argv=None):
     if len(batches) < needed:
         raise SystemExit(f"error: {needed} batches needed (--warmup + --batches x --rounds), the loader has "
                          f"{len(batches)}: use a smaller --train_batch_size or fewer batches")
-    model = next(iter(models.values()))
     lengths = torch.cat([b[model.ITEM_SEQ_LEN] for b in batches]).float()
     print(f"{args.model} on {args.dataset}: {len(train_data)} batches of {config['train_batch_size']} per epoch; "
           f"history length (items) mean {lengths.mean():.1f}, max {int(lengths.max())}; torch threads "

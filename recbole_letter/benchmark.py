@@ -25,6 +25,15 @@ def results_table(results):
     return pd.DataFrame(rows)
 
 
+def use_tf32(device=None):
+    """On a GPU (``device``, or any CUDA device when ``None``), float32 matmuls on TF32 tensor cores, as the
+    benchmarks train and time; no-op on a CPU."""
+    import torch
+
+    if torch.cuda.is_available() if device is None else torch.device(device).type == "cuda":
+        torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True
+
+
 def timed_train_step(model, interaction, optimizer, amp_dtype=None):
     """Seconds of one optimiser step on ``interaction`` (zero_grad, ``calculate_loss``, backward, step),
     GPU work included; the loss may be a tuple of parts, as RecBole allows. ``amp_dtype`` (a torch dtype)

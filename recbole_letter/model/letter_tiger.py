@@ -46,10 +46,11 @@ class LETTER_TIGER(GenerativeRecommender):
         self.relative_attention_max_distance = config["relative_attention_max_distance"]
         self.initializer_factor = config["initializer_factor"]
         self.torch_compile = compile_settings(config)
-        if self.torch_compile and config["t5_cpu_kernels"]:
-            raise ValueError("torch_compile cannot trace t5_cpu_kernels (their dropout draws a data-dependent "
-                             "number of random positions): set --t5_cpu_kernels=False, or leave it ~")
-        if self.torch_compile:  # sub-batches would only split the batch: the compiled T5 sees the full width
+        if self.torch_compile:
+            if config["t5_cpu_kernels"]:
+                raise ValueError("torch_compile cannot trace t5_cpu_kernels (their dropout draws a data-dependent "
+                                 "number of random positions): set --t5_cpu_kernels=False, or leave it ~")
+            # sub-batches would only split the batch: the compiled T5 sees the full width
             if config["length_buckets"] not in (None, 1):
                 raise ValueError("torch_compile runs whole batches at their full width: set --length_buckets=1, "
                                  "or leave it ~")
