@@ -208,6 +208,9 @@ def _run_single(model, dataset, config_files=None, config_dict=None, saved=True,
     logger.info(f"best valid: {result['best_valid_result']}")
     logger.info(f"test result: {result['test_result']}")
     if not config["single_spec"]:
+        # every rank done with its collectives before any tears down (a gloo rank that exits while its peer
+        # still talks to it can abort: "terminate called without an active exception", seen once in tests)
+        torch.distributed.barrier()
         torch.distributed.destroy_process_group()
     if queue is not None and config["local_rank"] == 0:
         queue.put(result)

@@ -123,3 +123,20 @@ def test_letter_tiger_end_to_end_and_tokenize_only(tiny_dataset, tmp_path):
     for key in ("n_items", "collision_rate_before", "collision_rate_after", "codes_used_per_level", "entropy_per_level"):
         assert key in report
     assert report["collision_rate_after"] == 0.0
+
+
+def test_decoding_benchmark_agrees_with_generate_from_a_relative_data_path(tiny_data_path, tmp_path):
+    """benchmarks/decoding.py on the tiny slice (random unique codes), its --data_path given relative to
+    where the command runs (the script moves to a scratch folder afterwards)."""
+    data_link = tmp_path / "data"
+    data_link.symlink_to(tiny_data_path, target_is_directory=True)
+    proc = subprocess.run(
+        [sys.executable, str(REPO / "benchmarks" / "decoding.py"), "--dataset=ml-tiny", "--data_path=data",
+         "--users=6", "--release_users=2", "--release_batch=1,2", "--rounds=2", "--threads=1"],
+        capture_output=True, text=True, timeout=300, cwd=tmp_path,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    lines = proc.stdout.splitlines()
+    assert "top-20 lists: 2/2 identical" in proc.stdout
+    assert sum(line.startswith("release: 2 users") for line in lines) == 2
+    assert lines[-1].startswith("speedup: ") and float(lines[-1].split()[1]) > 0

@@ -84,6 +84,40 @@ def test_same_lists_as_transformers_generate_with_prefix_trie():
     assert ours.flatten().tolist() == theirs
 
 
+def test_decoders_sharing_a_workspace_reuse_its_buffers_and_decode_the_same():
+    # generate_items' chunks: the second, smaller chunk decodes in the first one's cache buffers
+    rng = np.random.default_rng(2)
+    item_tokens = item_code_token_table(random_codes(rng, 40, SIZES), SIZES)
+    vocab = 2 + sum(SIZES)
+    t5 = tiny_t5(vocab, seed=2)
+    tokens, mask = histories(5, vocab, seed=2)
+    trie = CodeTrie(item_tokens)
+    chunks = [torch.arange(0, 3), torch.arange(3, 5)]
+    workspace, pointers = {}, []
+    with torch.no_grad():
+        for rows in chunks:
+            alone = constrained_beam_search(_T5BeamDecoder(t5, tokens[rows], mask[rows], 0, trie.depth), trie,
+                                            len(rows), 6)
+            shared = constrained_beam_search(_T5BeamDecoder(t5, tokens[rows], mask[rows], 0, trie.depth,
+                                                            workspace=workspace), trie, len(rows), 6)
+            pointers.append({name: buffer.data_ptr() for name, buffer in workspace.items()})
+            assert torch.equal(shared[0], alone[0]) and torch.equal(shared[1], alone[1])
+    assert set(pointers[0]) == {"self_cache_a", "self_cache_b"} and pointers[1] == pointers[0]
+
+
+def test_rms_norm_is_t5_layer_norm():
+    from transformers.models.t5.modeling_t5 import T5LayerNorm
+
+    from recbole_letter.model.letter_tiger import rms_norm
+
+    norm = T5LayerNorm(16, eps=1e-6)
+    torch.nn.init.normal_(norm.weight)
+    hidden = torch.randn(5, 16) * 3
+    torch.testing.assert_close(rms_norm(norm, hidden), norm(hidden))
+    half = hidden.to(torch.bfloat16)  # another dtype than the weight's: the module, with its casts
+    assert torch.equal(rms_norm(norm, half), norm(half))
+
+
 # ---- the RecBole model ---------------------------------------------------------------------------
 def write_random_index(data_path, name, path, levels=3, size=16, seed=0):
     """A LETTER-style *.index.json with random unique codes for every item of the dataset."""

@@ -20,10 +20,12 @@ Hooks a subclass implements
     Teacher-forced logits: position ``t`` predicts ``target_tokens[:, t]`` given the user's history
     and ``target_tokens[:, :t]``. ``target_tokens`` is ``[B, T]`` (``pad`` after ``eos`` in uneven
     layouts). Used by the loss and by ``predict``.
-``build_step_fn(item_seq, item_seq_len) -> step_fn``
+``build_step_fn(item_seq, item_seq_len, workspace=None) -> step_fn``
     The decoding step function of ``recbole_letter.generation.beam_search`` for these ``B`` users:
     ``step_fn(None, None) -> [B, V]``, then ``step_fn(last_tokens [R], beam_origin [R]) -> [R, V]``
     (reorder the cache by ``beam_origin`` first). Called under ``torch.no_grad`` in eval mode.
+    ``workspace`` is a dict that ``generate_items`` passes to every chunk of users of one call: a step
+    function may keep large buffers there (its KV cache) and reuse them for the next chunk.
 
 Token layout: a subclass with its own vocabulary (an LLM) passes ``first_code_token`` (id of the
 first added code token), ``eos_token_id`` and ``pad_token_id`` to ``__init__``; the default is
@@ -127,7 +129,7 @@ class GenerativeRecommender(SequentialRecommender):
     def code_logits(self, item_seq, item_seq_len, target_tokens):
         raise NotImplementedError
 
-    def build_step_fn(self, item_seq, item_seq_len):
+    def build_step_fn(self, item_seq, item_seq_len, workspace=None):
         raise NotImplementedError
 
     # ---- RecBole interface ----------------------------------------------------------------------
@@ -170,10 +172,11 @@ class GenerativeRecommender(SequentialRecommender):
         # decode users of similar history length together: less padding in every chunk
         order = torch.argsort(item_seq_len, stable=True)
         ids, scores = [], []
+        workspace = {}  # buffers a step function keeps for the next chunk (see build_step_fn)
         with torch.autocast(item_seq.device.type, dtype=self.amp_dtype, enabled=self.enable_amp):
             for start in range(0, item_seq.shape[0], self.beam_batch_size):
                 chunk = order[start : start + self.beam_batch_size]
-                step_fn = self.build_step_fn(item_seq[chunk], item_seq_len[chunk])
+                step_fn = self.build_step_fn(item_seq[chunk], item_seq_len[chunk], workspace)
                 chunk_ids, chunk_scores = constrained_beam_search(step_fn, trie, len(chunk), beam_size)
                 ids.append(chunk_ids)
                 scores.append(chunk_scores)

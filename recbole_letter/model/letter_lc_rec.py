@@ -440,7 +440,7 @@ class LETTER_LC_Rec(GenerativeRecommender):
         )
         return output.logits  # [B, T, V]
 
-    def build_step_fn(self, item_seq, item_seq_len):
+    def build_step_fn(self, item_seq, item_seq_len, workspace=None):
         """Beam-search step over the LM's KV cache: the prompt runs once, then one token per step."""
         template = torch.full((item_seq.shape[0],), self.test_template, dtype=torch.long, device=item_seq.device)
         prompt_ids, prompt_mask = self.prompt_tokens(item_seq, item_seq_len, template)

@@ -178,6 +178,8 @@ class FeedForward(nn.Module):
         return self.wo(dropped).mul_(1.0 / (1.0 - self.p))
 
     def _activation(self, hidden):
+        if self.relu:  # in place: the d_ff-wide projection is a fresh tensor (ReLU's backward reads its output)
+            return torch.relu_(self.wi(hidden))
         if self.gated:
             return self.act(self.wi_0(hidden)) * self.wi_1(hidden)
         return self.act(self.wi(hidden))
