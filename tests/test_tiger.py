@@ -45,12 +45,15 @@ def teacher_forced_scores(t5, tokens, mask, item_tokens):
     return log_probs.sum(1).view(n_users, n_items)
 
 
-def test_t5_beam_decoder_is_exact_against_brute_force():
-    rng = np.random.default_rng(0)
-    item_tokens = item_code_token_table(random_codes(rng, 40, SIZES), SIZES)
+def decoding_case(seed, n_items, n_users):
+    """Random unique item codes -> their token table, a tiny random T5, and ``n_users`` histories with masks."""
+    item_tokens = item_code_token_table(random_codes(np.random.default_rng(seed), n_items, SIZES), SIZES)
     vocab = 2 + sum(SIZES)
-    t5 = tiny_t5(vocab)
-    tokens, mask = histories(3, vocab)
+    return item_tokens, tiny_t5(vocab, seed=seed), *histories(n_users, vocab, seed=seed)
+
+
+def test_t5_beam_decoder_is_exact_against_brute_force():
+    item_tokens, t5, tokens, mask = decoding_case(0, n_items=40, n_users=3)
     step_fn = _T5BeamDecoder(t5, tokens, mask, decoder_start_token_id=0, max_steps=len(SIZES))
     with torch.no_grad():
         item_ids, scores = constrained_beam_search(step_fn, CodeTrie(item_tokens), 3, beam_size=40)
@@ -63,11 +66,7 @@ def test_t5_beam_decoder_is_exact_against_brute_force():
 
 def test_same_lists_as_transformers_generate_with_prefix_trie():
     """The release's decoding: generate(num_beams, prefix_allowed_tokens_fn) over a dict trie."""
-    rng = np.random.default_rng(1)
-    item_tokens = item_code_token_table(random_codes(rng, 50, SIZES), SIZES)
-    vocab = 2 + sum(SIZES)
-    t5 = tiny_t5(vocab, seed=1)
-    tokens, mask = histories(4, vocab, seed=1)
+    item_tokens, t5, tokens, mask = decoding_case(1, n_items=50, n_users=4)
     beam = 6
     allowed = {}
     for item, seq in enumerate(item_tokens.tolist()[1:], start=1):
@@ -86,11 +85,7 @@ def test_same_lists_as_transformers_generate_with_prefix_trie():
 
 def test_decoders_sharing_a_workspace_reuse_its_buffers_and_decode_the_same():
     # generate_items' chunks: the second, smaller chunk decodes in the first one's cache buffers
-    rng = np.random.default_rng(2)
-    item_tokens = item_code_token_table(random_codes(rng, 40, SIZES), SIZES)
-    vocab = 2 + sum(SIZES)
-    t5 = tiny_t5(vocab, seed=2)
-    tokens, mask = histories(5, vocab, seed=2)
+    item_tokens, t5, tokens, mask = decoding_case(2, n_items=40, n_users=5)
     trie = CodeTrie(item_tokens)
     chunks = [torch.arange(0, 3), torch.arange(3, 5)]
     workspace, pointers = {}, []
