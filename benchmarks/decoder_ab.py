@@ -1,0 +1,97 @@
+"""Decoding speed of this checkout's TIGER decoder against an earlier commit's, interleaved in one process.
+
+    python benchmarks/decoder_ab.py --base=81a1a76 --dataset=Beauty --data_path=../shared/data --threads=2
+
+Same LETTER_TIGER weights (release architecture, random init), same users (the first --users test users),
+``generate_items`` timed with ``_T5BeamDecoder`` (and the CPU feed-forward's activation) of ``--base``
+(loaded from ``git show``) and of the working tree, alternating over --rounds, the first round untimed.
+Prints both rates, the ratio, and whether the two decoders gave the same lists.
+"""
+
+import argparse
+import importlib.util
+import os
+import subprocess
+import sys
+import tempfile
+import time
+
+import torch
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, REPO)
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+
+
+def module_at(rev, path, name, folder):
+    """The file ``path`` of commit ``rev`` imported as module ``name``."""
+    source = subprocess.run(["git", "-C", REPO, "show", f"{rev}:{path}"], capture_output=True, text=True, check=True).stdout
+    file = os.path.join(folder, f"{name}.py")
+    with open(file, "w") as f:
+        f.write(source)
+    spec = importlib.util.spec_from_file_location(name, file)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--base", required=True, help="the commit to compare against")
+    parser.add_argument("--dataset", default="Beauty")
+    parser.add_argument("--data_path", default=os.path.join(REPO, "..", "shared", "data"))
+    parser.add_argument("--users", type=int, default=1024)
+    parser.add_argument("--rounds", type=int, default=4, help="rounds of both decoders; the first is untimed")
+    parser.add_argument("--threads", type=int, default=0)
+    parser.add_argument("--amp", action="store_true", help="decode under autocast (enable_amp)")
+    args = parser.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    data_path = os.path.abspath(args.data_path)
+    work = tempfile.mkdtemp(prefix="decoder_ab_")
+    old_tiger = module_at(args.base, "recbole_letter/model/letter_tiger.py", "base_letter_tiger", work)
+    old_cpu = module_at(args.base, "recbole_letter/model/t5_cpu.py", "base_t5_cpu", work)
+    os.chdir(work)  # RecBole writes ./log*, ./saved
+
+    from decoding import test_histories
+    from recbole_letter.model import t5_cpu
+    from recbole_letter.model.letter_tiger import LETTER_TIGER
+    from recbole_letter.quick_start import prepare
+
+    codes = os.path.join(data_path, args.dataset, "raw", f"{args.dataset}.index.json")
+    config_dict = {"show_progress": False, "state": "WARNING", "checkpoint_dir": os.path.join(work, "saved"),
+                   "data_path": data_path, "item_codes_file": codes, "enable_amp": args.amp}
+    config, _, train_data, _, test_data = prepare("LETTER_TIGER", args.dataset, config_dict=config_dict)
+    model = LETTER_TIGER(config, train_data.dataset).eval()
+    item_seq, item_seq_len = test_histories(model, test_data, args.users)
+
+    def base_step_fn(self, seq, seq_len, workspace=None):
+        tokens, mask = self._trim(*self.history_code_tokens(seq, seq_len))
+        return old_tiger._T5BeamDecoder(self.t5, tokens, mask, self.pad_token_id, max_steps=self.code_len)
+
+    sides = {"base": (base_step_fn, getattr(old_cpu.FeedForward, "_activation", None)),
+             "this": (LETTER_TIGER.build_step_fn, t5_cpu.FeedForward._activation)}
+    seconds, lists = dict.fromkeys(sides, 0.0), {}
+    with torch.no_grad():
+        for round_index in range(args.rounds):
+            for name in sides if round_index % 2 == 0 else reversed(list(sides)):
+                step_fn, activation = sides[name]
+                LETTER_TIGER.build_step_fn = step_fn
+                if activation is not None:
+                    t5_cpu.FeedForward._activation = activation
+                start = time.perf_counter()
+                lists[name] = model.generate_items(item_seq, item_seq_len)
+                if round_index:
+                    seconds[name] += time.perf_counter() - start
+    timed_users = len(item_seq) * (args.rounds - 1)
+    rates = {name: timed_users / s for name, s in seconds.items()}
+    same = torch.equal(lists["base"][0], lists["this"][0])
+    diff = (lists["base"][1] - lists["this"][1]).abs().max().item()
+    print(f"{args.base}: {rates['base']:.1f} users/s; this checkout: {rates['this']:.1f} users/s "
+          f"(torch threads {torch.get_num_threads()}, {'autocast' if args.amp else 'float32'})")
+    print(f"lists {'identical' if same else 'differ'}; max |score diff| at equal rank {diff:.2e}")
+    print(f"speedup: {rates['this'] / rates['base']:.3f}")
+
+
+if __name__ == "__main__":
+    main()
