@@ -85,7 +85,7 @@ def _probe(config, model, train_data, valid_data, steps, warmup):
     import torch
 
     from recbole_letter.benchmark import timed_train_step
-    from recbole_letter.trainer import amp_dtype
+    from recbole_letter.trainer import amp_dtype, batch_to_device
 
     device = config["device"]
     state = copy.deepcopy(model.state_dict())
@@ -95,7 +95,7 @@ def _probe(config, model, train_data, valid_data, steps, warmup):
     batches_per_epoch = min(len(train_data), config["train_batches_per_epoch"] or len(train_data))
     times = []
     for i in range(min(warmup + steps, len(train_data))):
-        seconds = timed_train_step(model, next(batches).to(device), optimizer,
+        seconds = timed_train_step(model, batch_to_device(model, next(batches), device), optimizer,
                                    amp_dtype(config) if config["enable_amp"] else None)
         if i >= warmup:
             times.append(seconds)

@@ -11,9 +11,11 @@ with and without mixed precision, with and without the CPU kernels (T5 or LC-Rec
     python benchmarks/training.py --dataset=Beauty ... --buckets=1 --amp=0,1 --compile=0,1,reduce-overhead
 
 Times forward + backward + AdamW step on the same training batches (RecBole's loader, shipped config
-plus the given files / ``--key=value`` overrides) for each ``length_buckets`` value and each ``--amp``
-value (1 = autocast as our trainer does under ``enable_amp``: to ``amp_dtype``, bfloat16 by default)
-and each ``--cpu_kernels`` value (``t5_cpu_kernels`` of LETTER_TIGER / TIGER: 0 = ``transformers``' T5
+plus the given files / ``--key=value`` overrides; prepared on the host by the model's ``host_batch`` as
+``LetterTrainer`` does, then moved to the device; every step waits for the device to finish) for each
+``length_buckets`` value and each ``--amp`` value (1 = autocast as our trainer does under
+``enable_amp``: to ``amp_dtype``, bfloat16 by default) and each ``--cpu_kernels`` value
+(``t5_cpu_kernels`` of LETTER_TIGER / TIGER: 0 = ``transformers``' T5
 modules, 1 = ``recbole_letter.model.t5_cpu``; ``llm_cpu_kernels`` of the LC-Rec models: 0 = the LM's
 loaded attention and ``peft``'s LoRA dropout, 1 = eager attention and ``t5_cpu``'s dropout; default:
 the config's) and each ``--compile`` value (``torch_compile`` of LETTER_TIGER / TIGER: 0 = eager, 1 =
@@ -59,7 +61,7 @@ def main(argv=None):
         torch.set_num_threads(args.threads)
 
     from recbole_letter.benchmark import timed_train_step, use_tf32
-    from recbole_letter.trainer import amp_dtype
+    from recbole_letter.trainer import amp_dtype, batch_to_device
     from recbole_letter.model import get_model_class
     from recbole_letter.model.letter_lc_rec import LETTER_LC_Rec
     from recbole_letter.quick_start import parse_overrides, prepare
@@ -95,13 +97,15 @@ def main(argv=None):
     needed = args.warmup + timed
     batches = []
     for interaction in train_data:
-        batches.append(interaction.to(device))
+        batches.append(interaction)
         if len(batches) == needed:
             break
     if len(batches) < needed:
         raise SystemExit(f"error: {needed} batches needed (--warmup + --batches x --rounds), the loader has "
                          f"{len(batches)}: use a smaller --train_batch_size or fewer batches")
     lengths = torch.cat([b[model.ITEM_SEQ_LEN] for b in batches]).float()
+    # each model's batches as LetterTrainer hands them over: prepared on the host (host_batch), then moved
+    on_device = {key: [batch_to_device(m, b, device) for b in batches] for key, m in models.items()}
     print(f"{args.model} on {args.dataset}: {len(train_data)} batches of {config['train_batch_size']} per epoch; "
           f"history length (items) mean {lengths.mean():.1f}, max {int(lengths.max())}; torch threads "
           f"{torch.get_num_threads()}; device {device}")
@@ -111,24 +115,24 @@ def main(argv=None):
             + ("" if len(compile_values) == 1 else f" {compile_names.get(setting[3], setting[3])}")
             for setting in settings}
 
-    def steps(setting, chunk):
+    def steps(setting, first, last):
         buckets, amp, kernels, compiled = setting
         model = models[kernels, compiled]
         model.load_state_dict(state)
         model.length_buckets = buckets
         optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-4)
         return sum(timed_train_step(model, interaction, optimizer, amp_dtype(config) if amp else None)
-                   for interaction in chunk)
+                   for interaction in on_device[kernels, compiled][first:last])
 
-    warmup, batches = batches[: args.warmup], batches[args.warmup :]
-    if warmup:  # one-off costs (the compiler's, first kernels) before anything is timed
+    if args.warmup:  # one-off costs (the compiler's, first kernels) before anything is timed
         for setting in settings:
-            print(f"{name[setting]}: {steps(setting, warmup):.1f} s for {len(warmup)} warm-up steps", flush=True)
+            print(f"{name[setting]}: {steps(setting, 0, args.warmup):.1f} s for {args.warmup} warm-up steps",
+                  flush=True)
     seconds = dict.fromkeys(settings, 0.0)
     for round_index in range(args.rounds):
-        chunk = batches[round_index * args.batches : (round_index + 1) * args.batches]
+        first = args.warmup + round_index * args.batches
         for setting in settings:
-            seconds[setting] += steps(setting, chunk)
+            seconds[setting] += steps(setting, first, first + args.batches)
     for setting in settings:
         per_batch = seconds[setting] / timed
         print(f"{name[setting]}: {per_batch:.3f} s/batch, ~{per_batch * len(train_data) / 60:.1f} min/epoch")

@@ -34,6 +34,13 @@ def use_tf32(device=None):
         torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True
 
 
+class BatchList(list):
+    """One pass of a loader's batches, kept to be replayed: what a trainer's epoch loop needs of a training
+    loader (iteration, ``len``, ``shuffle``), so that two loops can be timed on the same batches."""
+
+    shuffle = False
+
+
 def timed_train_step(model, interaction, optimizer, amp_dtype=None):
     """Seconds of one optimiser step on ``interaction`` (zero_grad, ``calculate_loss``, backward, step),
     GPU work included; the loss may be a tuple of parts, as RecBole allows. ``amp_dtype`` (a torch dtype)

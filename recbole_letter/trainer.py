@@ -1,6 +1,7 @@
 """What RecBole's Trainer cannot already do: a warm-up + cosine LR schedule, epochs of a fixed number
-of batches, resuming a stopped run, DDP on CPU (gloo), autocast in bfloat16 on CUDA too, and reading
-back its own best checkpoint on torch >= 2.6."""
+of batches, resuming a stopped run, DDP on CPU (gloo), autocast in bfloat16 on CUDA too, a training loop
+that does not wait for the GPU after every batch, and reading back its own best checkpoint on
+torch >= 2.6."""
 
 import contextlib
 import itertools
@@ -11,8 +12,13 @@ import random
 import numpy as np
 import torch
 from recbole.trainer import Trainer
+from recbole.utils import get_gpu_usage, set_color
 from torch.nn.parallel import DistributedDataParallel
+from torch.nn.utils import clip_grad_norm_
 from torch.optim.lr_scheduler import LambdaLR
+from tqdm import tqdm
+
+NAN_CHECK_INTERVAL = 100  # batches between the loss's NaN checks off a CPU: each one waits for the device
 
 
 def load_checkpoint(path, device="cpu"):
@@ -46,6 +52,13 @@ def default_autocast_dtype(device_type, dtype):
         yield
     finally:
         torch.set_autocast_dtype(device_type, previous)
+
+
+def batch_to_device(model, interaction, device):
+    """A training batch as ``LetterTrainer`` hands it to ``model``: prepared on the host by the model's
+    ``host_batch`` where it has one, then moved to ``device``."""
+    host_batch = getattr(model, "host_batch", None)
+    return (interaction if host_batch is None else host_batch(interaction)).to(device)
 
 
 def random_state(device, generator=None):
@@ -127,6 +140,13 @@ class LetterTrainer(Trainer):
     * ``enable_amp`` autocasts to ``amp_dtype`` (bfloat16 by default) on every device: RecBole's own
       loop would use float16 on CUDA, where T5 is known to overflow and a gradient scaler is needed;
     * DDP on CPU: RecBole wraps the model with ``device_ids=[local_rank]``, which only GPU modules accept;
+    * no wait for the device per batch: RecBole's loop reads every batch's loss (``loss.item()``) and tests
+      it for NaN before the backward pass, so on a GPU the host stops twice a batch until the device has
+      caught up and never queues the next work while the device runs. Here the losses are summed on the
+      device (in float64, in order: the same epoch loss as RecBole's float sum) and read once per epoch; the
+      NaN test runs on every batch on a CPU (free there) and every ``NAN_CHECK_INTERVAL`` batches and at
+      the epoch's end elsewhere. A model may also prepare each batch while it is still on the host
+      (``host_batch(interaction) -> interaction``, e.g. cut padding that would cost a wait on the device);
     * ``evaluate(load_best_model=True)`` reads the best checkpoint through :func:`load_checkpoint`.
     """
 
@@ -156,6 +176,7 @@ class LetterTrainer(Trainer):
         self.save_last = False
         self.resumed = None  # what resume_checkpoint() read that fit() applies: schedule position, loader generator
         self.amp_dtype = amp_dtype(config)
+        self.nan_check_interval = 1 if self.device.type == "cpu" else NAN_CHECK_INTERVAL
 
     def fit(self, train_data, valid_data=None, verbose=True, saved=True, show_progress=False, callback_fn=None):
         if self.train_batches_per_epoch is not None:
@@ -179,7 +200,51 @@ class LetterTrainer(Trainer):
         if epoch_idx == self.epochs - 1 and self.eval_step > 1:
             self.eval_step = 1  # RecBole's loop validates after this epoch: (epoch_idx + 1) % 1 == 0
         with default_autocast_dtype(self.device.type, self.amp_dtype):
-            return super()._train_epoch(train_data, epoch_idx, loss_func=loss_func, show_progress=show_progress)
+            return self._train_batches(train_data, epoch_idx, loss_func, show_progress)
+
+    def _train_batches(self, train_data, epoch_idx, loss_func=None, show_progress=False):
+        """RecBole's ``Trainer._train_epoch`` (same steps, same returned loss) without its two waits for
+        the device per batch (see the class docstring)."""
+        self.model.train()
+        loss_func = loss_func or self.model.calculate_loss
+        batches = train_data
+        if show_progress:
+            desc = set_color(f"Train {epoch_idx:>5}", "pink")
+            batches = tqdm(train_data, total=len(train_data), ncols=100, desc=desc)
+        if not self.config["single_spec"] and train_data.shuffle:
+            train_data.sampler.set_epoch(epoch_idx)
+        scaler = torch.amp.GradScaler(self.device.type, enabled=self.enable_scaler)
+        total, parts_returned = None, False  # total: [n_parts] float64 on the device
+        for batch_idx, interaction in enumerate(batches):
+            interaction = batch_to_device(self.model, interaction, self.device)
+            self.optimizer.zero_grad()
+            sync_loss = 0
+            if not self.config["single_spec"]:
+                self.set_reduce_hook()
+                sync_loss = self.sync_grad_loss()
+            with torch.autocast(device_type=self.device.type, enabled=self.enable_amp):
+                losses = loss_func(interaction)
+            parts_returned = isinstance(losses, tuple)
+            loss = sum(losses) if parts_returned else losses
+            parts = losses if parts_returned else (loss,)
+            # one-element losses of any shape, as .item() takes them (LightGCN's regulariser is [1])
+            parts = torch.stack([part.detach().double().reshape(()) for part in parts])
+            total = parts if total is None else total + parts
+            if (batch_idx + 1) % self.nan_check_interval == 0:
+                self._check_nan(loss if self.nan_check_interval == 1 else total.sum())
+            scaler.scale(loss + sync_loss).backward()
+            if self.clip_grad_norm:
+                clip_grad_norm_(self.model.parameters(), **self.clip_grad_norm)
+            scaler.step(self.optimizer)
+            scaler.update()
+            if self.gpu_available and show_progress:
+                batches.set_postfix_str(set_color("GPU RAM: " + get_gpu_usage(self.device), "yellow"))
+        if total is None:
+            return None
+        if self.nan_check_interval > 1:
+            self._check_nan(total.sum())  # NaN in any batch's loss makes the sum NaN
+        total = total.tolist()  # the epoch's one wait for the device
+        return tuple(total) if parts_returned else total[0]
 
     def _save_last(self, epoch, train_data):
         generator = getattr(train_data, "generator", None)

@@ -1,5 +1,6 @@
 """The entry point, the property layering, the six baselines and bad-input errors."""
 
+import copy
 import json
 import os
 import socket
@@ -108,6 +109,104 @@ def test_train_batches_per_epoch_shortens_epochs_and_the_schedule(tiny_dataset):
     with pytest.raises(ValueError, match="train_batches_per_epoch"):
         build_trainer(quick_start.build_config("SASRec", name, config_dict={**cfg, "train_batches_per_epoch": 0}),
                       model)
+
+
+class HostReads:
+    """Counts the tensor methods that hand a value to Python (on a GPU each waits for the device)."""
+
+    METHODS = ("item", "tolist", "__bool__", "__int__", "__float__")
+
+    def __init__(self, monkeypatch, optimizer):
+        self.count, self.paused = 0, False
+        for method in self.METHODS:
+            original = getattr(torch.Tensor, method)
+            monkeypatch.setattr(torch.Tensor, method, self._counted(original))
+        step = optimizer.step
+
+        def uncounted_step(*args, **kwargs):  # AdamW reads its step counters, host tensors on a GPU too
+            self.paused = True
+            try:
+                return step(*args, **kwargs)
+            finally:
+                self.paused = False
+
+        monkeypatch.setattr(optimizer, "step", uncounted_step)
+
+    def _counted(self, original):
+        def counted(tensor, *args, **kwargs):
+            self.count += not self.paused
+            return original(tensor, *args, **kwargs)
+
+        return counted
+
+
+@pytest.mark.parametrize("parts", [False, True])
+def test_training_loop_gives_recboles_epoch_and_reads_the_loss_once(tiny_dataset, monkeypatch, parts):
+    from recbole.trainer import Trainer
+
+    from recbole_letter.benchmark import BatchList
+    from recbole_letter.quick_start import build_trainer
+    from recbole_letter.trainer import default_autocast_dtype
+
+    name, cfg = tiny_dataset
+    cfg = {**cfg, **TINY_SEQ, "train_batch_size": 64}
+    config, _, train_data, _, _ = quick_start.prepare("SASRec", name, config_dict=cfg)
+    model = get_model_class("SASRec")(config, train_data.dataset)
+    trainer = build_trainer(config, model)
+    loss = model.calculate_loss
+    if parts:  # a model whose loss comes in parts: the epoch's loss is the tuple of per-part sums
+        model.calculate_loss = lambda interaction: (loss(interaction) * 0.25, loss(interaction) * 0.75)
+    batches = BatchList(train_data)  # the same batches for both loops, drawn before counting
+    start = {"model": copy.deepcopy(model.state_dict()), "optimizer": copy.deepcopy(trainer.optimizer.state_dict()),
+             "rng": torch.get_rng_state()}
+    epochs = {}
+    for loop in ("recbole", "ours"):
+        model.load_state_dict(start["model"])
+        trainer.optimizer.load_state_dict(start["optimizer"])
+        torch.set_rng_state(start["rng"])  # the same dropout masks
+        trainer.nan_check_interval = 3  # as off a CPU: a NaN test every 3 batches
+        reads = HostReads(monkeypatch, trainer.optimizer)
+        with default_autocast_dtype("cpu", torch.bfloat16):
+            if loop == "recbole":
+                epoch_loss = Trainer._train_epoch(trainer, batches, 0)
+            else:
+                epoch_loss = trainer._train_epoch(batches, 0)
+        monkeypatch.undo()
+        epochs[loop] = epoch_loss, reads.count, copy.deepcopy(model.state_dict())
+    n_batches = len(batches)
+    assert n_batches >= 6
+    assert epochs["ours"][0] == epochs["recbole"][0]  # exactly: float64 sums in the same order
+    assert isinstance(epochs["ours"][0], tuple) == parts
+    for key, value in epochs["ours"][2].items():
+        assert torch.equal(value, epochs["recbole"][2][key]), key
+    # RecBole reads every batch's loss and tests it for NaN; ours tests every 3rd batch's running sum,
+    # then the epoch's sum once, and reads the epoch's loss once
+    assert epochs["recbole"][1] >= 2 * n_batches
+    assert epochs["ours"][1] == n_batches // 3 + 2
+
+
+@pytest.mark.parametrize("interval, stops_after", [(1, 2), (100, 100), (1000, "epoch")])
+def test_training_loop_stops_on_a_nan_loss(tiny_dataset, interval, stops_after):
+    from recbole_letter.quick_start import build_trainer
+
+    name, cfg = tiny_dataset
+    cfg = {**cfg, **TINY_SEQ, "train_batch_size": 64}
+    config, _, train_data, _, _ = quick_start.prepare("SASRec", name, config_dict=cfg)
+    model = get_model_class("SASRec")(config, train_data.dataset)
+    trainer = build_trainer(config, model)
+    assert trainer.nan_check_interval == 1  # on a CPU every batch is tested, as in RecBole
+    trainer.nan_check_interval = interval
+    loss, batches = model.calculate_loss, []
+
+    def nan_in_the_second_batch(interaction):
+        batches.append(len(batches))
+        return loss(interaction) * (float("nan") if len(batches) == 2 else 1.0)
+
+    model.calculate_loss = nan_in_the_second_batch
+    with pytest.raises(ValueError, match="Training loss is nan"):
+        trainer._train_epoch(train_data, 0)
+    # at once on a CPU; otherwise at the next test: every `interval` batches and at the epoch's end
+    assert len(batches) == (len(train_data) if stops_after == "epoch" else stops_after)
 
 
 def test_last_epoch_is_always_validated(tiny_dataset):
@@ -249,21 +348,21 @@ def test_ddp_resume_gives_every_rank_its_own_random_streams_back(tiny_dataset, t
 
 
 def test_resume_from_last_checkpoint_continues_the_same_run(tiny_dataset, monkeypatch, tmp_path):
-    from recbole.trainer import Trainer
+    from recbole_letter.trainer import LetterTrainer
 
     name, cfg = tiny_dataset
     cfg = {**cfg, **TINY_SEQ, "epochs": 4, "train_batch_size": 256, "lr_scheduler": "cosine", "warmup_ratio": 0.2}
     whole = quick_start.run("SASRec", name, config_dict=cfg)
 
     # the same run, killed during its third epoch: epochs 0 and 1 (and their validation) are done
-    train_epoch = Trainer._train_epoch
+    train_batches = LetterTrainer._train_batches
 
     def killed_in_third_epoch(self, train_data, epoch_idx, *args, **kwargs):
         if epoch_idx == 2:
             raise KeyboardInterrupt
-        return train_epoch(self, train_data, epoch_idx, *args, **kwargs)
+        return train_batches(self, train_data, epoch_idx, *args, **kwargs)
 
-    monkeypatch.setattr(Trainer, "_train_epoch", killed_in_third_epoch)
+    monkeypatch.setattr(LetterTrainer, "_train_batches", killed_in_third_epoch)
     with pytest.raises(KeyboardInterrupt):
         quick_start.run("SASRec", name, config_dict={**cfg, "checkpoint_dir": str(tmp_path / "stopped")})
     monkeypatch.undo()

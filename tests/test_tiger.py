@@ -240,6 +240,30 @@ def test_length_buckets_give_the_same_loss_and_gradients(trained_tiger, buckets)
         torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-6)
 
 
+def test_host_batch_cuts_histories_and_the_uncut_width_gives_the_same_logits(trained_tiger, monkeypatch):
+    _, train_data, _, trainer, _ = trained_tiger
+    model = trainer.model.eval()  # no dropout
+    batch = next(iter(train_data))
+    lengths = batch[model.ITEM_SEQ_LEN]
+    short = batch[lengths < lengths.max()]  # a batch whose longest history is shorter than the table
+    longest = int(short[model.ITEM_SEQ_LEN].max())
+    assert longest < short[model.ITEM_SEQ].shape[1]
+    item_seq, item_seq_len = short[model.ITEM_SEQ], short[model.ITEM_SEQ_LEN]
+    targets = model.item_code_tokens[short[model.POS_ITEM_ID]]
+    cut = model.host_batch(short)  # what LetterTrainer does on the host before moving a batch
+    assert torch.equal(cut[model.ITEM_SEQ], item_seq[:, :longest])
+    with torch.no_grad():
+        trimmed = model.code_logits(item_seq, item_seq_len, targets)  # a CPU trims on the device
+        monkeypatch.setattr(model, "_trim", lambda tokens, mask: (tokens, mask))
+        padded = model.code_logits(item_seq, item_seq_len, targets)  # elsewhere: as given, padding masked
+        cut_logits = model.code_logits(cut[model.ITEM_SEQ], item_seq_len, targets)
+    torch.testing.assert_close(padded, trimmed, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(cut_logits, trimmed, rtol=1e-5, atol=1e-5)
+    monkeypatch.setattr(model, "torch_compile", {"backend": "eager"})
+    whole = batch[lengths < lengths.max()]
+    assert model.host_batch(whole)[model.ITEM_SEQ].shape == item_seq.shape  # compiled: static shapes
+
+
 def test_default_length_buckets_by_device(trained_tiger):
     from recbole_letter.model.generative_recommender import GenerativeRecommender
 

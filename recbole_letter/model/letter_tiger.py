@@ -24,6 +24,7 @@ import math
 
 import torch
 import torch.nn.functional as F
+from recbole.data.interaction import Interaction
 from recbole.utils import InputType
 from transformers import T5Config, T5ForConditionalGeneration
 
@@ -92,12 +93,25 @@ class LETTER_TIGER(GenerativeRecommender):
         width = int(used.max()) + 1 if len(used) else 1
         return tokens[:, :width], mask[:, :width]
 
+    def host_batch(self, interaction):
+        """A training batch while it is still on the host (``LetterTrainer`` calls this before moving it
+        to the device) -> a new batch with the histories cut to the batch's longest: free here, while
+        finding that width on a GPU would wait for the device. Whole when the T5 is compiled (static shapes)."""
+        if self.torch_compile:
+            return interaction
+        width = max(1, int(interaction[self.ITEM_SEQ_LEN].max()))
+        return Interaction({**interaction.interaction, self.ITEM_SEQ: interaction[self.ITEM_SEQ][:, :width]})
+
     def forward_inputs(self, item_seq, item_seq_len):
         """The T5 encoder's input of the teacher-forced forward: history code tokens and mask ``[B, S]``,
-        trimmed to the batch's longest history; at the full width when the T5 is compiled (static shapes:
-        one graph instead of one per width; the padding is masked, so the outputs are the same)."""
+        trimmed to the batch's longest history on a CPU. Elsewhere as given: the trim would wait for the
+        device (training batches come cut on the host, :meth:`host_batch`), and at the full width when
+        the T5 is compiled (static shapes: one graph instead of one per width). The padding is masked, so
+        the outputs are the same either way."""
         tokens, mask = self.history_code_tokens(item_seq, item_seq_len)
-        return (tokens, mask) if self.torch_compile else self._trim(tokens, mask)
+        if self.torch_compile or tokens.device.type != "cpu":
+            return tokens, mask
+        return self._trim(tokens, mask)
 
     def code_logits(self, item_seq, item_seq_len, target_tokens):
         tokens, mask = self.forward_inputs(item_seq, item_seq_len)  # [B, S]
