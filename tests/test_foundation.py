@@ -140,19 +140,25 @@ class HostReads:
         return counted
 
 
-@pytest.mark.parametrize("parts", [False, True])
-def test_training_loop_gives_recboles_epoch_and_reads_the_loss_once(tiny_dataset, monkeypatch, parts):
-    from recbole.trainer import Trainer
-
-    from recbole_letter.benchmark import BatchList
+def _small_sasrec_trainer(tiny_dataset):
+    """A 1-layer SASRec on the slice, its LetterTrainer and training loader (batches of 64)."""
     from recbole_letter.quick_start import build_trainer
-    from recbole_letter.trainer import default_autocast_dtype
 
     name, cfg = tiny_dataset
     cfg = {**cfg, **TINY_SEQ, "train_batch_size": 64}
     config, _, train_data, _, _ = quick_start.prepare("SASRec", name, config_dict=cfg)
     model = get_model_class("SASRec")(config, train_data.dataset)
-    trainer = build_trainer(config, model)
+    return model, build_trainer(config, model), train_data
+
+
+@pytest.mark.parametrize("parts", [False, True])
+def test_training_loop_gives_recboles_epoch_and_reads_the_loss_once(tiny_dataset, monkeypatch, parts):
+    from recbole.trainer import Trainer
+
+    from recbole_letter.benchmark import BatchList
+    from recbole_letter.trainer import default_autocast_dtype
+
+    model, trainer, train_data = _small_sasrec_trainer(tiny_dataset)
     loss = model.calculate_loss
     if parts:  # a model whose loss comes in parts: the epoch's loss is the tuple of per-part sums
         model.calculate_loss = lambda interaction: (loss(interaction) * 0.25, loss(interaction) * 0.75)
@@ -187,13 +193,7 @@ def test_training_loop_gives_recboles_epoch_and_reads_the_loss_once(tiny_dataset
 
 @pytest.mark.parametrize("interval, stops_after", [(1, 2), (100, 100), (1000, "epoch")])
 def test_training_loop_stops_on_a_nan_loss(tiny_dataset, interval, stops_after):
-    from recbole_letter.quick_start import build_trainer
-
-    name, cfg = tiny_dataset
-    cfg = {**cfg, **TINY_SEQ, "train_batch_size": 64}
-    config, _, train_data, _, _ = quick_start.prepare("SASRec", name, config_dict=cfg)
-    model = get_model_class("SASRec")(config, train_data.dataset)
-    trainer = build_trainer(config, model)
+    model, trainer, train_data = _small_sasrec_trainer(tiny_dataset)
     assert trainer.nan_check_interval == 1  # on a CPU every batch is tested, as in RecBole
     trainer.nan_check_interval = interval
     loss, batches = model.calculate_loss, []
