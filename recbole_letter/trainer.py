@@ -147,6 +147,10 @@ class LetterTrainer(Trainer):
       NaN test runs on every batch on a CPU (free there) and every ``NAN_CHECK_INTERVAL`` batches and at
       the epoch's end elsewhere. A model may also prepare each batch while it is still on the host
       (``host_batch(interaction) -> interaction``, e.g. cut padding that would cost a wait on the device);
+    * a model may give its loss in parts (``loss_chunks(interaction)``, a generator whose parts sum to
+      ``calculate_loss``; the generators' length buckets): each part's backward pass runs before the next
+      part's forward, so one part's activations are kept at a time (single process; under DDP the model's
+      ``calculate_loss`` and one backward pass);
     * ``evaluate(load_best_model=True)`` reads the best checkpoint through :func:`load_checkpoint`.
     """
 
@@ -204,8 +208,12 @@ class LetterTrainer(Trainer):
 
     def _train_batches(self, train_data, epoch_idx, loss_func=None, show_progress=False):
         """RecBole's ``Trainer._train_epoch`` (same steps, same returned loss) without its two waits for
-        the device per batch (see the class docstring)."""
+        the device per batch, and with a backward pass per loss part for models that have ``loss_chunks``
+        (see the class docstring)."""
         self.model.train()
+        chunks = None  # not under DDP, whose gradient reduction expects one backward pass per step
+        if loss_func is None and self.config["single_spec"]:
+            chunks = getattr(self.model, "loss_chunks", None)
         loss_func = loss_func or self.model.calculate_loss
         batches = train_data
         if show_progress:
@@ -222,8 +230,11 @@ class LetterTrainer(Trainer):
             if not self.config["single_spec"]:
                 self.set_reduce_hook()
                 sync_loss = self.sync_grad_loss()
-            with torch.autocast(device_type=self.device.type, enabled=self.enable_amp):
-                losses = loss_func(interaction)
+            if chunks is not None:
+                loss = losses = self._backward_chunks(chunks(interaction), scaler)
+            else:
+                with torch.autocast(device_type=self.device.type, enabled=self.enable_amp):
+                    losses = loss_func(interaction)
             parts_returned = isinstance(losses, tuple)
             loss = sum(losses) if parts_returned else losses
             parts = losses if parts_returned else (loss,)
@@ -232,7 +243,8 @@ class LetterTrainer(Trainer):
             total = parts if total is None else total + parts
             if (batch_idx + 1) % self.nan_check_interval == 0:
                 self._check_nan(loss if self.nan_check_interval == 1 else total.sum())
-            scaler.scale(loss + sync_loss).backward()
+            if chunks is None:
+                scaler.scale(loss + sync_loss).backward()
             if self.clip_grad_norm:
                 clip_grad_norm_(self.model.parameters(), **self.clip_grad_norm)
             scaler.step(self.optimizer)
@@ -245,6 +257,18 @@ class LetterTrainer(Trainer):
             self._check_nan(total.sum())  # NaN in any batch's loss makes the sum NaN
         total = total.tolist()  # the epoch's one wait for the device
         return tuple(total) if parts_returned else total[0]
+
+    def _backward_chunks(self, parts, scaler):
+        """Forward (under autocast) and backward each loss part of ``parts`` (a model's ``loss_chunks``) in
+        turn, so only one part's activations are alive at a time -> the batch's loss, detached."""
+        loss = None
+        while True:
+            with torch.autocast(device_type=self.device.type, enabled=self.enable_amp):
+                part = next(parts, None)
+            if part is None:
+                return loss
+            scaler.scale(part).backward()
+            loss = part.detach() if loss is None else loss + part.detach()
 
     def _save_last(self, epoch, train_data):
         generator = getattr(train_data, "generator", None)

@@ -143,7 +143,8 @@ def test_decoding_benchmark_agrees_with_generate_from_a_relative_data_path(tiny_
 
 
 def test_train_loop_benchmark_runs_both_loops_to_the_same_weights(tiny_data_path, tmp_path):
-    """benchmarks/train_loop.py on the tiny slice: RecBole's epoch loop and ours, same batches and state."""
+    """benchmarks/train_loop.py on the tiny slice: RecBole's epoch loop and ours, same batches and state
+    (8 length buckets, the CPU default: ours runs 8 backward passes per batch)."""
     from test_tiger import write_random_index
 
     index = write_random_index(tiny_data_path, "ml-tiny", tmp_path / "tiny.index.json")
@@ -159,7 +160,8 @@ def test_train_loop_benchmark_runs_both_loops_to_the_same_weights(tiny_data_path
     lines = proc.stdout.splitlines()
     losses = next(line for line in lines if line.startswith("epoch loss"))
     recbole, ours = losses.split("recbole ")[1].split(", ours ")
-    assert float(recbole) == float(ours.split(";")[0]) > 0  # on a CPU the two loops compute the same
-    assert losses.endswith("max |weight diff| 0.00e+00")
+    # the same steps; ours runs a backward pass per length bucket: the same gradients up to float rounding
+    assert float(recbole) == pytest.approx(float(ours.split(";")[0]), rel=1e-6) and float(recbole) > 0
+    assert float(losses.split("max |weight diff| ")[1]) < 1e-5
     assert sum(line.startswith("round ") for line in lines) == 4
     assert lines[-1].startswith("speedup: ") and float(lines[-1].split()[1]) > 0

@@ -264,6 +264,43 @@ def test_host_batch_cuts_histories_and_the_uncut_width_gives_the_same_logits(tra
     assert model.host_batch(whole)[model.ITEM_SEQ].shape == item_seq.shape  # compiled: static shapes
 
 
+def test_trainer_runs_a_backward_pass_per_length_bucket_with_one_pass_s_result(trained_tiger, monkeypatch):
+    import copy
+
+    from recbole_letter.benchmark import BatchList
+
+    _, train_data, _, trainer, _ = trained_tiger
+    model = trainer.model
+    batches = BatchList(train_data)
+    start = (copy.deepcopy(model.state_dict()), copy.deepcopy(trainer.optimizer.state_dict()), model.length_buckets)
+    backward = torch.Tensor.backward
+    passes = []
+
+    def counted_backward(tensor, *args, **kwargs):
+        passes.append(1)
+        return backward(tensor, *args, **kwargs)
+
+    monkeypatch.setattr(torch.Tensor, "backward", counted_backward)
+    results = {}
+    try:
+        for name, loss_func in (("per bucket", None), ("one pass", model.calculate_loss)):
+            model.load_state_dict(start[0])
+            trainer.optimizer.load_state_dict(start[1])
+            model.length_buckets = 3
+            torch.manual_seed(0)  # the same dropout masks: both run the buckets' forwards in the same order
+            passes.clear()
+            loss = trainer._train_batches(batches, 0, loss_func=loss_func)
+            results[name] = loss, len(passes), copy.deepcopy(model.state_dict())
+    finally:
+        model.load_state_dict(start[0])
+        trainer.optimizer.load_state_dict(start[1])
+        model.length_buckets = start[2]
+    assert results["per bucket"][1] == 3 * len(batches) and results["one pass"][1] == len(batches)
+    assert results["per bucket"][0] == pytest.approx(results["one pass"][0], rel=1e-6)
+    for key, value in results["one pass"][2].items():
+        torch.testing.assert_close(results["per bucket"][2][key], value, rtol=1e-4, atol=1e-6)
+
+
 def test_default_length_buckets_by_device(trained_tiger):
     from recbole_letter.model.generative_recommender import GenerativeRecommender
 

@@ -134,18 +134,26 @@ class GenerativeRecommender(SequentialRecommender):
 
     # ---- RecBole interface ----------------------------------------------------------------------
     def calculate_loss(self, interaction):
+        return sum(self.loss_chunks(interaction))
+
+    def loss_chunks(self, interaction):
+        """``calculate_loss`` in parts, computed one at a time: yields each length bucket's share of the
+        batch loss (its tokens' loss sum over the batch's token count; the whole batch's mean when it is
+        not split), so ``sum(loss_chunks(batch)) == calculate_loss(batch)``. ``LetterTrainer`` runs the
+        backward pass of each part before the next part's forward: the activations of one bucket are kept
+        at a time instead of the whole batch's."""
         item_seq = interaction[self.ITEM_SEQ]
         item_seq_len = interaction[self.ITEM_SEQ_LEN]
         targets = self.item_code_tokens[interaction[self.POS_ITEM_ID]]  # [B, T]
         if self.length_buckets == 1 or item_seq.shape[0] < 2 * self.length_buckets:
-            return self.ranking_loss(self.code_logits(item_seq, item_seq_len, targets), targets)
+            yield self.ranking_loss(self.code_logits(item_seq, item_seq_len, targets), targets)
+            return
         # sub-batches of similar history length: each is padded (trimmed) to its own longest history,
         # and the token-mean over the whole batch is kept, so loss and gradients match one big batch
-        total = item_seq.new_zeros((), dtype=torch.float)
+        n_tokens = (targets != self.pad_token_id).sum().clamp(min=1)
         for rows in torch.argsort(item_seq_len).chunk(self.length_buckets):
             logits = self.code_logits(item_seq[rows], item_seq_len[rows], targets[rows])
-            total = total + self.ranking_loss(logits, targets[rows], reduction="sum")
-        return total / (targets != self.pad_token_id).sum().clamp(min=1)
+            yield self.ranking_loss(logits, targets[rows], reduction="sum") / n_tokens
 
     def ranking_loss(self, logits, targets, reduction="mean"):
         """Cross-entropy of ``logits / tau`` over the whole vocabulary (``pad`` targets ignored)."""
