@@ -231,7 +231,7 @@ class LetterTrainer(Trainer):
                 self.set_reduce_hook()
                 sync_loss = self.sync_grad_loss()
             if chunks is not None:
-                loss = losses = self._backward_chunks(chunks(interaction), scaler)
+                losses = self._backward_chunks(chunks(interaction), scaler)  # backward passes done
             else:
                 with torch.autocast(device_type=self.device.type, enabled=self.enable_amp):
                     losses = loss_func(interaction)
