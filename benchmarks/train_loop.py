@@ -14,11 +14,13 @@ random state, alternating over ``--rounds`` after one untimed round; the "recbol
 on the device as before. Prints both rates, whether the two epochs' losses and weights agree, and as
 its last line ``speedup: <recbole s/batch / ours s/batch>``. On a CPU the waits cost nothing (nothing
 to overlap there) and the per-bucket backward passes are what differs; on a GPU (one bucket) the waits.
+``--loops=ours`` (or ``recbole``) runs one loop alone and prints, last, the process's peak memory (RSS).
 """
 
 import argparse
 import copy
 import os
+import resource
 import sys
 import time
 
@@ -34,6 +36,8 @@ def main(argv=None):
     parser.add_argument("--batches", type=int, default=20, help="training batches per loop and round")
     parser.add_argument("--rounds", type=int, default=3, help="rounds of both loops; the first is untimed")
     parser.add_argument("--threads", type=int, default=0, help="torch threads (0 = torch default)")
+    parser.add_argument("--loops", default="recbole,ours",
+                        help="loops to run; one alone gives its peak memory (the process's peak RSS, printed last)")
     args, rest = parser.parse_known_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -90,9 +94,10 @@ def main(argv=None):
 
     print(f"{args.model} on {args.dataset}: {len(batches)} batches of {config['train_batch_size']}, device {device}, "
           f"torch threads {torch.get_num_threads()}, enable_amp {config['enable_amp']}")
-    seconds, losses, weights = {"recbole": 0.0, "ours": 0.0}, {}, {}
+    loops = args.loops.split(",")
+    seconds, losses, weights = dict.fromkeys(loops, 0.0), {}, {}
     for round_index in range(args.rounds):
-        for loop in ("recbole", "ours") if round_index % 2 == 0 else ("ours", "recbole"):
+        for loop in loops if round_index % 2 == 0 else reversed(loops):
             elapsed, losses[loop] = epoch(loop)
             weights[loop] = {key: value.detach().clone() for key, value in model.state_dict().items()}
             if round_index:
@@ -101,12 +106,14 @@ def main(argv=None):
                   f"{elapsed / len(batches):.4f} s/batch", flush=True)
     timed = len(batches) * max(1, args.rounds - 1)
     per_batch = {loop: s / timed for loop, s in seconds.items()}
-    weight_diff = max((weights["ours"][key].float() - value.float()).abs().max().item()
-                      for key, value in weights["recbole"].items())
-    print(f"recbole loop: {per_batch['recbole']:.4f} s/batch; ours: {per_batch['ours']:.4f} s/batch")
-    print(f"epoch loss recbole {losses['recbole']!r}, ours {losses['ours']!r}; max |weight diff| {weight_diff:.2e}")
-    print(f"speedup: {per_batch['recbole'] / per_batch['ours']:.3f}")
-
+    print("; ".join(f"{loop} loop: {rate:.4f} s/batch" for loop, rate in per_batch.items()))
+    if len(loops) == 2:
+        weight_diff = max((weights["ours"][key].float() - value.float()).abs().max().item()
+                          for key, value in weights["recbole"].items())
+        print(f"epoch loss recbole {losses['recbole']!r}, ours {losses['ours']!r}; max |weight diff| {weight_diff:.2e}")
+        print(f"speedup: {per_batch['recbole'] / per_batch['ours']:.3f}")
+    else:
+        print(f"peak RSS: {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20:.2f} GiB")
 
 if __name__ == "__main__":
     main()
