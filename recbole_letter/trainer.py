@@ -4,6 +4,7 @@ that does not wait for the GPU after every batch, and reading back its own best 
 torch >= 2.6."""
 
 import contextlib
+import functools
 import itertools
 import math
 import os
@@ -59,6 +60,19 @@ def batch_to_device(model, interaction, device):
     ``host_batch`` where it has one, then moved to ``device``."""
     host_batch = getattr(model, "host_batch", None)
     return (interaction if host_batch is None else host_batch(interaction)).to(device)
+
+
+def backward_parts(parts, autocast, scale=None):
+    """Forward (inside ``autocast()``) and backward (of ``scale(part)``) each loss part of ``parts`` (a model's
+    ``loss_chunks``) in turn, so one part's activations are alive at a time -> the parts' sum, detached."""
+    loss = None
+    while True:
+        with autocast():
+            part = next(parts, None)
+        if part is None:
+            return loss
+        (part if scale is None else scale(part)).backward()
+        loss = part.detach() if loss is None else loss + part.detach()
 
 
 def random_state(device, generator=None):
@@ -222,6 +236,7 @@ class LetterTrainer(Trainer):
         if not self.config["single_spec"] and train_data.shuffle:
             train_data.sampler.set_epoch(epoch_idx)
         scaler = torch.amp.GradScaler(self.device.type, enabled=self.enable_scaler)
+        autocast = functools.partial(torch.autocast, device_type=self.device.type, enabled=self.enable_amp)
         total, parts_returned = None, False  # total: [n_parts] float64 on the device
         for batch_idx, interaction in enumerate(batches):
             interaction = batch_to_device(self.model, interaction, self.device)
@@ -231,9 +246,9 @@ class LetterTrainer(Trainer):
                 self.set_reduce_hook()
                 sync_loss = self.sync_grad_loss()
             if chunks is not None:
-                losses = self._backward_chunks(chunks(interaction), scaler)  # backward passes done
+                losses = backward_parts(chunks(interaction), autocast, scaler.scale)  # backward passes done
             else:
-                with torch.autocast(device_type=self.device.type, enabled=self.enable_amp):
+                with autocast():
                     losses = loss_func(interaction)
             parts_returned = isinstance(losses, tuple)
             loss = sum(losses) if parts_returned else losses
@@ -257,18 +272,6 @@ class LetterTrainer(Trainer):
             self._check_nan(total.sum())  # NaN in any batch's loss makes the sum NaN
         total = total.tolist()  # the epoch's one wait for the device
         return tuple(total) if parts_returned else total[0]
-
-    def _backward_chunks(self, parts, scaler):
-        """Forward (under autocast) and backward each loss part of ``parts`` (a model's ``loss_chunks``) in
-        turn, so only one part's activations are alive at a time -> the batch's loss, detached."""
-        loss = None
-        while True:
-            with torch.autocast(device_type=self.device.type, enabled=self.enable_amp):
-                part = next(parts, None)
-            if part is None:
-                return loss
-            scaler.scale(part).backward()
-            loss = part.detach() if loss is None else loss + part.detach()
 
     def _save_last(self, epoch, train_data):
         generator = getattr(train_data, "generator", None)
