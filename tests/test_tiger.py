@@ -345,7 +345,8 @@ def test_torch_compile_gives_the_t5_s_loss_and_gradients_at_full_width(trained_t
     graphs = []  # a backend that records the integer inputs of every graph it is given, then runs it as is
 
     def recording_backend(graph, example_inputs):
-        graphs.append([tuple(x.shape) for x in example_inputs if isinstance(x, torch.Tensor) and not x.is_floating_point()])
+        graphs.append([tuple(x.shape) if isinstance(x, torch.Tensor) else "symbolic size" for x in example_inputs
+                       if not (isinstance(x, torch.Tensor) and x.is_floating_point())])
         return graph.forward
 
     keys = ("t5_cpu_kernels", "length_buckets", "torch_compile", "torch_compile_mode", "torch_compile_backend")
@@ -374,7 +375,7 @@ def test_torch_compile_gives_the_t5_s_loss_and_gradients_at_full_width(trained_t
         for key, value in saved.items():
             config[key] = value
     assert not compiled.t5_cpu_kernels and compiled.length_buckets == 1
-    assert compiled.torch_compile == {"backend": "aot_eager"}
+    assert compiled.torch_compile == {"backend": "aot_eager", "dynamic": False}
     assert compiled.t5._compiled_call_impl is not None and eager.t5._compiled_call_impl is None
     for model in (eager, compiled, recorded):
         model.load_state_dict(state)  # strict: the compiled T5 keeps the T5's parameter names
@@ -408,6 +409,16 @@ def test_torch_compile_gives_the_t5_s_loss_and_gradients_at_full_width(trained_t
         recorded.calculate_loss(other)
     assert after_first >= 1 and len(graphs) == after_first  # no second compile
     assert (len(lengths), full_width) in [shape for graph in graphs for shape in graph]
+    # an epoch's last, smaller batch gets a graph of its own, with static sizes (torch.compile would otherwise
+    # retrace the forward with a symbolic batch size and use that graph for every later batch); full batches
+    # then go on with their first graph
+    with torch.no_grad():
+        recorded.calculate_loss(batch[:5])
+        after_smaller = len(graphs)
+        recorded.calculate_loss(batch)
+    assert after_smaller > after_first and len(graphs) == after_smaller
+    assert (5, full_width) in [shape for graph in graphs for shape in graph]
+    assert "symbolic size" not in [shape for graph in graphs for shape in graph]
 
 
 def test_a_compiled_run_trains_saves_and_reloads_through_recbole(tiny_data_path, tmp_path):

@@ -133,18 +133,21 @@ def compile_settings(config):
     """``torch_compile`` (bool), ``torch_compile_mode`` and ``torch_compile_backend`` (``~`` = ``torch.compile``'s
     own defaults: mode ``default``, backend ``inductor``), as ``transformers``' ``TrainingArguments`` name
     them -> the keyword arguments of ``torch.compile``, or ``None`` when the T5 runs eagerly. A mode is
-    inductor's: another backend with a mode is an error (``torch.compile`` would only warn)."""
+    inductor's: another backend with a mode is an error (``torch.compile`` would only warn). Shapes are
+    static (``dynamic=False``): an epoch's last, smaller batch gets a graph of its own, where
+    ``torch.compile`` would retrace the forward with a symbolic batch size at the second size it meets and
+    run every later batch through that graph."""
     if not config["torch_compile"]:
         return None
     backend, mode = config["torch_compile_backend"] or "inductor", config["torch_compile_mode"]
     if backend != "inductor":
         if mode is not None:
             raise ValueError(f"torch_compile_mode is a setting of the inductor backend, not of {backend!r}")
-        return {"backend": backend}
+        return {"backend": backend, "dynamic": False}
     mode = mode or "default"
     if mode not in COMPILE_MODES:
         raise ValueError(f"torch_compile_mode must be one of {', '.join(COMPILE_MODES)}; got {mode!r}")
-    return {"backend": backend, "mode": mode}
+    return {"backend": backend, "mode": mode, "dynamic": False}
 
 
 class TIGER(LETTER_TIGER):
