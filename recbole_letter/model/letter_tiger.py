@@ -140,14 +140,15 @@ def compile_settings(config):
     if not config["torch_compile"]:
         return None
     backend, mode = config["torch_compile_backend"] or "inductor", config["torch_compile_mode"]
+    settings = {"backend": backend, "dynamic": False}
     if backend != "inductor":
         if mode is not None:
             raise ValueError(f"torch_compile_mode is a setting of the inductor backend, not of {backend!r}")
-        return {"backend": backend, "dynamic": False}
+        return settings
     mode = mode or "default"
     if mode not in COMPILE_MODES:
         raise ValueError(f"torch_compile_mode must be one of {', '.join(COMPILE_MODES)}; got {mode!r}")
-    return {"backend": backend, "mode": mode, "dynamic": False}
+    return {**settings, "mode": mode}
 
 
 class TIGER(LETTER_TIGER):
