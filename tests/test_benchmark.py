@@ -142,6 +142,22 @@ def test_decoding_benchmark_agrees_with_generate_from_a_relative_data_path(tiny_
     assert lines[-1].startswith("speedup: ") and float(lines[-1].split()[1]) > 0
 
 
+def test_decoding_profile_prints_the_profile_and_the_matmul_rates(tiny_data_path, tmp_path):
+    """benchmarks/decoding_profile.py on the tiny slice (random unique codes)."""
+    from test_tiger import write_random_index
+
+    index = write_random_index(tiny_data_path, "ml-tiny", tmp_path / "tiny.index.json")
+    proc = subprocess.run(
+        [sys.executable, str(REPO / "benchmarks" / "decoding_profile.py"), "--dataset=ml-tiny",
+         f"--data_path={tiny_data_path}", f"--codes={index}", "--users=8", "--threads=1", "--rows=5"],
+        capture_output=True, text=True, timeout=300, cwd=tmp_path,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "users/s without the profiler" in proc.stdout and "aten::mm" in proc.stdout
+    rates = [line for line in proc.stdout.splitlines() if " alone: " in line and "after a cache flush" in line]
+    assert len(rates) == 4
+
+
 def test_train_loop_benchmark_runs_both_loops_to_the_same_weights(tiny_data_path, tmp_path):
     """benchmarks/train_loop.py on the tiny slice: RecBole's epoch loop and ours, same batches and state
     (8 length buckets, the CPU default: ours runs 8 backward passes per batch)."""
