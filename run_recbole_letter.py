@@ -49,17 +49,43 @@ def run_benchmark(args, config_files, overrides, models):
     values = None
     if args.values:
         values = [type_value(v) for v in args.values.split(",")]
+        from recbole_letter.config_check import check_value
+
+        values = [check_value(args.param, v) for v in values]
     return benchmark.sweep(args.dataset, args.param, values, **common)
 
 
 def type_value(text):
-    from recbole_letter.quick_start import parse_overrides
+    """One ``--values`` entry typed like a ``--key=value`` text (a literal, never eval'd)."""
+    from recbole_letter.config_check import parse_value
 
-    return parse_overrides([f"--v={text}"])["v"]
+    return parse_value(text)
+
+
+class OneLineParser(argparse.ArgumentParser):
+    """argparse whose mistakes are one ``error:`` line (exit status 2) like every other bad value."""
+
+    def error(self, message):
+        print(f"error: {message}", file=sys.stderr)
+        sys.exit(2)
+
+
+def check_arguments(args, models, overrides, config_files):
+    """Every name and value checked before anything trains: model names; for a training run, the whole
+    config of each model (keys, types, ranges, dataset files) as ``build_config`` checks it, so that a bad
+    second model or a bad value seen only in a spawned DDP rank fails here, in one line."""
+    from recbole_letter import config_check, quick_start
+
+    for model in models or []:
+        config_check.check_model_name(model)
+    if not args.benchmark and not args.checkpoint:
+        for model in models or ["LETTER_TIGER"]:
+            config_check.check_beam_size(quick_start.build_config(model, args.dataset, config_files, overrides), model)
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = OneLineParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter,
+                           allow_abbrev=False)  # --data=x is a misspelt key, not --dataset
     parser.add_argument("--model", default=None, help="model name or comma list (default LETTER_TIGER)")
     parser.add_argument("--dataset", default="ml-100k")
     parser.add_argument("--config_files", default=None, help="YAML files, comma separated (or space separated, quoted)")
@@ -83,6 +109,7 @@ def main(argv=None):
         overrides = quick_start.parse_overrides(unknown)
         config_files = args.config_files.replace(",", " ").split() if args.config_files else None
         models = [m.strip() for m in args.model.split(",") if m.strip()] if args.model else None
+        check_arguments(args, models, overrides, config_files)
         if args.benchmark:
             print(run_benchmark(args, config_files, overrides, models))
             print(f"written under {args.results_dir}/")

@@ -14,6 +14,7 @@ from pathlib import Path
 
 import torch
 import torch.multiprocessing as mp
+import yaml
 from recbole.config import Config
 from recbole.data import create_dataset, data_preparation
 from recbole.trainer import Trainer
@@ -61,45 +62,91 @@ class LetterConfig(Config):
 
 
 def parse_overrides(args):
-    """``--key=value`` strings -> config dict, values typed as RecBole types its own command line."""
-    overrides = {}
-    for arg in args:
-        if not arg.startswith("--") or "=" not in arg:
-            raise ValueError(f"unrecognised argument {arg!r}: overrides are written --key=value")
-        key, value = arg[2:].split("=", 1)
-        overrides[key] = value
-    return Config._convert_config_dict(None, overrides)
+    """``--key=value`` strings -> checked config dict. Values are parsed as literals
+    (``config_check.parse_value``: numbers, quoted strings, lists, dicts, True/False, ~), never ``eval``'d;
+    an unknown key, a wrong type or an out-of-range value is a ``config_check.ConfigError``."""
+    from recbole_letter import config_check
+
+    return config_check.check_values(config_check.parse_args(args))
 
 
-def property_files(model, dataset):
-    """The layered property files for (model, dataset), most general first."""
+def property_files(model, dataset, profile=None):
+    """The layered property files for (model, dataset), most general first: overall, tokenizer
+    (generators), dataset, model, then the ``profile``'s files (``properties/profile/<profile>/``:
+    ``tokenizer.yaml`` and the model's, for generators; ``None``: none)."""
     files = [PROPERTIES_DIR / "overall.yaml"]
     if is_generative(model):  # tokenizer defaults; a dataset file may tune them (e.g. text_fields)
         files.append(PROPERTIES_DIR / "tokenizer.yaml")
     files.append(PROPERTIES_DIR / "dataset" / f"{dataset}.yaml")
     name = canonical_name(model)
-    if name in PROPERTY_BASE:
-        files.append(PROPERTIES_DIR / "model" / f"{PROPERTY_BASE[name]}.yaml")
-    files.append(PROPERTIES_DIR / "model" / f"{name}.yaml")
+    models = [PROPERTY_BASE[name], name] if name in PROPERTY_BASE else [name]
+    files += [PROPERTIES_DIR / "model" / f"{m}.yaml" for m in models]
+    if profile is not None:
+        folder = PROPERTIES_DIR / "profile" / str(profile)
+        if not folder.is_dir():
+            known = sorted(p.name for p in (PROPERTIES_DIR / "profile").iterdir() if p.is_dir())
+            raise ValueError(f"profile={profile!r}: unknown profile; expected one of {known} or ~")
+        if is_generative(model):
+            files += [folder / "tokenizer.yaml"] + [folder / f"{m}.yaml" for m in models]
     return [str(f) for f in files if f.is_file()]
 
 
-def known_datasets():
-    return sorted({p.stem for p in (PROPERTIES_DIR / "dataset").glob("*.yaml")} | set(EMBEDDED_DATASETS))
+def chosen_profile(model, dataset, config_files=None, config_dict=None):
+    """The ``profile`` key as the layered config will hold it: the command line over the user's files over
+    the dataset's and the overall property file (read here because it decides which files are layered)."""
+    if "profile" in (config_dict or {}):
+        return config_dict["profile"]
+    for path in reversed(list(config_files or [])):
+        with open(path, encoding="utf-8") as f:
+            values = yaml.safe_load(f) or {}
+        if isinstance(values, dict) and "profile" in values:
+            return values["profile"]
+    for path in reversed(property_files(model, dataset)):
+        with open(path, encoding="utf-8") as f:
+            values = yaml.safe_load(f) or {}
+        if "profile" in values:
+            return values["profile"]
+    return None
+
+
+def known_datasets(data_path=None):
+    """Datasets with a property file, those inside recbole, and ``<data_path>/<name>/<name>.inter`` folders."""
+    from recbole_letter import config_check
+
+    return sorted(set(config_check.known_datasets(data_path)) | set(EMBEDDED_DATASETS))
 
 
 def build_config(model, dataset, config_files=None, config_dict=None):
-    """Config layered as overall -> tokenizer -> dataset -> model -> ``config_files`` -> ``config_dict``."""
+    """Config layered as overall -> tokenizer -> dataset -> model -> ``config_files`` -> ``config_dict``.
+
+    The model name must match exactly; keys and values of ``config_files`` and ``config_dict`` are checked
+    (``config_check``: known key, type, range; a ``ConfigError`` otherwise). String values of
+    ``config_dict`` are parsed as literals (``config_check.parse_value``) where RecBole would ``eval`` them."""
+    from recbole_letter import config_check
+
+    config_check.check_model_name(model)
     for path in config_files or []:
         if not os.path.isfile(path):
             raise FileNotFoundError(f"config file not found: {path}")
+        config_check.check_values(config_check.load_yaml_file(path), source=f"config file {path}: ")
+    config_dict = config_check.check_values({k: config_check.parse_value(v) for k, v in (config_dict or {}).items()})
     model_class = get_model_class(model)
-    config = LetterConfig(
-        model=model_class,
-        dataset=dataset,
-        config_file_list=property_files(model, dataset) + list(config_files or []),
-        config_dict=dict(config_dict or {}),
-    )
+    config = LetterConfig.__new__(LetterConfig)
+    # RecBole's _load_variable_config_dict eval()s every string of config_dict: take the parsed dict as it is
+    # (an instance attribute for __init__ only; removed so that the config pickles into checkpoints)
+    config._load_variable_config_dict = dict
+    try:
+        config.__init__(
+            model=model_class,
+            dataset=dataset,
+            config_file_list=property_files(model, dataset, chosen_profile(model, dataset, config_files, config_dict))
+            + list(config_files or []),
+            config_dict=config_dict,
+        )
+    finally:
+        del config._load_variable_config_dict
+    config_check.check_dataset(config["dataset"], config["data_path"])
+    config_check.check_final(config, model)
     check_atomic_files(config)
     return config
 
@@ -155,9 +202,20 @@ def _as_floats(result):
     return {k: float(v) for k, v in (result or {}).items()}
 
 
+def show_plan(config, full_dataset, train_data, valid_data, test_data):
+    """Print the run's stages with a probe's estimate each (``show_plan``; rank 0 only)."""
+    from recbole_letter import plan
+
+    if not config["show_plan"] or config["local_rank"] != 0:
+        return
+    stages = plan.run_stages(config, get_model_class(config["model"]), train_data, valid_data, test_data)
+    print(plan.format_plan(plan.plan_title(config, full_dataset), stages), flush=True)
+
+
 def _run_single(model, dataset, config_files=None, config_dict=None, saved=True, queue=None, before_fit=None):
-    config, _, train_data, valid_data, test_data = prepare(model, dataset, config_files, config_dict)
+    config, full_dataset, train_data, valid_data, test_data = prepare(model, dataset, config_files, config_dict)
     logger = getLogger()
+    show_plan(config, full_dataset, train_data, valid_data, test_data)
     if config["tokenize_only"] and is_generative(model):
         from recbole_letter.tokenizer.trainer import tokenize_only
 

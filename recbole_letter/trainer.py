@@ -9,6 +9,7 @@ import itertools
 import math
 import os
 import random
+import time
 
 import numpy as np
 import torch
@@ -195,6 +196,7 @@ class LetterTrainer(Trainer):
         self.resumed = None  # what resume_checkpoint() read that fit() applies: schedule position, loader generator
         self.amp_dtype = amp_dtype(config)
         self.nan_check_interval = 1 if self.device.type == "cpu" else NAN_CHECK_INTERVAL
+        self._fit_started = None  # when this process's first epoch began (the progress bar's time left)
 
     def fit(self, train_data, valid_data=None, verbose=True, saved=True, show_progress=False, callback_fn=None):
         if self.train_batches_per_epoch is not None:
@@ -231,7 +233,7 @@ class LetterTrainer(Trainer):
         loss_func = loss_func or self.model.calculate_loss
         batches = train_data
         if show_progress:
-            desc = set_color(f"Train {epoch_idx:>5}", "pink")
+            desc = set_color(f"Train {epoch_idx + 1}/{self.epochs}{self._epochs_left_text(epoch_idx)}", "pink")
             batches = tqdm(train_data, total=len(train_data), ncols=100, desc=desc)
         if not self.config["single_spec"] and train_data.shuffle:
             train_data.sampler.set_epoch(epoch_idx)
@@ -272,6 +274,18 @@ class LetterTrainer(Trainer):
             self._check_nan(total.sum())  # NaN in any batch's loss makes the sum NaN
         total = total.tolist()  # the epoch's one wait for the device
         return tuple(total) if parts_returned else total[0]
+
+    def _epochs_left_text(self, epoch_idx):
+        """``" (all epochs: ~12 min left)"``: the remaining epochs at the mean pace of this process's
+        finished ones (training and validation), an upper bound when early stopping may end the run
+        sooner; empty before the first epoch has finished."""
+        now = time.perf_counter()
+        if self._fit_started is None or epoch_idx == self.start_epoch:
+            self._fit_started = now
+            return ""
+        per_epoch = (now - self._fit_started) / (epoch_idx - self.start_epoch)
+        left = per_epoch * (self.epochs - epoch_idx)
+        return f" (<= {left / 60:.1f} min left)" if left >= 60 else f" (<= {left:.0f} s left)"
 
     def _save_last(self, epoch, train_data):
         generator = getattr(train_data, "generator", None)

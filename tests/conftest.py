@@ -44,6 +44,7 @@ def tiny_config(data_path):
         "train_batch_size": 512,
         "eval_batch_size": 512,
         "show_progress": False,
+        "show_plan": False,  # its probes cost seconds per run; tests/test_plan.py turns it on
         "state": "WARNING",
         "checkpoint_dir": "saved",
     }

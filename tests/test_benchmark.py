@@ -176,8 +176,16 @@ def test_train_loop_benchmark_runs_both_loops_to_the_same_weights(tiny_data_path
     lines = proc.stdout.splitlines()
     losses = next(line for line in lines if line.startswith("epoch loss"))
     recbole, ours = losses.split("recbole ")[1].split(", ours ")
-    # the same steps; ours runs a backward pass per length bucket: the same gradients up to float rounding
-    assert float(recbole) == pytest.approx(float(ours.split(";")[0]), rel=1e-6) and float(recbole) > 0
-    assert float(losses.split("max |weight diff| ")[1]) < 1e-5
+    # the same steps; ours runs a backward pass per length bucket: the same gradients up to the order their
+    # float32 sums run in. Bounds of that (as in test_tiger's trainer test; the tiny T5's longest reduction
+    # 50, chain 24, twice for gradients): per step Adam's update (lr 5e-4 (LETTER_TIGER.yaml), times a
+    # normalised gradient of size <= ~1) by lr times a gradient's relative float32 error, plus the weight's
+    # own rounding, eps32 |w| with |w| < 5 (the N(0, 1) embedding's 800 entries: initializer_factor 1)
+    from numerics import EPS32, float32_tolerance
+
+    n, lr = 3, 5e-4
+    loss = float(recbole)
+    assert loss > 0 and abs(loss - float(ours.split(";")[0])) <= float32_tolerance(loss, 50, n * 24)
+    assert float(losses.split("max |weight diff| ")[1]) <= n * (lr * float32_tolerance(1.0, 50, 48) + EPS32 * 5.0)
     assert sum(line.startswith("round ") for line in lines) == 4
     assert lines[-1].startswith("speedup: ") and float(lines[-1].split()[1]) > 0

@@ -12,10 +12,10 @@ _spec.loader.exec_module(budget_runs)
 
 def test_job_spec_overrides_are_typed():
     label, model, dataset, overrides = budget_runs.parse_job(
-        "lt:LETTER_TIGER:Beauty:item_codes_file=/d/x.index.json,beam_batch_size=1024,tau=0.7,freeze=False,layers=[64]")
+        "lt:LETTER_TIGER:Beauty:item_codes_file=/d/x.index.json,beam_batch_size=1024,tau=0.7,enable_amp=False,tokenizer_encoder_layers=[64]")
     assert (label, model, dataset) == ("lt", "LETTER_TIGER", "Beauty")
-    assert overrides == {"item_codes_file": "/d/x.index.json", "beam_batch_size": 1024, "tau": 0.7, "freeze": False,
-                         "layers": [64]}
+    assert overrides == {"item_codes_file": "/d/x.index.json", "beam_batch_size": 1024, "tau": 0.7, "enable_amp": False,
+                         "tokenizer_encoder_layers": [64]}
     assert budget_runs.parse_job("s:SASRec:ml-100k")[3] == {}
 
 

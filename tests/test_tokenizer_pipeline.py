@@ -178,3 +178,83 @@ def test_bce_cf_model_trains_on_pairs(tiny):
         neg = (user * model.item_embedding(batch[model.NEG_ITEM_ID])).sum(-1)
         expected = torch.nn.functional.softplus(-pos).mean() + torch.nn.functional.softplus(neg).mean()
     torch.testing.assert_close(loss.detach(), expected)
+
+
+# ---- the CF table: held-out validation, early stopping, per-epoch save and resume ----------------------------
+def test_cf_holdout_is_each_users_last_training_target(tiny):
+    """The CF model validates on each user's last training target: one row per user, the item right before
+    the valid target (the valid row's history ends with it), earlier than the valid/test targets."""
+    from recbole_letter.tokenizer.cf_embedding import holdout_rows
+
+    config, dataset, valid_data = tiny
+    fit, held = holdout_rows(dataset)
+    users = dataset.inter_feat[dataset.uid_field].numpy()
+    assert len(np.intersect1d(fit, held)) == 0 and len(fit) + len(held) == len(dataset)
+    assert sorted(users[held].tolist()) == sorted(set(users.tolist()))  # exactly one row per user
+    times = dataset.inter_feat[dataset.time_field].numpy()
+    for row in held:  # the latest training target of its user
+        assert times[row] == times[users == users[row]].max()
+    valid = valid_data.dataset.inter_feat
+    valid_users = valid[dataset.uid_field].numpy()
+    last_in_valid_history = valid[dataset.item_id_list_field].numpy()[np.arange(len(valid)), valid[dataset.item_list_length_field].numpy() - 1]
+    held_target = dict(zip(users[held], dataset.inter_feat[dataset.iid_field].numpy()[held]))
+    held_time = dict(zip(users[held], times[held]))
+    valid_time = dict(zip(valid_users, valid[dataset.time_field].numpy()))
+    for user, item in zip(valid_users, last_in_valid_history):
+        assert held_target[user] == item and held_time[user] <= valid_time[user]
+
+
+@pytest.fixture
+def cf_slice(tiny):
+    """(config, the first 2,000 training rows): CF epochs in a fraction of a second."""
+    config, dataset, _ = tiny
+    return config, dataset.copy(dataset.inter_feat[np.arange(2000)])
+
+
+def test_cf_early_stopping_keeps_the_best_epoch(cf_slice, monkeypatch):
+    from recbole_letter.tokenizer import cf_embedding
+
+    config, dataset = cf_slice
+    scores, snapshots = iter([0.10, 0.30, 0.20, 0.25, 0.50, 0.60]), []
+
+    def scripted(model, *args, **kwargs):  # the held-out figure rises, then falls twice in a row
+        snapshots.append({k: v.clone() for k, v in model.state_dict().items()})
+        return {"ndcg@10": next(scores)}
+
+    monkeypatch.setattr(cf_embedding, "evaluate_cf", scripted)
+    model, history = cf_embedding.train_cf_model(with_keys(config, cf_epochs=6, cf_stopping_step=2), dataset, show_progress=False)
+    assert history["epoch"] == [1, 2, 3, 4] and history["stopped_early"]
+    assert history["best_epoch"] == 2 and history["best_valid"] == 0.30
+    assert all(torch.equal(v, snapshots[1][k]) for k, v in model.state_dict().items())  # epoch 2's weights
+    assert not all(torch.equal(v, snapshots[3][k]) for k, v in model.state_dict().items())
+
+
+def test_cf_training_resumes_after_a_crash_to_the_same_table(cf_slice, monkeypatch, capsys):
+    """Kill after epoch 2 (of 4), rerun: resumes at epoch 3 and ends with the uninterrupted run's table, bitwise
+    (model, optimizer, best-so-far and all RNG states — torch, numpy, python, the loader's shuffle — are saved)."""
+    from recbole_letter.tokenizer import cf_embedding
+
+    config, dataset = cf_slice
+    config = with_keys(config, cf_epochs=4, cf_stopping_step=10)
+    key = trainer.cache_keys(config, dataset)["cf"]
+    straight, _, _ = trainer.load_or_train_cf(with_keys(config, checkpoint_dir=str(trainer.cache_root(config)) + "_a"), dataset, key)
+    real, calls = cf_embedding.evaluate_cf, []
+
+    def crash_in_epoch_3(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 3:
+            raise KeyboardInterrupt
+        return real(*args, **kwargs)
+
+    crashed = with_keys(config, checkpoint_dir=str(trainer.cache_root(config)) + "_b")
+    monkeypatch.setattr(cf_embedding, "evaluate_cf", crash_in_epoch_3)
+    with pytest.raises(KeyboardInterrupt):
+        trainer.load_or_train_cf(crashed, dataset, key)
+    partial = os.path.join(trainer.cache_root(crashed), f"cf_{key}.partial.pt")
+    assert os.path.isfile(partial)
+    monkeypatch.setattr(cf_embedding, "evaluate_cf", real)
+    capsys.readouterr()
+    resumed, _, _ = trainer.load_or_train_cf(crashed, dataset, key)
+    assert f"CF table: resuming at epoch 3 of 4 from {partial}" in capsys.readouterr().out
+    assert np.array_equal(resumed, straight)
+    assert not os.path.exists(partial) and os.path.isfile(os.path.join(trainer.cache_root(crashed), f"cf_{key}.npz"))

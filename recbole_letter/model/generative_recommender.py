@@ -58,7 +58,7 @@ from recbole_letter.trainer import amp_dtype
 
 class GenerativeRecommender(SequentialRecommender):
     def __init__(self, config, dataset, first_code_token=FIRST_CODE_TOKEN, eos_token_id=EOS_TOKEN_ID,
-                 pad_token_id=PAD_TOKEN_ID):
+                 pad_token_id=PAD_TOKEN_ID, item_codes=None):
         super().__init__(config, dataset)
         self.tau = float(config["tau"] if config["tau"] is not None else 1.0)
         self.beam_size = int(config["beam_size"] or 20)
@@ -76,7 +76,8 @@ class GenerativeRecommender(SequentialRecommender):
         if self.length_buckets < 1:
             raise ValueError(f"length_buckets must be >= 1, got {self.length_buckets}")
 
-        self.item_codes = get_item_codes(config, dataset)  # the tokenizer hook (training split)
+        # the tokenizer hook (training split), unless the caller hands the codes in
+        self.item_codes = item_codes if item_codes is not None else get_item_codes(config, dataset)
         if self.item_codes.n_items != self.n_items:
             raise ValueError(f"item codes cover {self.item_codes.n_items} items, the dataset has {self.n_items}")
         self.pad_token_id = int(pad_token_id)

@@ -88,3 +88,10 @@ def save_json(path, obj):
     with open(tmp, "w") as f:
         json.dump(obj, f, indent=2)
     os.replace(tmp, path)
+
+
+def remove(path):
+    """Delete ``path`` and its side file if present (e.g. a partial checkpoint once the final file exists)."""
+    for name in (path, f"{path}.sha256"):
+        if os.path.isfile(name):
+            os.remove(name)

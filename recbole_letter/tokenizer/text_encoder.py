@@ -67,9 +67,8 @@ def item_texts(dataset, text_fields):
     return texts_per_field
 
 
-@torch.no_grad()
-def encode_texts(texts, encoder_path, batch_size=64, dtype="float32", device="cpu", max_length=512, desc="encode"):
-    """Masked mean-pooled last hidden states, ``[len(texts), hidden]`` float32 numpy."""
+def load_encoder(encoder_path, dtype="float32", device="cpu"):
+    """``(tokenizer, model)`` of a local HuggingFace encoder folder, the model in eval mode on ``device``."""
     from transformers import AutoModel, AutoTokenizer
 
     if dtype not in _DTYPES:
@@ -77,11 +76,23 @@ def encode_texts(texts, encoder_path, batch_size=64, dtype="float32", device="cp
     tokenizer = AutoTokenizer.from_pretrained(encoder_path)
     if tokenizer.pad_token is None:  # decoder-only LMs (LLaMA) have no pad token
         tokenizer.pad_token = tokenizer.eos_token
-    model = AutoModel.from_pretrained(encoder_path, dtype=_DTYPES[dtype]).to(device).eval()
+    return tokenizer, AutoModel.from_pretrained(encoder_path, dtype=_DTYPES[dtype]).to(device).eval()
+
+
+def encode_texts(texts, encoder_path, batch_size=64, dtype="float32", device="cpu", max_length=512, desc="encode",
+                 encoder=None):
+    """Masked mean-pooled last hidden states, ``[len(texts), hidden]`` float32 numpy. ``encoder``: a
+    ``(tokenizer, model)`` pair already loaded by :func:`load_encoder` (else it is loaded here)."""
+    tokenizer, model = encoder or load_encoder(encoder_path, dtype, device)
+    return _encode(texts, tokenizer, model, batch_size, device, max_length, desc)
+
+
+@torch.no_grad()
+def _encode(texts, tokenizer, model, batch_size, device, max_length, desc):
     # Sort by length so each batch pads little; results go back to the original order.
     order = np.argsort([len(t) for t in texts], kind="stable")
     embeddings = np.zeros((len(texts), model.config.hidden_size), dtype=np.float32)
-    for start in tqdm(range(0, len(texts), batch_size), desc=desc, leave=False):
+    for start in tqdm(range(0, len(texts), batch_size), desc=desc, leave=False, disable=desc is None):
         rows = order[start : start + batch_size]
         batch = tokenizer(
             [texts[i] for i in rows], padding=True, truncation=True, max_length=max_length, return_tensors="pt"

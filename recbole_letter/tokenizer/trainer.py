@@ -5,6 +5,8 @@ Cache layout under ``<checkpoint_dir>/tokenizer/`` (each stage keyed by what cha
 
     semantic_<key>.npz     text embeddings       key: data files, item ids, text fields, encoder + its options
     cf_<key>.npz / .pt     CF table (+ SASRec)   key: data files, training interactions, cf_* keys, seed
+    cf_<key>.partial.pt    CF training state after the last finished epoch (resume; removed when done)
+    cf_<key>.json          CF training history (held-out validation per epoch, best epoch)
     <key>/tokenizer.pt     RQ-VAE weights        key: the two above + every tokenizer hyper-parameter + seed
     <key>/codes.npz        codes before resolution, after Sinkhorn re-coding, final unique codes
     <key>/report.json      quality report (+ PNG plots next to it)
@@ -40,7 +42,8 @@ TOKENIZER_KEYS = (
     "tokenizer_warmup_ratio",
 )  # fmt: skip
 CF_KEYS = ("cf_loss_type", "cf_hidden_size", "cf_inner_size", "cf_n_layers", "cf_n_heads", "cf_dropout_prob",
-           "cf_epochs", "cf_learning_rate", "cf_batch_size", "MAX_ITEM_LIST_LENGTH")  # fmt: skip
+           "cf_epochs", "cf_learning_rate", "cf_batch_size", "MAX_ITEM_LIST_LENGTH", "cf_stopping_step",
+           "cf_valid_metric")  # fmt: skip
 TEXT_KEYS = ("text_fields", "text_encoder", "encode_fields_separately", "text_encoder_max_length", "text_encoder_dtype")
 
 
@@ -90,26 +93,36 @@ def load_or_compute_semantic_emb(config, dataset, key):
     return semantic_emb, seconds
 
 
-def load_or_train_cf(config, dataset, key):
-    """``(cf_table [item_num, d], sasrec_model or None, seconds)``."""
+def load_or_train_cf(config, dataset, key, show_progress=None):
+    """``(cf_table [item_num, d], sasrec_model or None, seconds)``.
+
+    Training writes ``cf_<key>.partial.pt`` after every epoch; a rerun with the same key resumes from it
+    (``cf_embedding.train_cf_model``); the partial file is removed once ``cf_<key>.npz`` / ``.pt`` exist.
+    The training history (validation per epoch, best epoch) goes to ``cf_<key>.json``.
+    """
     from recbole_letter.tokenizer import cf_embedding
 
     path = os.path.join(cache_root(config), f"cf_{key}.npz")
     if config["cf_emb_file"]:
         return cf_embedding.load_cf_table(config["cf_emb_file"], dataset), None, 0.0
     model_path = os.path.join(cache_root(config), f"cf_{key}.pt")
+    partial_path = os.path.join(cache_root(config), f"cf_{key}.partial.pt")
     cached, state = cache.load_arrays(path), cache.load_torch(model_path)
     if cached is not None and state is not None and cached["cf_emb"].shape[0] == dataset.item_num:
         model, _ = cf_embedding.build_cf_model(config, dataset)
         model.load_state_dict(state)
         return cached["cf_emb"], model.cpu().eval(), 0.0
     init_seed(config["seed"], True)
+    if show_progress is None:
+        show_progress = config["show_progress"] is not False
     start = time.perf_counter()
-    model = cf_embedding.train_cf_model(config, dataset)
+    model, history = cf_embedding.train_cf_model(config, dataset, partial_path=partial_path, show_progress=show_progress)
     seconds = time.perf_counter() - start
     cf_emb = cf_embedding.cf_item_table(model)
     cache.save_torch(model_path, model.state_dict())
     cache.save_arrays(path, cf_emb=cf_emb)
+    cache.save_json(os.path.join(cache_root(config), f"cf_{key}.json"), dict(history, seconds=seconds))
+    cache.remove(partial_path)
     return cf_emb, model, seconds
 
 
@@ -287,16 +300,22 @@ def load_or_train_item_codes(config, dataset, return_artifacts=False):
         start = time.perf_counter()
         model, history = train_tokenizer(config, semantic_emb, cf_emb, show_progress=config["show_progress"] is not False)
         timings["seconds_tokenizer"] = time.perf_counter() - start
+        history["seconds_total"] = timings["seconds_tokenizer"]
         cache.save_torch(model_path, model.state_dict())
         cache.save_json(os.path.join(run_dir, "history.json"), history)
     if cached is not None and cached["final"].shape[0] == dataset.item_num:
         before, resolved, final = cached["before"], cached["resolved"], ItemCodes(cached["final"], cached["final_codebook_sizes"].tolist())
         _, _, z_hat = assign_codes(model, semantic_emb, 0)
+        timings["seconds_resolve"] = 0.0
     else:
+        start = time.perf_counter()
         before, resolved, z_hat = assign_codes(model, semantic_emb, config["max_resolve_rounds"])
         final = ItemCodes(resolved, codebook_sizes).make_unique()
+        timings["seconds_resolve"] = time.perf_counter() - start
         cache.save_arrays(codes_path, before=before, resolved=resolved, final=final.codes,
                           final_codebook_sizes=np.asarray(final.codebook_sizes))  # fmt: skip
+        # wall seconds of the stages this call computed (0 = read from the cache), for later reports
+        cache.save_json(os.path.join(run_dir, "timings.json"), dict(timings, loadavg=list(os.getloadavg())))
     if not return_artifacts:
         return final
     if history is None and os.path.isfile(os.path.join(run_dir, "history.json")):
