@@ -27,7 +27,6 @@ Writes ``<out>/<label>.json`` (the result dict of ``quick_start.run`` plus the p
 """
 
 import argparse
-import copy
 import json
 import os
 import subprocess
@@ -59,61 +58,6 @@ def parse_job(spec, base_dir=None):
         if "data_path" not in overrides and os.path.isdir(os.path.join(base_dir, "dataset", dataset)):
             overrides["data_path"] = os.path.join(base_dir, "dataset")
     return label, model, dataset, overrides
-
-
-def _sync(device):
-    import torch
-
-    if device.type == "cuda":
-        torch.cuda.synchronize()
-
-
-def probe_epoch_seconds(config, model, train_data, valid_data, steps=8, warmup=3):
-    """Seconds of one training epoch and of one validation pass, from a few timed batches. The weights
-    and every random stream the probe draws from (dropout, the loader's shuffle) are restored, so the
-    run trains as it would have without the probe (a resumed run continues exactly)."""
-    from recbole_letter.trainer import random_state, set_random_state
-
-    streams = random_state(config["device"], train_data.generator)
-    try:
-        return _probe(config, model, train_data, valid_data, steps, warmup)
-    finally:
-        set_random_state(streams, config["device"], train_data.generator)
-
-
-def _probe(config, model, train_data, valid_data, steps, warmup):
-    import torch
-
-    from recbole_letter.benchmark import timed_train_step
-    from recbole_letter.trainer import amp_dtype, batch_to_device
-
-    device = config["device"]
-    state = copy.deepcopy(model.state_dict())
-    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-6)
-    model.train()
-    batches = iter(train_data)
-    batches_per_epoch = min(len(train_data), config["train_batches_per_epoch"] or len(train_data))
-    times = []
-    for i in range(min(warmup + steps, len(train_data))):
-        seconds = timed_train_step(model, batch_to_device(model, next(batches), device), optimizer,
-                                   amp_dtype(config) if config["enable_amp"] else None)
-        if i >= warmup:
-            times.append(seconds)
-    model.load_state_dict(state)
-    train_epoch = (sum(times) / max(1, len(times))) * batches_per_epoch
-    model.eval()
-    valid_times = []
-    with torch.no_grad():  # the first batch pays one-off costs (LightGCN's propagation, kernels): not timed
-        for i, batch in zip(range(4), valid_data):
-            interaction = batch[0].to(device)
-            _sync(device)
-            start = time.perf_counter()
-            model.full_sort_predict(interaction)
-            _sync(device)
-            if i or len(valid_data) == 1:
-                valid_times.append(time.perf_counter() - start)
-    valid_pass = sum(valid_times) / len(valid_times) * len(valid_data)
-    return train_epoch, valid_pass
 
 
 def plan_epochs(train_epoch, valid_pass, eval_step, test_pass, seconds_left, max_epochs,
@@ -182,6 +126,7 @@ def run_job(label, model_name, dataset, overrides, deadline, out_dir):
     import torch
 
     from recbole_letter.benchmark import use_tf32
+    from recbole_letter.plan import probe_epoch_seconds
     from recbole_letter.quick_start import run
 
     use_tf32()

@@ -60,7 +60,8 @@ def main(argv=None):
     if args.threads:
         torch.set_num_threads(args.threads)
 
-    from recbole_letter.benchmark import timed_train_step, use_tf32
+    from recbole_letter.benchmark import use_tf32
+    from recbole_letter.plan import timed_train_step
     from recbole_letter.trainer import amp_dtype, batch_to_device
     from recbole_letter.model import get_model_class
     from recbole_letter.model.letter_lc_rec import LETTER_LC_Rec

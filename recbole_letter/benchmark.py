@@ -41,37 +41,6 @@ class BatchList(list):
     shuffle = False
 
 
-def timed_train_step(model, interaction, optimizer, amp_dtype=None):
-    """Seconds of one optimiser step on ``interaction`` (zero_grad, ``calculate_loss``, backward, step),
-    GPU work included; the loss may be a tuple of parts, as RecBole allows, or come in ``loss_chunks``,
-    each with its own backward pass, as ``LetterTrainer`` runs it. ``amp_dtype`` (a torch dtype)
-    autocasts the loss to it, as ``LetterTrainer`` does under ``enable_amp``
-    (``recbole_letter.trainer.amp_dtype(config)``); ``None`` runs float32."""
-    import torch
-
-    from recbole_letter.trainer import backward_parts
-
-    cuda = next(model.parameters()).is_cuda
-    if cuda:
-        torch.cuda.synchronize()
-    start = time.perf_counter()
-    optimizer.zero_grad()
-
-    def autocast():
-        return torch.autocast(next(model.parameters()).device.type, dtype=amp_dtype, enabled=amp_dtype is not None)
-
-    if hasattr(model, "loss_chunks"):  # a backward pass per part, as LetterTrainer runs them
-        backward_parts(model.loss_chunks(interaction), autocast)
-    else:
-        with autocast():
-            losses = model.calculate_loss(interaction)
-        (sum(losses) if isinstance(losses, tuple) else losses).backward()
-    optimizer.step()
-    if cuda:
-        torch.cuda.synchronize()
-    return time.perf_counter() - start
-
-
 def _atomic_write(path, text):
     with atomic_open(path) as f:  # a crash leaves the old file or none, never half a table
         f.write(text)
