@@ -16,6 +16,7 @@ the release's SASRec) or ``BPR``. A user table can be given instead (``cf_emb_fi
 
 import copy
 import random
+import sys
 import time
 
 import numpy as np
@@ -195,7 +196,10 @@ def train_cf_model(config, train_dataset, partial_path=None, show_progress=True)
                     disable=not show_progress or done, leave=False)  # fmt: skip
     for epoch in progress if not done else ():
         total, batches, epoch_start, epoch_cpu = 0.0, 0, time.perf_counter(), time.process_time()
-        for interaction in tqdm(loader, desc=f"epoch {epoch + 1}", disable=not show_progress, leave=False):
+        # the batch bar only on a terminal: in a log file a nested bar writes a line per update
+        batch_bar = tqdm(loader, desc=f"epoch {epoch + 1}", disable=not (show_progress and sys.stderr.isatty()),
+                         leave=False)
+        for interaction in batch_bar:
             interaction = interaction.to(device)
             optimizer.zero_grad()
             loss = model.calculate_loss(interaction)
