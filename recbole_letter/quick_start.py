@@ -29,16 +29,22 @@ DISTRIBUTED_KEYS = ("nproc", "world_size", "ip", "port", "offset")
 
 
 class LetterConfig(Config):
-    """RecBole's ``Config`` with two changes.
+    """RecBole's ``Config`` with three changes.
 
     * It does not read ``sys.argv`` itself: ``run_recbole_letter.py`` parses the command line and
       passes the overrides in ``config_dict`` (RecBole's own parsing would pick up pytest's or our
       own flags).
+    * ``config_dict`` is taken as given: RecBole would ``eval`` its strings (``build_config`` has parsed
+      them as literals already).
     * DDP without a GPU uses the gloo backend on CPU (RecBole hard-codes nccl + cuda).
     """
 
     def _load_cmd_line(self):
         return {}
+
+    def _load_variable_config_dict(self, config_dict):
+        # RecBole eval()s every string of config_dict here; ours arrive parsed (config_check.parse_value)
+        return dict(config_dict or {})
 
     def _init_device(self):
         distributed = "local_rank" in self.final_config_dict
@@ -131,20 +137,13 @@ def build_config(model, dataset, config_files=None, config_dict=None):
         config_check.check_values(config_check.load_yaml_file(path), source=f"config file {path}: ")
     config_dict = config_check.check_values({k: config_check.parse_value(v) for k, v in (config_dict or {}).items()})
     model_class = get_model_class(model)
-    config = LetterConfig.__new__(LetterConfig)
-    # RecBole's _load_variable_config_dict eval()s every string of config_dict: take the parsed dict as it is
-    # (an instance attribute for __init__ only; removed so that the config pickles into checkpoints)
-    config._load_variable_config_dict = dict
-    try:
-        config.__init__(
-            model=model_class,
-            dataset=dataset,
-            config_file_list=property_files(model, dataset, chosen_profile(model, dataset, config_files, config_dict))
-            + list(config_files or []),
-            config_dict=config_dict,
-        )
-    finally:
-        del config._load_variable_config_dict
+    config = LetterConfig(
+        model=model_class,
+        dataset=dataset,
+        config_file_list=property_files(model, dataset, chosen_profile(model, dataset, config_files, config_dict))
+        + list(config_files or []),
+        config_dict=config_dict,
+    )
     config_check.check_dataset(config["dataset"], config["data_path"])
     config_check.check_final(config, model)
     check_atomic_files(config)
