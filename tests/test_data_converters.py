@@ -343,9 +343,10 @@ def test_yelp_date_window_and_text(tmp_path):
         ["1", "0", "1559390400"], ["1", "1", "1577836799"],  # ub: b2 (Jun 1) before b1 (Dec 31)
     ]
     assert read_rows(out / "yelp.item") == [
-        ["item_id:token", "business_id:token", "name:token_seq", "city:token_seq", "categories:token_seq"],
-        ["0", "b2", "Cafe Du Monde", "New Orleans", ""],
-        ["1", "b1", "Joe's & Sons", "Las Vegas", "Pizza, Restaurants"],
+        # LETTER's Yelp.item.json names: title = business name, description = categories
+        ["item_id:token", "business_id:token", "title:token_seq", "description:token_seq", "city:token_seq"],
+        ["0", "b2", "Cafe Du Monde", "", "New Orleans"],
+        ["1", "b1", "Joe's & Sons", "Pizza, Restaurants", "Las Vegas"],
     ]
     with pytest.raises(ConversionError, match=r"--end_date must be a date YYYY-MM-DD, got '2019/12/31'"):
         convert_yelp(str(raw), str(tmp_path / "d"), "y2", end_date="2019/12/31")

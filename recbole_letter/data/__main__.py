@@ -8,9 +8,9 @@ from recbole_letter.data import CONVERTERS, ConversionError, convert
 # Which options each format accepts (the rest are refused, not ignored).
 FORMAT_OPTIONS = {
     "letter_json": {"text_fields"},
-    "amazon2018": {"category", "interactions", "kcore", "timestamp"},
-    "amazon2014": {"category", "kcore", "timestamp"},
-    "yelp": {"start_date", "end_date", "kcore", "timestamp"},
+    "amazon2018": {"category", "interactions", "kcore", "timestamp", "repeats"},
+    "amazon2014": {"category", "kcore", "timestamp", "repeats"},
+    "yelp": {"start_date", "end_date", "kcore", "timestamp", "repeats"},
 }
 
 
@@ -30,6 +30,9 @@ def build_parser():
     p.add_argument("--kcore", type=int, help="amazon/yelp: keep users and items with >= k interactions (default 5)")
     p.add_argument("--timestamp", choices=["time", "position"],
                    help="amazon/yelp: write real times or positions in each user's sequence (default time)")
+    p.add_argument("--repeats", choices=["first", "keep"],
+                   help="amazon/yelp: a user's repeated item: keep the first (amazon default, LC-Rec) or every "
+                        "interaction (yelp default, LETTER's Yelp)")
     p.add_argument("--start_date", help="yelp: first day kept, YYYY-MM-DD")
     p.add_argument("--end_date", help="yelp: last day kept, YYYY-MM-DD (inclusive)")
     p.add_argument("--text_fields", help="letter_json: comma list of item.json fields to keep (default: all text fields)")
@@ -39,7 +42,7 @@ def build_parser():
 def main(argv=None):
     args = build_parser().parse_args(argv)
     options = {}
-    for key in ("category", "interactions", "kcore", "timestamp", "start_date", "end_date", "text_fields"):
+    for key in ("category", "interactions", "kcore", "timestamp", "repeats", "start_date", "end_date", "text_fields"):
         value = getattr(args, key)
         if value is None:
             continue

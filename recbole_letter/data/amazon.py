@@ -8,7 +8,8 @@ Files expected in the input folder (``.json`` instead of ``.json.gz`` works too)
 | 2014 | ``reviews_<Category>_5.json.gz`` | ``meta_<Category>.json.gz`` (Python dict literals) |
 
 Processing follows LC-Rec (see ``sequences.build_sequences``): items without metadata dropped, first of
-repeated user-item pairs kept, iterative k-core, each user's items sorted by time. Item text: title,
+repeated user-item pairs kept (``repeats="first"``; ``"keep"`` keeps them all), iterative k-core, each
+user's items sorted by time. Item text: title,
 description, brand, categories (cleaned by ``text.clean_text``).
 """
 
@@ -88,14 +89,14 @@ def read_item_meta(path, items, python_literals):
     return meta
 
 
-def _convert(interactions, meta_path, python_literals, writer, kcore, timestamp):
+def _convert(interactions, meta_path, python_literals, writer, kcore, timestamp, repeats):
     meta = read_item_meta(meta_path, set(interactions["item"]), python_literals)
-    inter, user_tokens, item_tokens = build_sequences(interactions, set(meta), kcore, timestamp)
+    inter, user_tokens, item_tokens = build_sequences(interactions, set(meta), kcore, timestamp, repeats)
     return write_sequences(writer, inter, user_tokens, item_tokens, "asin", meta, AMAZON_TEXT_FIELDS)
 
 
 def convert_amazon2018(input_dir, output_dir, name, category, interactions="auto", kcore=5,
-                       timestamp="time", overwrite=False):
+                       timestamp="time", overwrite=False, repeats="first"):
     """Amazon 2018: ``interactions`` picks ``"csv"`` (ratings) or ``"reviews"`` (5-core reviews);
     ``"auto"`` takes whichever exists and refuses to guess when both do."""
     writer = DatasetWriter(output_dir, name, overwrite)
@@ -117,12 +118,13 @@ def convert_amazon2018(input_dir, output_dir, name, category, interactions="auto
     else:
         raise ConversionError(f"--interactions must be auto, csv or reviews, got {interactions!r}")
     meta_path = find_file(input_dir, _gz_or_plain(f"meta_{category}.json"), "Amazon 2018 metadata")
-    return _convert(table, meta_path, False, writer, kcore, timestamp)
+    return _convert(table, meta_path, False, writer, kcore, timestamp, repeats)
 
 
-def convert_amazon2014(input_dir, output_dir, name, category, kcore=5, timestamp="time", overwrite=False):
+def convert_amazon2014(input_dir, output_dir, name, category, kcore=5, timestamp="time", overwrite=False,
+                       repeats="first"):
     """Amazon 2014: ``reviews_<Category>_5.json.gz`` + ``meta_<Category>.json.gz``."""
     writer = DatasetWriter(output_dir, name, overwrite)
     reviews_path = find_file(input_dir, _gz_or_plain(f"reviews_{category}_5.json"), "Amazon 2014 reviews")
     meta_path = find_file(input_dir, _gz_or_plain(f"meta_{category}.json"), "Amazon 2014 metadata")
-    return _convert(read_reviews(reviews_path), meta_path, True, writer, kcore, timestamp)
+    return _convert(read_reviews(reviews_path), meta_path, True, writer, kcore, timestamp, repeats)

@@ -2,14 +2,18 @@
 
 Steps, in order:
 1. drop interactions with items that have no metadata (``items_with_meta``);
-2. sort each user's interactions by time (ties keep file order) and keep the first of repeated
-   (user, item) pairs;
-3. iterative k-core: drop users and items with fewer than ``kcore`` interactions until none is left;
+2. sort each user's interactions by time (ties keep file order); with ``repeats="first"`` (LC-Rec's
+   Amazon rule) keep the first of repeated (user, item) pairs, with ``repeats="keep"`` (LETTER's Yelp:
+   users revisit businesses) keep every interaction;
+3. iterative k-core: drop users and items with fewer than ``kcore`` interactions (rows, repeats
+   included when kept) until none is left;
 4. index users by first appearance in the input, items by first appearance in the concatenated
    user sequences (the convention of LETTER's released files: item 0 is the first item of user 0).
 
 Deduplicating before the k-core makes the result a true k-core of distinct pairs.
 """
+
+REPEATS = ("first", "keep")
 
 import numpy as np
 import pandas as pd
@@ -18,7 +22,7 @@ from tqdm import tqdm
 from recbole_letter.data.atomic_files import ConversionError
 
 
-def build_sequences(interactions, items_with_meta=None, kcore=5, timestamp="time"):
+def build_sequences(interactions, items_with_meta=None, kcore=5, timestamp="time", repeats="first"):
     """``interactions``: DataFrame with columns ``user``, ``item`` (str) and ``time`` (number).
 
     Returns ``(inter, user_tokens, item_tokens)``: ``inter`` has int columns ``user_id``, ``item_id``
@@ -28,6 +32,8 @@ def build_sequences(interactions, items_with_meta=None, kcore=5, timestamp="time
     """
     if timestamp not in ("time", "position"):
         raise ConversionError(f"timestamp must be 'time' or 'position', got {timestamp!r}")
+    if repeats not in REPEATS:
+        raise ConversionError(f"repeats must be 'first' or 'keep', got {repeats!r}")
     if kcore < 1:
         raise ConversionError(f"kcore must be >= 1, got {kcore}")
     inter = interactions[["user", "item", "time"]].reset_index(drop=True)
@@ -41,7 +47,8 @@ def build_sequences(interactions, items_with_meta=None, kcore=5, timestamp="time
     user_rank = pd.factorize(inter["user"])[0]
     order = np.lexsort((np.arange(len(inter)), inter["time"].to_numpy(), user_rank))
     inter = inter.iloc[order]
-    inter = inter.drop_duplicates(["user", "item"], keep="first")
+    if repeats == "first":
+        inter = inter.drop_duplicates(["user", "item"], keep="first")
 
     inter = _kcore(inter, kcore)
     if inter.empty:

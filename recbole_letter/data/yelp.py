@@ -3,9 +3,14 @@
 Input folder: ``yelp_academic_dataset_review.json`` (``user_id``, ``business_id``, ``date``) and
 ``yelp_academic_dataset_business.json`` (``business_id``, ``name``, ``city``, ``categories``).
 ``start_date`` / ``end_date`` (``YYYY-MM-DD``, both inclusive) keep reviews inside a window; the
-paper's "Yelp (2019)" is ``start_date=2019-01-01, end_date=2019-12-31``. Then the same LC-Rec rules
-as Amazon: businesses without a business record dropped, first of repeated user-business pairs kept,
-iterative k-core, each user's businesses sorted by time. Item text: name, city, categories.
+paper's "Yelp (2019)" is ``start_date=2019-01-01, end_date=2019-12-31``. Then: businesses without a
+business record dropped, each user's reviews sorted by time, **every** review kept (``repeats="keep"``:
+LETTER's Yelp keeps users' repeat visits, 316,354 interactions over 304,524 distinct pairs;
+``repeats="first"`` is LC-Rec's Amazon rule), iterative k-core over the kept rows.
+
+Item text, under the column names of LETTER's ``Yelp.item.json`` so that either source loads with
+``properties/dataset/Yelp.yaml``: ``title`` = the business name, ``description`` = its categories; plus
+``city`` (not in the release).
 """
 
 import os
@@ -18,7 +23,8 @@ from recbole_letter.data.raw_files import find_file, iter_records
 from recbole_letter.data.sequences import build_sequences, write_sequences
 from recbole_letter.data.text import clean_text
 
-YELP_TEXT_FIELDS = ["name", "city", "categories"]
+# atomic column <- business record field (title/description: the names LETTER's Yelp.item.json uses)
+YELP_TEXT_FIELDS = {"title": "name", "description": "categories", "city": "city"}
 REVIEW_FILE = "yelp_academic_dataset_review.json"
 BUSINESS_FILE = "yelp_academic_dataset_business.json"
 
@@ -56,17 +62,17 @@ def read_reviews(path, start_date=None, end_date=None):
 
 
 def read_businesses(path, businesses):
-    """``{business_id: {name, city, categories}}`` for the businesses in ``businesses``."""
+    """``{business_id: {title, description, city}}`` for the businesses in ``businesses``."""
     meta = {}
     for _, record in iter_records(path, ("business_id",)):
         business = str(record["business_id"])
         if business in businesses and business not in meta:
-            meta[business] = {field: clean_text(record.get(field)) for field in YELP_TEXT_FIELDS}
+            meta[business] = {column: clean_text(record.get(field)) for column, field in YELP_TEXT_FIELDS.items()}
     return meta
 
 
 def convert_yelp(input_dir, output_dir, name, start_date=None, end_date=None, kcore=5, timestamp="time",
-                 overwrite=False):
+                 overwrite=False, repeats="keep"):
     """Convert the Yelp Open Dataset; returns ``DatasetStats``. See the module docstring."""
     writer = DatasetWriter(output_dir, name, overwrite)
     start_date = _check_date(start_date, "--start_date")
@@ -79,5 +85,5 @@ def convert_yelp(input_dir, output_dir, name, start_date=None, end_date=None, kc
     business_path = find_file(input_dir, [BUSINESS_FILE, f"{BUSINESS_FILE}.gz"], "Yelp businesses")
     interactions = read_reviews(review_path, start_date, end_date)
     meta = read_businesses(business_path, set(interactions["item"]))
-    inter, user_tokens, item_tokens = build_sequences(interactions, set(meta), kcore, timestamp)
-    return write_sequences(writer, inter, user_tokens, item_tokens, "business_id", meta, YELP_TEXT_FIELDS)
+    inter, user_tokens, item_tokens = build_sequences(interactions, set(meta), kcore, timestamp, repeats)
+    return write_sequences(writer, inter, user_tokens, item_tokens, "business_id", meta, list(YELP_TEXT_FIELDS))
