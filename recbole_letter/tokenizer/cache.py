@@ -1,5 +1,9 @@
 """Content-keyed cache files: atomic writes plus a sha256 side file, so partial or corrupted files are
-detected (missing side file, checksum mismatch, unreadable) and rebuilt instead of being trusted."""
+detected (missing side file, checksum mismatch, unreadable) and rebuilt instead of being trusted.
+
+Every write goes through ``recbole_letter.files`` (a temporary name per writer, then ``os.replace``); a file
+and its side file are written under one lock (``<path>.lock``), so concurrent writers (DDP ranks, parallel
+runs sharing a cache folder) leave a matching pair."""
 
 import hashlib
 import json
@@ -7,6 +11,8 @@ import os
 
 import numpy as np
 import torch
+
+from recbole_letter.files import locked, write_atomic, write_text_atomic
 
 
 def stable_hash(*parts, length=16):
@@ -30,11 +36,13 @@ def file_sha256(path):
     return digest.hexdigest()
 
 
-def _write_checksum(path):
-    tmp = f"{path}.sha256.tmp"
-    with open(tmp, "w") as f:
-        f.write(file_sha256(path))
-    os.replace(tmp, f"{path}.sha256")
+def _write_with_checksum(path, write, suffix=None):
+    """``write(temporary_path)``, then the file and its ``.sha256`` side file take their places (one writer
+    at a time: the side file always names the file beside it, except for a reader caught between the two
+    renames, who sees a mismatch and rebuilds)."""
+    with locked(path):
+        write_atomic(path, write, suffix=suffix)
+        write_text_atomic(f"{path}.sha256", file_sha256(path))
 
 
 def is_valid(path):
@@ -47,11 +55,7 @@ def is_valid(path):
 
 def save_arrays(path, **arrays):
     """``np.savez`` atomically (``path`` ends in ``.npz``) + checksum."""
-    os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
-    tmp = f"{path}.tmp.npz"
-    np.savez(tmp, **arrays)
-    os.replace(tmp, path)
-    _write_checksum(path)
+    _write_with_checksum(path, lambda tmp: np.savez(tmp, **arrays), suffix=".npz")
 
 
 def load_arrays(path):
@@ -66,11 +70,8 @@ def load_arrays(path):
 
 
 def save_torch(path, state):
-    os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
-    tmp = f"{path}.tmp"
-    torch.save(state, tmp)
-    os.replace(tmp, path)
-    _write_checksum(path)
+    """``torch.save`` atomically + checksum (``state``: tensors and plain containers, what ``load_torch`` reads)."""
+    _write_with_checksum(path, lambda tmp: torch.save(state, tmp))
 
 
 def load_torch(path):
@@ -84,10 +85,8 @@ def load_torch(path):
 
 
 def save_json(path, obj):
-    tmp = f"{path}.tmp"
-    with open(tmp, "w") as f:
-        json.dump(obj, f, indent=2)
-    os.replace(tmp, path)
+    """``obj`` as indented JSON, written atomically."""
+    write_text_atomic(path, json.dumps(obj, indent=2))
 
 
 def remove(path):

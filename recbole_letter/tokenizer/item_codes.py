@@ -8,12 +8,11 @@ still share a full code get one extra *disambiguation* level (0, 1, 2, ... insid
 """
 
 import json
-import os
 import re
 
 import numpy as np
 
-from recbole_letter.data.atomic_files import atomic_open
+from recbole_letter.files import atomic_open, write_atomic
 
 PAD_CODE = -1
 _CODE_TOKEN = re.compile(r"<([a-z])_(\d+)>")
@@ -68,10 +67,10 @@ class ItemCodes:
 
     # ---- I/O --------------------------------------------------------------------------------
     def save(self, path):
-        """Write atomically (``.npz``): a crash leaves either the old file or none."""
-        tmp = f"{path}.tmp.npz"
-        np.savez(tmp, codes=self.codes, codebook_sizes=np.asarray(self.codebook_sizes))
-        os.replace(tmp, path)
+        """Write atomically (``.npz``): a crash leaves either the old file or none, and concurrent writers
+        each write a temporary file of their own."""
+        codes = {"codes": self.codes, "codebook_sizes": np.asarray(self.codebook_sizes)}
+        write_atomic(path, lambda tmp: np.savez(tmp, **codes), suffix=".npz")
 
     @classmethod
     def load(cls, path):
