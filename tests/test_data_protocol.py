@@ -312,3 +312,38 @@ def test_prepare_stops_at_a_short_row(tmp_path):
     (folder / "toy.inter").write_text("\n".join([HEADER + "\trating:float"] + [r + "\t" for r in rows[:7]]) + "\n")
     config = quick_start.build_config("SASRec", "toy", config_dict={"data_path": str(tmp_path / "d"), "state": "WARNING"})
     assert check_atomic_files_rows(config) == {"inter": 7}
+
+
+# ---- empty item text ----------------------------------------------------------------------------
+def test_items_without_text_are_an_error_or_a_counted_warning(tmp_path):
+    from recbole_letter.tokenizer.text_encoder import check_item_texts, item_semantic_embeddings
+
+    def fields(t):
+        if t["name"] == "Shop 5":
+            return {"title": "", "description": ""}  # no text at all
+        return {"title": t["name"], "description": "" if t["name"] == "Shop 4" else t["categories"]}
+
+    raw = letter_json(tmp_path / "raw", "Yelp", REPEATS, fields)
+    convert_letter_json(str(raw), str(tmp_path / "d"), "Yelp")
+    _, _, train = load("Yelp", tmp_path / "d")
+    config = {"text_fields": ["title", "description"], "allow_empty_text": False, "encode_fields_separately": True,
+              "text_encoder": str(tmp_path / "no-such-encoder")}  # fmt: skip
+    # the error comes before any encoder is looked for; it names the count and the item (raw id 5 = i5)
+    with pytest.raises(ValueError, match=r"^1 of 6 items have no text in text_fields \['title', 'description'\] "
+                                         r"\(item ids 5\): .*allow_empty_text: True"):  # fmt: skip
+        item_semantic_embeddings(config, train)
+    with pytest.raises(FileNotFoundError, match="no-such-encoder"):  # allowed: on to the encoder
+        item_semantic_embeddings({**config, "allow_empty_text": True}, train)
+    logger = logging.getLogger("test_empty_text")
+    lines = Lines()
+    logger.addHandler(lines)
+    texts = item_texts(train, ["title", "description"])
+    assert check_item_texts(train, ["title", "description"], texts, allow_empty=True, logger=logger) == 1
+    assert [level for level, _ in lines.records] == ["WARNING"] * 3
+    assert "1 of 6 items have no text" in lines.records[0][1] and "encoded as empty text" in lines.records[0][1]
+    assert lines.records[1][1].startswith("text field 'title' is empty for 1 of 6 items")
+    assert lines.records[2][1].startswith("text field 'description' is empty for 2 of 6 items")
+    # joined fields (encode_fields_separately False): only the items without any text matter
+    lines.records.clear()
+    check_item_texts(train, ["title", "description"], texts, allow_empty=True, separately=False, logger=logger)
+    assert len(lines.records) == 1

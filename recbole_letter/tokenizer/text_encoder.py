@@ -9,6 +9,7 @@ Nothing is downloaded: a missing encoder stops with one line saying what to inst
 
 import importlib
 import os
+from logging import getLogger
 
 import numpy as np
 import torch
@@ -67,6 +68,32 @@ def item_texts(dataset, text_fields):
     return texts_per_field
 
 
+def check_item_texts(dataset, text_fields, texts_per_field, allow_empty=False, separately=True, logger=None):
+    """Items whose every text field is empty would all be encoded as the same empty text (their codes then
+    say nothing about them): a ``ValueError`` naming the count and the first item ids, or with
+    ``allow_empty`` (the ``allow_empty_text`` key) one warning with the count. With ``separately`` (each
+    field encoded alone and averaged) a field empty for some items is a warning per field: those items
+    average in the empty text's embedding. Returns the number of items without any text."""
+    logger = logger or getLogger()
+    has_text = [[bool(t.strip()) for t in texts] for texts in texts_per_field]  # [field][item]
+    no_text = [item for item in range(1, dataset.item_num) if not any(field[item] for field in has_text)]
+    n_real = dataset.item_num - 1
+    if no_text:
+        examples = ", ".join(str(t) for t in dataset.id2token(dataset.iid_field, no_text[:5]))
+        message = (f"{len(no_text):,} of {n_real:,} items have no text in text_fields {list(text_fields)} "
+                   f"(item ids {examples}{', ...' if len(no_text) > 5 else ''})")  # fmt: skip
+        if not allow_empty:
+            raise ValueError(f"{message}: fill their text, or set allow_empty_text: True to encode them as empty text")
+        logger.warning(f"{message}: encoded as empty text (allow_empty_text: True)")
+    if separately and len(text_fields) > 1:
+        for field, present in zip(text_fields, has_text):
+            n_empty = n_real - sum(present[1:])
+            if 0 < n_empty:
+                logger.warning(f"text field '{field}' is empty for {n_empty:,} of {n_real:,} items: with "
+                               f"encode_fields_separately their embedding averages in the empty text's")  # fmt: skip
+    return len(no_text)
+
+
 def load_encoder(encoder_path, dtype="float32", device="cpu"):
     """``(tokenizer, model)`` of a local HuggingFace encoder folder, the model in eval mode on ``device``."""
     from transformers import AutoModel, AutoTokenizer
@@ -107,8 +134,10 @@ def _encode(texts, tokenizer, model, batch_size, device, max_length, desc):
 def item_semantic_embeddings(config, dataset):
     """``[item_num, hidden]`` float32 semantic embeddings of the dataset's items (row 0 = zeros)."""
     text_fields = list(config["text_fields"] or [])
-    encoder_path = resolve_encoder_path(config["text_encoder"])
     texts_per_field = item_texts(dataset, text_fields)
+    check_item_texts(dataset, text_fields, texts_per_field, bool(config["allow_empty_text"]),
+                     bool(config["encode_fields_separately"]))  # before the encoder loads: fail fast
+    encoder_path = resolve_encoder_path(config["text_encoder"])
     kwargs = dict(
         encoder_path=encoder_path,
         batch_size=int(config["text_encoder_batch_size"]),
