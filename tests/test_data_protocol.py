@@ -100,7 +100,9 @@ def test_letter_json_yelp_keeps_repeats_and_text(tmp_path):
 
 def test_lc_rec_json_instruments(tmp_path):
     # LC-Rec's Instruments.item.json fields; the shipped file encodes title and description
-    fields = lambda t: {"title": t["name"], "description": t["categories"], "brand": "B", "categories": "Music"}  # noqa: E731
+    def fields(t):
+        return {"title": t["name"], "description": t["categories"], "brand": "B", "categories": "Music"}
+
     raw = letter_json(tmp_path / "raw", "Instruments", DISTINCT, fields)
     convert_letter_json(str(raw), str(tmp_path / "d"), "Instruments")
     config, counts, train = load("Instruments", tmp_path / "d")
@@ -122,8 +124,8 @@ def test_raw_amazon2014_beauty(tmp_path):
     raw.mkdir()
     write_lines(raw / "reviews_Beauty_5.json.gz", [json.dumps({"reviewerID": u, "asin": i, "unixReviewTime": t})
                                                    for u, i, t in timed(DISTINCT)])  # fmt: skip
-    write_lines(raw / "meta_Beauty.json.gz", [repr({"asin": i, "title": t["name"], "categories": [["Beauty", t["city"]]]})
-                                              for i, t in TEXT.items()])  # fmt: skip
+    write_lines(raw / "meta_Beauty.json.gz",  # Python dict literals, as the 2014 metadata are
+                [repr({"asin": i, "title": t["name"], "categories": [["Beauty", t["city"]]]}) for i, t in TEXT.items()])
     stats = convert_amazon2014(str(raw), str(tmp_path / "d"), "Beauty", "Beauty")
     config, counts, train = load("Beauty", tmp_path / "d")
     assert counts == counts_of(DISTINCT) == (stats.n_users, stats.n_items, stats.n_interactions)
@@ -136,8 +138,8 @@ def test_raw_amazon2018_instruments(tmp_path):
     raw.mkdir()
     write_lines(raw / "Musical_Instruments.csv", [f"{i},{u},5.0,{t}" for u, i, t in timed(DISTINCT)])
     write_lines(raw / "meta_Musical_Instruments.json.gz", [
-        json.dumps({"asin": i, "title": t["name"], "description": [t["categories"]], "brand": "B", "category": ["Music"]})
-        for i, t in TEXT.items()])  # fmt: skip
+        json.dumps({"asin": i, "title": t["name"], "description": [t["categories"]], "brand": "B",
+                    "category": ["Music"]}) for i, t in TEXT.items()])  # fmt: skip
     convert_amazon2018(str(raw), str(tmp_path / "d"), "Instruments", "Musical_Instruments")
     config, counts, train = load("Instruments", tmp_path / "d")
     assert counts == counts_of(DISTINCT)
@@ -196,6 +198,12 @@ def test_shared_data_loads_with_the_papers_statistics(name, expected):
         dataset = create_dataset(config)
     assert loaded_counts(dataset) == expected
     assert all(before == after for _, before, after in steps) and len(steps) == 5
+    # the release's codes pass every check of the codes-file loader (4 levels of 256 codes)
+    from recbole_letter.tokenizer.item_codes import ItemCodes
+
+    released = os.path.join(SHARED, name, "raw", f"{name}.index.json")
+    codes = ItemCodes.from_index_json(released, dataset, code_limit=256)
+    assert codes.n_items == expected[1] + 1 and codes.n_levels == 4 and max(codes.codebook_sizes) <= 256
 
 
 # ---- what the filters removed -------------------------------------------------------------------
@@ -237,7 +245,8 @@ def test_filter_report_counts_each_filter_and_warns(tmp_path):
 
     # the shipped Yelp.yaml: nothing removed, no warning
     lines.records.clear()
-    config = quick_start.build_config("SASRec", "Yelp", config_dict={"data_path": str(tmp_path / "d"), "state": "WARNING"})
+    config = quick_start.build_config("SASRec", "Yelp", config_dict={"data_path": str(tmp_path / "d"),
+                                                                     "state": "WARNING"})
     with recording_filters() as steps:
         dataset = create_dataset(config)
     assert log_filter_report(config, dataset, steps, logger)["removed_fraction"] == 0.0
@@ -310,7 +319,8 @@ def test_prepare_stops_at_a_short_row(tmp_path):
         load("toy", tmp_path / "d", user_inter_num_interval=None, item_inter_num_interval=None)
     # columns RecBole does not load may be empty; loaded ones may not
     (folder / "toy.inter").write_text("\n".join([HEADER + "\trating:float"] + [r + "\t" for r in rows[:7]]) + "\n")
-    config = quick_start.build_config("SASRec", "toy", config_dict={"data_path": str(tmp_path / "d"), "state": "WARNING"})
+    config = quick_start.build_config("SASRec", "toy", config_dict={"data_path": str(tmp_path / "d"),
+                                                                    "state": "WARNING"})
     assert check_atomic_files_rows(config) == {"inter": 7}
 
 

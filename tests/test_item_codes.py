@@ -71,3 +71,70 @@ def test_published_beauty_codes_are_complete_and_unique(name):
     for tokens in sequences:
         parsed = [pattern.fullmatch(token).groups() for token in tokens]
         assert [level for level, _ in parsed] == list("abcde") and all(int(c) < 256 for _, c in parsed)
+
+
+# ---- bad codes files: one clear ValueError each, nothing grown or dropped silently ---------------
+def test_bad_index_json_one_clear_error_each(tiny_dataset, tmp_path, caplog):
+    from recbole_letter.tokenizer import get_item_codes
+
+    name, cfg = tiny_dataset
+    _, _, train_data, _, _ = quick_start.prepare("SASRec", name, config_dict=cfg)
+    dataset = train_data.dataset
+    tokens = [str(t) for t in dataset.field2id_token[dataset.iid_field][1:]]
+    good = {tok: [f"<a_{k % 8}>", f"<b_{k // 8 % 8}>", f"<c_{k // 64}>"] for k, tok in enumerate(tokens)}
+    path = tmp_path / "x.index.json"
+
+    def error_of(content, code_limit=256):
+        path.write_text(content if isinstance(content, str) else json.dumps(content))
+        with pytest.raises(ValueError) as error:
+            ItemCodes.from_index_json(path, dataset, code_limit=code_limit)
+        assert "\n" not in str(error.value) and str(error.value).startswith(str(path))
+        return str(error.value)
+
+    first = tokens[0]
+    assert error_of({}).endswith("no item codes (an empty object)")
+    assert error_of([["<a_1>"]]).endswith("expected an object {item id: [code tokens]}, got a list")
+    assert "x.index.json:1: malformed JSON" in error_of('{"1": ["<a_1>"')
+    assert f"item {first!r}: expected a list of code tokens" in error_of({**good, first: "<a_1>"})
+    assert f"item {first!r}: expected a list of code tokens" in error_of({**good, first: []})
+    assert f"item {first!r}: bad code token 'a_1'" in error_of({**good, first: ["a_1", "<b_1>", "<c_1>"]})
+    # a code of 10**9 would size a 10**9-row embedding table; <a_999> would grow the codebook to 1000
+    for code in (10**9, 999, 256):
+        message = error_of({**good, first: [f"<a_{code}>", "<b_1>", "<c_1>"]})
+        assert f"item {first!r}: code '<a_{code}>' is out of range for codebook_size 256" in message
+    assert "level 2 (expected '<b_...>')" in error_of({**good, first: ["<a_1>", "<c_1>", "<b_1>"]})
+    message = error_of({**good, first: ["<a_1>", "<b_1>"]})  # uneven: refused, not padded
+    assert f"codes of uneven length (1 items have 2, {len(tokens) - 1:,} items have 3 levels; e.g. item {first!r}" in message
+    assert "1 items of the dataset have no code" in error_of({k: v for k, v in good.items() if k != first})
+    dup = json.dumps(good)[:-1] + f', "{first}": ["<a_0>", "<b_0>", "<c_0>"]}}'
+    assert f"item {first!r} appears twice" in error_of(dup)
+
+    # a good file: loaded as is; items the dataset does not have are counted in a warning, not dropped silently
+    path.write_text(json.dumps({**good, "not-an-item": ["<a_0>", "<b_0>", "<c_0>"]}))
+    with caplog.at_level("WARNING"):
+        codes = ItemCodes.from_index_json(path, dataset, code_limit=16)
+    assert codes.codebook_sizes == [8, 8, (len(tokens) - 1) // 64 + 1]  # each level's largest code + 1, as before
+    assert "1 items of the file are not in the dataset (e.g. ['not-an-item'])" in caplog.text
+    # the tokenizer hook checks the range against the config's codebook_size
+    config = {"item_codes_file": str(path), "codebook_size": 4}
+    with pytest.raises(ValueError, match="is out of range for codebook_size 4"):
+        get_item_codes(config, dataset)
+    assert get_item_codes({**config, "codebook_size": 256}, dataset).n_items == dataset.item_num
+
+
+def test_bad_codes_arrays_and_npz(tmp_path):
+    with pytest.raises(ValueError, match=r"item 2, level 2: code -1 is a missing code \(codes of uneven length"):
+        ItemCodes(np.array([[-1, -1], [0, 1], [1, -1]]), [2, 2])
+    with pytest.raises(ValueError, match=r"item 1, level 1: code 5 is out of range for a codebook of 4"):
+        ItemCodes(np.array([[-1, -1], [5, 1]]), [4, 4])
+    with pytest.raises(ValueError, match=r"3 codebook sizes for 2 levels"):
+        ItemCodes(np.array([[-1, -1], [0, 1]]), [4, 4, 4])
+    np.savez(tmp_path / "other.npz", weights=np.zeros(3))
+    with pytest.raises(ValueError, match=r"other.npz: not an item codes file"):
+        ItemCodes.load(tmp_path / "other.npz")
+    np.savez(tmp_path / "float.npz", codes=np.zeros((2, 2)), codebook_sizes=np.array([4, 4]))
+    with pytest.raises(ValueError, match=r"float.npz: codes and codebook_sizes must be integer arrays"):
+        ItemCodes.load(tmp_path / "float.npz")
+    np.savez(tmp_path / "objects.npz", codes=np.array([[-1], [0]], dtype=object), codebook_sizes=np.array([4]))
+    with pytest.raises(ValueError, match=r"objects.npz: not an item codes file"):  # never unpickled
+        ItemCodes.load(tmp_path / "objects.npz")

@@ -125,10 +125,11 @@ def log_filter_report(config, dataset, steps, logger=None):
     logger.info(f"data {name}: kept {kept} ({removed:,} interactions = {_percent(removed, read.interactions):.2f} % "
                 f"removed by the filters)")  # fmt: skip
     if report["removed_fraction"] > WARN_FRACTION:
-        culprits = "; ".join(s["filter"] for s in report["steps"] if s["before"]["interactions"] > s["after"]["interactions"])
+        culprits = "; ".join(s["filter"] for s in report["steps"]
+                             if s["before"]["interactions"] > s["after"]["interactions"])
         logger.warning(
             f"data {name}: the filters removed {_percent(removed, read.interactions):.2f} % of the interactions "
-            f"(more than {WARN_FRACTION:.0%}) by {culprits}. If the files are filtered already (the paper's "
+            f"(more than {100 * WARN_FRACTION:g} %) by {culprits}. If the files are filtered already (the paper's "
             f"datasets are), turn these off: rm_dup_inter: ~, user_inter_num_interval: ~, item_inter_num_interval: ~"
         )
     without = report["catalogue_items"] - kept.items

@@ -11,7 +11,9 @@ def get_item_codes(config, dataset):
     Returned codes are always unique per item.
     """
     if config["item_codes_file"]:
-        return ItemCodes.from_index_json(config["item_codes_file"], dataset).make_unique()
+        # codes are checked against the codebook size (a code of 10**9 would size the embedding table)
+        codes = ItemCodes.from_index_json(config["item_codes_file"], dataset, code_limit=config["codebook_size"])
+        return codes.make_unique()
     from recbole_letter.tokenizer.trainer import load_or_train_item_codes
 
     return load_or_train_item_codes(config, dataset)

@@ -9,6 +9,7 @@ still share a full code get one extra *disambiguation* level (0, 1, 2, ... insid
 
 import json
 import re
+from logging import getLogger
 
 import numpy as np
 
@@ -27,8 +28,14 @@ class ItemCodes:
             codebook_sizes = (codes[1:].max(axis=0) + 1).tolist()
         self.codes = codes
         self.codebook_sizes = [int(n) for n in codebook_sizes]
-        if (codes[1:] < 0).any() or (codes[1:] >= np.asarray(self.codebook_sizes)).any():
-            raise ValueError("item codes out of range of their codebook sizes")
+        if len(self.codebook_sizes) != codes.shape[1]:
+            raise ValueError(f"{len(self.codebook_sizes)} codebook sizes for {codes.shape[1]} levels")
+        bad = np.argwhere((codes[1:] < 0) | (codes[1:] >= np.asarray(self.codebook_sizes)))
+        if len(bad):
+            item, level = int(bad[0][0]) + 1, int(bad[0][1])
+            what = "a missing code (codes of uneven length are refused)" if codes[item, level] < 0 else "out of range"
+            raise ValueError(f"item codes out of range of their codebook sizes: item {item}, level {level + 1}: "
+                             f"code {codes[item, level]} is {what} for a codebook of {self.codebook_sizes[level]}")
 
     @property
     def n_items(self):
@@ -74,38 +81,62 @@ class ItemCodes:
 
     @classmethod
     def load(cls, path):
-        with np.load(path) as f:
-            return cls(f["codes"], f["codebook_sizes"].tolist())
+        """Read what ``save`` wrote; a file of another layout is a ``ValueError`` naming it (never unpickled)."""
+        try:
+            with np.load(path, allow_pickle=False) as f:
+                codes, sizes = f["codes"], f["codebook_sizes"]
+        except (KeyError, ValueError, OSError) as error:
+            raise ValueError(f"{path}: not an item codes file (.npz with codes and codebook_sizes): {error}") from None
+        if codes.dtype.kind not in "iu" or sizes.dtype.kind not in "iu" or sizes.ndim != 1:
+            raise ValueError(f"{path}: codes and codebook_sizes must be integer arrays, "
+                             f"got {codes.dtype} and {sizes.dtype}")
+        if codes.ndim == 2 and len(sizes) != codes.shape[1]:
+            raise ValueError(f"{path}: {len(sizes)} codebook sizes for {codes.shape[1]} levels")
+        return cls(codes, sizes.tolist())
 
     @classmethod
-    def from_index_json(cls, path, dataset, codebook_size=None):
+    def from_index_json(cls, path, dataset, codebook_size=None, code_limit=None):
         """Read LETTER / LC-Rec ``*.index.json`` (``{"<item token>": ["<a_12>", "<b_3>", ...]}``).
 
-        Keys are the dataset's raw item tokens; they are mapped to RecBole's internal ids. Every item
-        of ``dataset`` must have a code; items of the file absent from the dataset (filtered out) are
-        ignored.
+        Keys are the dataset's raw item tokens; they are mapped to RecBole's internal ids. The file is
+        checked before anything is built, each problem a ``ValueError`` naming the file and the item: an
+        object of non-empty lists of code tokens, the token of level ``l`` named ``<{a+l}_{code}>``, no item
+        twice, every item of ``dataset`` present, all items with the same number of levels (the decoder's
+        depth; codes of uneven length are refused, not padded), every code ``< code_limit`` (the config's
+        ``codebook_size``: a code of 10**9 would size a 10**9-row embedding table). Items of the file absent
+        from the dataset are left out with a warning that counts them. ``codebook_size``: the size of
+        every level's codebook; ``None`` = each level's largest code + 1.
         """
-        with open(path) as f:
-            index = json.load(f)
+        index = _read_index_json(path)
         iid_field = dataset.iid_field
         token2id = dataset.field2token_id[iid_field]
-        n_levels = len(next(iter(index.values())))
-        codes = np.full((dataset.item_num, n_levels), PAD_CODE, dtype=np.int64)
+        rows, extra = {}, []
         for token, tokens in index.items():
-            item = token2id.get(str(token))
-            if item is None:
-                continue
-            if len(tokens) != n_levels:
-                raise ValueError(f"{path}: item {token} has {len(tokens)} codes, expected {n_levels}")
-            for level, code_token in enumerate(tokens):
-                match = _CODE_TOKEN.fullmatch(code_token)
-                if match is None:
-                    raise ValueError(f"{path}: item {token}: bad code token {code_token!r}")
-                codes[item, level] = int(match.group(2))
-        missing = np.flatnonzero((codes[1:] < 0).any(axis=1)) + 1
-        if len(missing):
+            item = token2id.get(token)
+            if item is None or item == 0:  # 0: RecBole's padding token [PAD]
+                extra.append(token)
+            else:
+                rows[item] = _parse_code_tokens(path, token, tokens, code_limit)
+        missing = [item for item in range(1, dataset.item_num) if item not in rows]
+        if missing:
             names = dataset.id2token(iid_field, missing[:5]).tolist()
             raise ValueError(f"{path}: {len(missing)} items of the dataset have no code (e.g. {names})")
+        lengths = {}
+        for item, row in rows.items():
+            lengths.setdefault(len(row), []).append(item)
+        if len(lengths) > 1:
+            counts = ", ".join(f"{len(items):,} items have {n}" for n, items in sorted(lengths.items()))
+            short = min(lengths)
+            example = str(dataset.id2token(iid_field, lengths[short][0]))
+            raise ValueError(f"{path}: codes of uneven length ({counts} levels; e.g. item {example!r} has {short}): "
+                             "every item needs the same number of levels")  # fmt: skip
+        if extra:
+            getLogger().warning(f"{path}: {len(extra):,} items of the file are not in the dataset (e.g. "
+                                f"{extra[:3]}); their codes are not used")  # fmt: skip
+        n_levels = next(iter(lengths))
+        codes = np.full((dataset.item_num, n_levels), PAD_CODE, dtype=np.int64)
+        for item, row in rows.items():
+            codes[item] = row
         sizes = None if codebook_size is None else [int(codebook_size)] * n_levels
         return cls(codes, sizes)
 
@@ -121,3 +152,48 @@ class ItemCodes:
                  for token, row in zip(tokens, self.codes[1:].tolist())}
         with atomic_open(path) as f:
             json.dump(index, f)
+
+
+def _read_index_json(path):
+    """The file's object ``{item token: [code tokens]}``; a ``ValueError`` naming the file otherwise."""
+
+    def no_duplicates(pairs):
+        keys = [k for k, _ in pairs]
+        twice = next((k for k in keys if keys.count(k) > 1), None) if len(set(keys)) < len(keys) else None
+        if twice is not None:
+            raise ValueError(f"{path}: item {twice!r} appears twice (JSON would keep only its last codes)")
+        return dict(pairs)
+
+    try:
+        with open(path, encoding="utf-8") as f:
+            index = json.load(f, object_pairs_hook=no_duplicates)
+    except json.JSONDecodeError as error:
+        raise ValueError(f"{path}:{error.lineno}: malformed JSON ({error.msg})") from None
+    except UnicodeDecodeError:
+        raise ValueError(f"{path}: not a UTF-8 text file") from None
+    if not isinstance(index, dict):
+        raise ValueError(f"{path}: expected an object {{item id: [code tokens]}}, got a {type(index).__name__}")
+    if not index:
+        raise ValueError(f"{path}: no item codes (an empty object)")
+    return index
+
+
+def _parse_code_tokens(path, item, tokens, code_limit):
+    """``["<a_12>", "<b_3>", ...]`` -> ``[12, 3, ...]``, checked: level letters in order, codes in range."""
+    if not isinstance(tokens, list) or not tokens or not all(isinstance(t, str) for t in tokens):
+        raise ValueError(f"{path}: item {item!r}: expected a list of code tokens like \"<a_12>\", "
+                         f"got {json.dumps(tokens)[:60]}")  # fmt: skip
+    codes = []
+    for level, token in enumerate(tokens):
+        match = _CODE_TOKEN.fullmatch(token)
+        if match is None:
+            raise ValueError(f"{path}: item {item!r}: bad code token {token!r} (expected like '<a_12>')")
+        letter, code = match.group(1), int(match.group(2))
+        if letter != chr(ord("a") + level):
+            raise ValueError(f"{path}: item {item!r}: code token {token!r} at level {level + 1} "
+                             f"(expected '<{chr(ord('a') + level)}_...>')")  # fmt: skip
+        if code_limit is not None and code >= code_limit:
+            raise ValueError(f"{path}: item {item!r}: code {token!r} is out of range for codebook_size {code_limit} "
+                             "(codes run 0 .. codebook_size - 1; set codebook_size to the codes' own)")  # fmt: skip
+        codes.append(code)
+    return codes

@@ -214,7 +214,7 @@ def report_for_index_json(config, train_dataset, item_codes_file, out_dir=None, 
     from recbole_letter.tokenizer.item_codes import ItemCodes
     from recbole_letter.tokenizer.trainer import cache_keys, cache_root, load_or_train_cf
 
-    codes = ItemCodes.from_index_json(item_codes_file, train_dataset)
+    codes = ItemCodes.from_index_json(item_codes_file, train_dataset, code_limit=config["codebook_size"])
     cf_emb, cf_model, _ = load_or_train_cf(config, train_dataset, cache_keys(config, train_dataset)["cf"])
     name = os.path.basename(item_codes_file).replace(".json", "")
     out_dir = out_dir or os.path.join(cache_root(config), f"released_{name}")
