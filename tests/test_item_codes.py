@@ -138,3 +138,35 @@ def test_bad_codes_arrays_and_npz(tmp_path):
     np.savez(tmp_path / "objects.npz", codes=np.array([[-1], [0]], dtype=object), codebook_sizes=np.array([4]))
     with pytest.raises(ValueError, match=r"objects.npz: not an item codes file"):  # never unpickled
         ItemCodes.load(tmp_path / "objects.npz")
+
+
+# ---- the report's rankings: ties at their expected rank ------------------------------------------
+def test_report_ranking_counts_ties_at_expected_rank():
+    import torch
+
+    from recbole_letter.tokenizer.report import _rank_targets, expected_hits
+
+    class Constant(torch.nn.Module):  # a sequence encoder whose output does not matter here
+        def forward(self, item_seq, item_seq_len):
+            return torch.ones(len(item_seq), 4)
+
+    n_items = 41  # 40 real items + padding
+    targets = torch.arange(1, n_items)
+    batches = [(torch.zeros(len(targets), 3, dtype=torch.long), torch.full((len(targets),), 3), targets)]
+    identity = torch.zeros(n_items, 4)
+    identity[targets, 0] = -targets.float()  # item 1 scores highest, item 40 lowest
+    result = _rank_targets(Constant(), {"constant": torch.zeros(n_items, 4), "ordered": identity}, batches)
+    # every item scores the same: chance (k / 40), not 1.0 as when ties counted as hits
+    assert result["constant"]["recall@10"] == pytest.approx(10 / 40)
+    assert result["constant"]["recall@5"] == pytest.approx(5 / 40)
+    ndcg10 = sum(1 / np.log2(r + 2) for r in range(10)) / 40
+    assert result["constant"]["ndcg@10"] == pytest.approx(ndcg10)
+    # no ties: targets 1..10 are ranked 0..9, so exactly 10 of 40 are hits
+    assert result["ordered"]["recall@10"] == pytest.approx(10 / 40)
+    assert result["ordered"]["ndcg@10"] == pytest.approx(ndcg10)
+    # one item tied with the target at the top: rank 0 or 1, each half the time
+    scores = torch.tensor([[-float("inf"), 5.0, 5.0, 1.0]])
+    recall, ndcg = expected_hits(scores, torch.tensor([1]), 1)
+    assert recall.item() == pytest.approx(0.5) and ndcg.item() == pytest.approx(0.5)
+    recall, ndcg = expected_hits(scores, torch.tensor([3]), 2)
+    assert recall.item() == 0.0 and ndcg.item() == 0.0

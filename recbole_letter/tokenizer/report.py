@@ -6,7 +6,8 @@ groups of 15), and the two CF checks of paper Tables 3-4:
 
 * ``zhat_ranking`` (Table 3): the trained SASRec ranks items with its own item table and again with
   ``z_hat`` in its place (Recall/NDCG@5,10). On ``eval_data`` when given, else on each user's last
-  *training* target (the only targets the tokenizer hook may see).
+  *training* target (the only targets the tokenizer hook may see). Tied scores count at their expected
+  rank (``expected_hits``): a constant table scores chance, not a perfect 1.0.
 * ``cf_neighbour_code_overlap`` (Table 4): each item is paired with its nearest other item by cosine
   similarity of the CF table; the score is the fraction of code positions (first ``num_levels``
   levels, before disambiguation) where the two codes agree, averaged over items.
@@ -57,9 +58,28 @@ def cf_neighbour_code_overlap(codes, cf_emb, chunk=2048):
     return float(same.mean()), float(prefix.mean() / real.shape[1])
 
 
+def expected_hits(scores, target, k):
+    """Recall@k and NDCG@k per row, expected under a random order of tied scores.
+
+    ``scores`` ``[B, n_items]`` (padding column at ``-inf``), ``target`` ``[B]``. With ``g`` items scored
+    above the target and ``t`` items tied with it (itself included), its rank is uniform on
+    ``g .. g + t - 1``: recall = the share of those ranks below ``k``, NDCG = their mean discount. Counting
+    ties as hits would give a constant table a perfect 1.0; this gives it chance, ``k / n_real_items``.
+    """
+    target_score = scores.gather(1, target.view(-1, 1))  # [B, 1]
+    above = (scores > target_score).sum(1)  # g, [B]
+    tied = (scores == target_score).sum(1).clamp(min=1)  # t, [B] (0 only for a NaN score: then a miss)
+    discount = 1.0 / torch.log2(torch.arange(k, dtype=torch.float64) + 2)  # rank r -> 1 / log2(r + 2), r < k
+    cumulative = torch.cat([torch.zeros(1, dtype=torch.float64), discount.cumsum(0)])  # [k + 1]
+    low, high = above.clamp(max=k), (above + tied).clamp(max=k)  # the ranks g .. g+t-1 that fall below k
+    recall = (high - low).double() / tied
+    ndcg = (cumulative[high] - cumulative[low]) / tied
+    return recall, ndcg
+
+
 @torch.no_grad()
 def _rank_targets(model, tables, batches):
-    """Recall/NDCG@5,10 per table for (item_seq, item_seq_len, target) batches."""
+    """Recall/NDCG@5,10 per table for (item_seq, item_seq_len, target) batches (ties: ``expected_hits``)."""
     ks, sums, n = (5, 10), {name: {} for name in tables}, 0
     for item_seq, item_seq_len, target in batches:
         seq_out = model.forward(item_seq, item_seq_len)  # [B, H]
@@ -67,12 +87,10 @@ def _rank_targets(model, tables, batches):
         for name, table in tables.items():
             scores = seq_out @ table.T  # [B, n_items]
             scores[:, 0] = -float("inf")
-            target_score = scores.gather(1, target.view(-1, 1))
-            rank = (scores > target_score).sum(1).float()
             for k in ks:
-                hit = (rank < k).float()
-                sums[name][f"recall@{k}"] = sums[name].get(f"recall@{k}", 0.0) + hit.sum().item()
-                sums[name][f"ndcg@{k}"] = sums[name].get(f"ndcg@{k}", 0.0) + (hit / torch.log2(rank + 2)).sum().item()
+                recall, ndcg = expected_hits(scores, target, k)
+                sums[name][f"recall@{k}"] = sums[name].get(f"recall@{k}", 0.0) + recall.sum().item()
+                sums[name][f"ndcg@{k}"] = sums[name].get(f"ndcg@{k}", 0.0) + ndcg.sum().item()
     return {name: {m: v / max(n, 1) for m, v in metrics.items()} for name, metrics in sums.items()}
 
 
