@@ -248,10 +248,7 @@ def main(argv=None):
     parser.add_argument("--config_files", default=None, help="space-separated extra YAML files")
     parser.add_argument("--out_dir", default=None)
     args, rest = parser.parse_known_args(argv)
-    from recbole.data import create_dataset, data_preparation
-    from recbole.utils import init_seed
-
-    from recbole_letter.quick_start import PROPERTIES_DIR, build_config
+    from recbole_letter.quick_start import PROPERTIES_DIR, prepare
 
     config_dict = {}
     for item in rest:  # --key=value overrides, as on run_recbole_letter.py
@@ -260,9 +257,8 @@ def main(argv=None):
     if args.data_path:
         config_dict["data_path"] = args.data_path
     files = [str(PROPERTIES_DIR / "tokenizer.yaml")] + (args.config_files.split() if args.config_files else [])
-    config = build_config("SASRec", args.dataset, config_files=files, config_dict=config_dict)
-    init_seed(config["seed"], True)
-    train_data, _, _ = data_preparation(config, create_dataset(config))
+    # prepare: the atomic files' row check and the filter report, as for a training run
+    config, _, train_data, _, _ = prepare("SASRec", args.dataset, config_files=files, config_dict=config_dict)
     report_for_index_json(config, train_data.dataset, args.item_codes_file, args.out_dir)
 
 
