@@ -397,6 +397,8 @@ def test_cli(tmp_path, capsys):
     assert main(args + ["--overwrite"]) == 0
     assert main(args + ["--kcore=3"]) == 2
     assert capsys.readouterr().err == "error: --kcore does not apply to --format=letter_json\n"
+    assert main(args + ["--repeats=first"]) == 2  # a JSON sequence is kept as the release has it
+    assert capsys.readouterr().err == "error: --repeats does not apply to --format=letter_json\n"
     assert main(["convert", "--format=amazon2018", f"--input={tmp_path}", "--name=x"]) == 2
     assert "needs --category" in capsys.readouterr().err
     with pytest.raises(ConversionError, match=r"unknown format 'csv'; known: letter_json, amazon2018"):

@@ -170,6 +170,11 @@ def test_raw_yelp_keeps_repeats_and_matches_letter_json_columns(tmp_path):
     # LC-Rec's rule on request: the first of repeated pairs, then the 5-core drops u8 (4 distinct)
     first = convert_yelp(str(raw), str(tmp_path / "d"), "Yelp1", repeats="first")
     assert (first.n_users, first.n_items, first.n_interactions) == (8, 6, 40)
+    from recbole_letter.data.__main__ import main  # the same from the command line
+
+    assert main(["convert", "--format=yelp", f"--input={raw}", f"--output_dir={tmp_path / 'd'}", "--name=Yelp2",
+                 "--repeats=first"]) == 0  # fmt: skip
+    assert (tmp_path / "d" / "Yelp2" / "Yelp2.inter").read_text().count("\n") == 1 + 40
 
 
 def test_build_sequences_repeats_option():
