@@ -256,6 +256,16 @@ def test_filter_report_counts_each_filter_and_warns(tmp_path):
         dataset = create_dataset(config)
     assert log_filter_report(config, dataset, steps, logger)["removed_fraction"] == 0.0
     assert not [m for level, m in lines.records if level == "WARNING"]
+    # an item of the .item file without any interaction joins the ranked catalogue: said, not silent
+    item_file = tmp_path / "d" / "Yelp" / "Yelp.item"
+    item_file.write_text(item_file.read_text() + "99\tNew shop\tFood\n")
+    lines.records.clear()
+    with recording_filters() as steps:
+        dataset = create_dataset(config)
+    assert log_filter_report(config, dataset, steps, logger)["catalogue_items"] == 7
+    assert [m for level, m in lines.records if level == "WARNING"] == [
+        "data Yelp: 1 items of the catalogue (7) have no interaction (they come from Yelp.item only); "
+        "they are ranked but never a target"]
     # the wrappers are gone after the block: RecBole's own methods again
     from recbole.data.dataset import Dataset
 

@@ -109,8 +109,8 @@ def log_filter_report(config, dataset, steps, logger=None):
     logger = logger or getLogger()
     report = filter_report(config, dataset, steps)
     name, kept = config["dataset"], Counts(**report["kept"])
-    if not steps:  # RecBole loaded a saved, already filtered dataset (dataset_save_path / save_dataset)
-        logger.info(f"data {name}: no filter ran (a saved, already filtered dataset was loaded); kept {kept}")
+    if not steps:  # RecBole loaded a saved dataset (dataset_save_path), or benchmark_filename skips filtering
+        logger.info(f"data {name}: no filter ran (a saved dataset, or benchmark_filename); kept {kept}")
         return report
     read = Counts(**report["read"])
     logger.info(f"data {name}: read {read} from {name}.inter")
