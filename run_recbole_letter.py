@@ -4,15 +4,17 @@
     python run_recbole_letter.py --model=SASRec,LightGCN,BPR --dataset=ml-100k
     python run_recbole_letter.py --model=LETTER_TIGER --dataset=ml-100k --tokenize_only=True
     python run_recbole_letter.py --model=BPR --dataset=ml-100k --nproc=2
-    python run_recbole_letter.py --checkpoint=saved/SASRec-....pth      # evaluate a saved run, no training
+    python run_recbole_letter.py --checkpoint=saved/SASRec-ml-100k-....pth   # evaluate a saved run, no training
     python run_recbole_letter.py --benchmark=table1 --dataset=Beauty --data_path=../shared/data [--quick]
     python run_recbole_letter.py --benchmark=ablation|codes --dataset=Beauty ...
     python run_recbole_letter.py --benchmark=sweep --param=tau --dataset=Beauty ...
     python run_recbole_letter.py --benchmark=tune --model=SASRec --params_file=hyper.test [--algo=bayes]
 
 Arguments follow RecBole: --model (one name or a comma list), --dataset, --config_files (YAML files, comma
-separated, or space separated inside one quoted argument) and any --key=value config override. --results_dir (default results/) receives
-the side-by-side table as <dataset>.md/.csv/.json.
+separated, or space separated inside one quoted argument) and any --key=value config override. Every run has a
+run id (<model>-<dataset>-<YYYYmmdd-HHMMSS>-<6 hex>) naming its checkpoints (<checkpoint_dir>/<run id>.pth and
+<run id>-last.pth). --results_dir (default results/) accumulates one row per run in <dataset>.jsonl (run id, time,
+config digest, metrics; safe with runs writing at once) and the table of all rows as <dataset>.md/.csv/.json.
 """
 
 import argparse
@@ -24,7 +26,8 @@ RUNNER_KEYS = ("results_dir",)
 def print_single(result):
     from recbole_letter.benchmark import METRIC_ORDER
 
-    print(f"{result['model']} on {result['dataset']}")
+    source = f", evaluated from {result['checkpoint']}" if result.get("mode") == "evaluate" else ""
+    print(f"{result['model']} on {result['dataset']} (run {result['run_id']}{source})")
     print("split  " + "  ".join(f"{m:>9}" for m in METRIC_ORDER))
     for split, key in (("valid", "best_valid_result"), ("test", "test_result")):
         print(f"{split:<6} " + "  ".join(f"{result[key][m]:>9.4f}" for m in METRIC_ORDER))
@@ -129,7 +132,8 @@ def main(argv=None):
     dataset = results[0]["dataset"]  # with --checkpoint: the checkpoint's own dataset
     markdown = write_results(results, args.results_dir, dataset)
     print(markdown)
-    print(f"results written to {args.results_dir}/{dataset}.{{md,csv,json}}")
+    print(f"rows appended to {args.results_dir}/{dataset}.jsonl; every run's table: "
+          f"{args.results_dir}/{dataset}.{{md,csv,json}}")
     return 0
 
 

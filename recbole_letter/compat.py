@@ -5,7 +5,7 @@ Each fix is applied once, at ``import recbole_letter``, and touches only what Re
 * numpy 2 removed ``np.float_`` / ``np.complex_`` / ``np.unicode_``; ``Config.compatibility_settings``
   assigns ``np.float = np.float_`` (and friends) and so raises on every ``Config(...)``. We restore the
   three removed aliases, then run RecBole's own ``compatibility_settings`` once at import: its metrics
-  need ``np.float``, and a ``Config`` unpickled from a checkpoint never runs it.
+  need ``np.float``, and a ``Config`` rebuilt from a checkpoint's values never runs it.
 * scipy >= 1.12 dropped ``dok_matrix._update``, which LightGCN / NGCF / NCL call to fill their
   adjacency matrix. We give it back as a plain dict update (what it was).
 * ``recbole.model.sequential_recommender.sine`` turns autograd anomaly detection on for the whole
@@ -23,9 +23,10 @@ Each fix is applied once, at ``import recbole_letter``, and touches only what Re
   modules* are not shown (``recbole_letter``'s and everyone else's still are). Likewise the one
   ``UserWarning`` that LightGCN / NGCF / ... raise through ``torch.sparse.FloatTensor`` (a deprecated
   constructor that still works), and only that one.
-* torch >= 2.6 loads with ``weights_only=True``; RecBole checkpoints pickle their ``Config``. We do not
-  change ``torch.load``; ``recbole_letter.trainer.load_checkpoint`` loads our own checkpoints
-  knowingly, and the quick start evaluates the best model through it.
+* torch >= 2.6 loads with ``weights_only=True``; RecBole's trainers pickle their ``Config`` into every
+  checkpoint and then cannot read it back. We do not change ``torch.load``: every trainer the quick start
+  builds writes checkpoints of tensors and plain values instead (``recbole_letter.trainer.SafeCheckpoints``),
+  and ``recbole_letter.trainer.load_checkpoint`` reads them with ``weights_only=True``; nothing is unpickled.
 """
 
 import types
@@ -48,8 +49,8 @@ def apply():
             setattr(np, old, new)
     from recbole.config import Config
 
-    # RecBole sets np.float etc. (used by its metrics) only inside Config(...); a Config unpickled from a
-    # checkpoint never runs it, so set them now, with RecBole's own code.
+    # RecBole sets np.float etc. (used by its metrics) only inside Config(...); a Config rebuilt from a
+    # checkpoint's values never runs it, so set them now, with RecBole's own code.
     Config.compatibility_settings(None)
     if not hasattr(sp.dok_matrix, "_update"):
         sp.dok_matrix._update = lambda self, data: self._dict.update(data)

@@ -7,6 +7,7 @@ itself is never imported (it imports ray, which needs numpy<2).
 """
 
 import contextlib
+import functools
 import os
 import time
 from logging import getLogger
@@ -147,6 +148,29 @@ def build_config(model, dataset, config_files=None, config_dict=None):
     config_check.check_dataset(config["dataset"], config["data_path"])
     config_check.check_final(config, model)
     check_atomic_files(config)
+    from recbole_letter.trainer import new_run_id
+
+    # one id per run, set before init_logger hashes the config into the log file's name (so two runs started
+    # in the same second log apart too); it names the checkpoints and the result rows
+    config["run_id"] = new_run_id(config["model"], config["dataset"])
+    return config
+
+
+def config_from_values(values):
+    """A ``LetterConfig`` holding a checkpoint's config (its final values as plain data,
+    ``trainer.config_values``) again: RecBole's enums back from their names; ``device`` (stored as text)
+    is set by ``_init_device``, which the caller runs."""
+    from recbole.utils import EvaluatorType, InputType, ModelType
+
+    final = dict(values)
+    for key, kind in (("MODEL_TYPE", ModelType), ("MODEL_INPUT_TYPE", InputType), ("eval_type", EvaluatorType)):
+        if key in final:
+            final[key] = kind[final[key]]
+    config = LetterConfig.__new__(LetterConfig)  # RecBole's __init__ would layer the property files again
+    config._init_parameters_category()
+    config.final_config_dict = final
+    config.model, config.dataset = final["model"], final["dataset"]
+    config.model_class = get_model_class(final["model"])
     return config
 
 
@@ -196,12 +220,29 @@ def prepare(model, dataset, config_files=None, config_dict=None):
     return config, full_dataset, train_data, valid_data, test_data
 
 
+@functools.lru_cache(maxsize=None)
+def safe_trainer_class(trainer_class):
+    """RecBole's ``trainer_class`` with :class:`~recbole_letter.trainer.SafeCheckpoints` first among its bases
+    (one class per RecBole class, so ``isinstance`` holds across runs)."""
+    from recbole_letter.trainer import SafeCheckpoints
+
+    return type(trainer_class.__name__, (SafeCheckpoints, trainer_class), {"__module__": __name__})
+
+
 def build_trainer(config, model):
+    """The trainer RecBole would pick for the model, with checkpoints that load with ``weights_only=True``:
+    ``LetterTrainer`` in place of RecBole's plain ``Trainer``, and every other ``Trainer`` subclass
+    (``TraditionalTrainer`` for Pop / ItemKNN, ``KGTrainer``, ...) with :class:`SafeCheckpoints`."""
     trainer_class = get_trainer(config["MODEL_TYPE"], config["model"])
     if trainer_class is Trainer:
         from recbole_letter.trainer import LetterTrainer
 
         trainer_class = LetterTrainer
+    elif issubclass(trainer_class, Trainer):
+        trainer_class = safe_trainer_class(trainer_class)
+    else:
+        raise ValueError(f"{config['model']} is trained by RecBole's {trainer_class.__name__}, whose checkpoints "
+                         f"pickle Python objects; this package only writes and loads tensors and plain values")
     return trainer_class(config, model)
 
 
@@ -236,6 +277,7 @@ def _run_single(model, dataset, config_files=None, config_dict=None, saved=True,
     model_obj = get_model_class(model)(config, train_data.dataset).to(config["device"])
     logger.info(model_obj)
     trainer = build_trainer(config, model_obj)
+    logger.info(f"run id: {trainer.run_id}")
     # RecBole never closes the trainer's TensorBoard writer; its thread would outlive the run
     with contextlib.closing(trainer.tensorboard):
         if config["resume_from"]:
@@ -256,8 +298,13 @@ def _run_single(model, dataset, config_files=None, config_dict=None, saved=True,
         start = time.perf_counter()
         test_result = trainer.evaluate(test_data, load_best_model=saved, show_progress=config["show_progress"])
         test_seconds = time.perf_counter() - start
+    from recbole_letter.trainer import config_digest, config_values
+
     epochs = len(trainer.train_loss_dict)
     result = {
+        "run_id": trainer.run_id,
+        "mode": "train",
+        "config_digest": config_digest(config_values(config)),
         "model": config["model"],
         "dataset": dataset,
         "best_valid_score": float(best_valid_score),
@@ -323,14 +370,16 @@ def run(model, dataset, config_files=None, config_dict=None, saved=True, before_
 def evaluate_checkpoint(path, config_dict=None):
     """Evaluate a checkpoint written by a run (valid and test) without training.
 
-    The checkpoint carries its config; ``config_dict`` overrides keys of it (e.g. ``eval_batch_size``;
+    The checkpoint carries its config (plain values; it is loaded with ``weights_only=True``, see
+    ``trainer.load_checkpoint``); ``config_dict`` overrides keys of it (e.g. ``eval_batch_size``;
     ``data_path`` as for training). It runs in one process on this machine's device.
     Useful after a run was stopped: its best-so-far checkpoint is in ``checkpoint_dir``.
+    The result names the run the checkpoint belongs to (``run_id``).
     """
-    from recbole_letter.trainer import load_checkpoint
+    from recbole_letter.trainer import config_digest, load_checkpoint
 
     checkpoint = load_checkpoint(path)
-    config = checkpoint["config"]
+    config = config_from_values(checkpoint["config"])
     for key, value in (config_dict or {}).items():
         # data_path means what it means for training, the folder holding the dataset's folder (the saved
         # config holds the joined path, as RecBole's Config makes it)
@@ -347,6 +396,9 @@ def evaluate_checkpoint(path, config_dict=None):
     valid_result = trainer.evaluate(valid_data, model_file=path, show_progress=config["show_progress"])
     test_result = trainer.evaluate(test_data, model_file=path, show_progress=config["show_progress"])
     return {
+        "run_id": checkpoint["run_id"],
+        "mode": "evaluate",
+        "config_digest": config_digest(checkpoint["config"]),
         "model": config["model"],
         "dataset": config["dataset"],
         "best_valid_result": _as_floats(valid_result),

@@ -1,17 +1,29 @@
 """What RecBole's Trainer cannot already do: a warm-up + cosine LR schedule, epochs of a fixed number
 of batches, resuming a stopped run, DDP on CPU (gloo), autocast in bfloat16 on CUDA too, a training loop
-that does not wait for the GPU after every batch, and reading back its own best checkpoint on
-torch >= 2.6."""
+that does not wait for the GPU after every batch, and checkpoints that are safe to load.
+
+Checkpoints (the best one, ``<run id>.pth``, and the state after every epoch, ``<run id>-last.pth``) hold
+only tensors and plain values (the config as its final values: strings, numbers, lists, dicts), so they
+load with ``torch.load(weights_only=True)``, which runs no code. RecBole's own checkpoints pickle the
+``Config`` object; such a file is refused with a clear error, never unpickled.
+"""
 
 import contextlib
+import enum
 import functools
+import hashlib
 import itertools
+import json
 import math
 import os
+import pickle
 import random
+import re
+import secrets
 import time
 
 import numpy as np
+import scipy.sparse as sp
 import torch
 from recbole.trainer import Trainer
 from recbole.utils import get_gpu_usage, set_color
@@ -20,17 +32,147 @@ from torch.nn.utils import clip_grad_norm_
 from torch.optim.lr_scheduler import LambdaLR
 from tqdm import tqdm
 
+from recbole_letter.files import write_atomic
+
 NAN_CHECK_INTERVAL = 100  # batches between the loss's NaN checks off a CPU: each one waits for the device
+CHECKPOINT_FORMAT = "recbole_letter checkpoint 1"  # what load_checkpoint accepts
+# config keys that say where and how a run executes or reports, not what it computes: left out of the
+# config digest, and free to differ when a run is resumed (the number of processes has its own check)
+RUN_PLACEMENT_KEYS = frozenset({
+    "run_id", "resume_from", "checkpoint_dir", "data_path", "device", "gpu_id", "use_gpu", "local_rank",
+    "single_spec", "nproc", "world_size", "ip", "port", "offset", "state", "show_progress", "show_plan",
+    "verbose", "eval_batch_size", "worker",
+})  # fmt: skip
 
 
-def load_checkpoint(path, device="cpu"):
-    """Load a checkpoint written by RecBole's trainer.
+def new_run_id(model, dataset):
+    """A run's name, unique among runs started anywhere at the same time: ``<model>-<dataset>-<YYYYmmdd-HHMMSS>-
+    <6 random hex>``. It names the run's checkpoints and its result rows."""
+    return f"{model}-{dataset}-{time.strftime('%Y%m%d-%H%M%S')}-{secrets.token_hex(3)}"
 
-    RecBole pickles its ``Config`` into every checkpoint, which torch >= 2.6's default
-    ``weights_only=True`` refuses. Only call this on files this package wrote (``checkpoint_dir``):
-    unpickling runs code, so never point it at a checkpoint from an untrusted source.
+
+def plain_value(value):
+    """``value`` as plain data a checkpoint can hold: None, bool, int, float, str, and lists, tuples and dicts
+    of them; an enum as its name, a numpy scalar as its Python value, anything else (``torch.device``) as
+    its ``str``."""
+    if value is None or isinstance(value, (bool, int, float, str)):
+        return value
+    if isinstance(value, enum.Enum):
+        return value.name
+    if isinstance(value, np.generic):
+        return value.item()
+    if isinstance(value, tuple):
+        return tuple(plain_value(v) for v in value)
+    if isinstance(value, (list, set, frozenset)):
+        return [plain_value(v) for v in value]
+    if isinstance(value, dict):
+        return {plain_value(k): plain_value(v) for k, v in value.items()}
+    return str(value)
+
+
+def config_values(config):
+    """A RecBole ``Config``'s final values as plain data (:func:`plain_value`), what checkpoints store."""
+    return {key: plain_value(value) for key, value in config.final_config_dict.items()}
+
+
+def config_digest(values):
+    """16 hex digits of sha256 over a config's plain values (:func:`config_values`) without
+    ``RUN_PLACEMENT_KEYS``: equal for runs that compute the same thing, wherever and whenever they ran."""
+    kept = {key: value for key, value in values.items() if key not in RUN_PLACEMENT_KEYS}
+    text = json.dumps(kept, sort_keys=True, default=str)
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def encode_other_parameter(parameters):
+    """A model's ``other_parameter()`` (tensors, numpy arrays, scipy sparse matrices, sub-modules, plain
+    values) as tensors and plain values; :func:`decode_other_parameter` reverses it."""
+    encoded = {}
+    for name, value in (parameters or {}).items():
+        if value is None or torch.is_tensor(value) or isinstance(value, (bool, int, float, str)):
+            encoded[name] = value
+        elif isinstance(value, np.ndarray):
+            encoded[name] = {"kind": "numpy", "tensor": torch.from_numpy(np.ascontiguousarray(value))}
+        elif sp.issparse(value):
+            coo = value.tocoo()
+            encoded[name] = {"kind": "scipy", "format": value.format, "shape": tuple(int(n) for n in value.shape),
+                             "row": torch.from_numpy(coo.row.astype(np.int64)),
+                             "col": torch.from_numpy(coo.col.astype(np.int64)),
+                             "data": torch.from_numpy(np.ascontiguousarray(coo.data))}
+        elif isinstance(value, torch.nn.Module):
+            encoded[name] = {"kind": "module", "state_dict": value.state_dict()}
+        else:
+            raise TypeError(f"other_parameter {name!r} is a {type(value).__name__}, which a checkpoint cannot "
+                            f"hold as tensors and plain values")
+    return encoded
+
+
+def decode_other_parameter(model, encoded):
+    """What :func:`encode_other_parameter` stored, as ``model.load_other_parameter`` takes it (a sub-module's
+    weights are loaded into ``model``'s own sub-module of that name)."""
+    decoded = {}
+    for name, value in (encoded or {}).items():
+        kind = value.get("kind") if isinstance(value, dict) else None
+        if kind == "numpy":
+            value = value["tensor"].numpy()
+        elif kind == "scipy":
+            matrix = sp.coo_matrix((value["data"].numpy(), (value["row"].numpy(), value["col"].numpy())),
+                                   shape=value["shape"])
+            value = matrix.asformat(value["format"])
+        elif kind == "module":
+            module = getattr(model, name)
+            module.load_state_dict(value["state_dict"])
+            value = module
+        decoded[name] = value
+    return decoded
+
+
+def save_checkpoint(state, path):
+    """``torch.save`` of ``state`` (tensors and plain values) to ``path``, atomically: a kill while writing
+    leaves the previous file, and concurrent writers never share a temporary file."""
+    write_atomic(path, lambda tmp: torch.save(state, tmp))
+
+
+def load_checkpoint(path, device="cpu", mmap=False):
+    """Load a checkpoint this package wrote, with ``torch.load(weights_only=True)``: tensors and plain
+    values only, no code runs.
+
+    Args:
+        path: the checkpoint file (``<run id>.pth`` or ``<run id>-last.pth``).
+        device: where its tensors go (``map_location``).
+        mmap: map the file instead of reading it (cheap when only its plain values are needed).
+
+    Returns:
+        dict: ``format``, ``run_id``, ``config`` (plain values), ``state_dict`` and the rest.
+
+    Raises:
+        FileNotFoundError: no such file.
+        ValueError: the file is not such a checkpoint: it holds pickled objects (RecBole's own checkpoints,
+            this package's before the format changed), is not a torch file, or lacks the format mark.
     """
-    return torch.load(path, map_location=device, weights_only=False)
+    path = str(path)
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"checkpoint {path} does not exist")
+    try:
+        checkpoint = torch.load(path, map_location=device, weights_only=True, mmap=mmap)
+    except pickle.UnpicklingError as error:
+        found = re.search(r"Unsupported global: GLOBAL (\S+)", str(error))
+        if found:  # a pickled object: torch refused to import the class or function that would rebuild it
+            raise ValueError(f"{path} holds pickled Python objects, which are never loaded here (unpickling can "
+                             f"run code; this file would call {found.group(1)}): a checkpoint written by RecBole "
+                             f"itself or by an older recbole_letter. Train again to get a checkpoint of tensors "
+                             f"and plain values") from None
+        reason = re.search(r"WeightsUnpickler error:\s*(.+)", str(error))
+        raise ValueError(f"{path} is not a readable torch checkpoint (truncated or another kind of file): "
+                         f"{reason.group(1).strip() if reason else type(error).__name__}") from None
+    except (RuntimeError, EOFError, OSError) as error:
+        reason = str(error).strip().splitlines()[0][:200] if str(error).strip() else type(error).__name__
+        raise ValueError(f"{path} is not a readable torch checkpoint (truncated or another kind of file): "
+                         f"{reason}") from None
+    if not isinstance(checkpoint, dict) or checkpoint.get("format") != CHECKPOINT_FORMAT:
+        found = checkpoint.get("format") if isinstance(checkpoint, dict) else type(checkpoint).__name__
+        raise ValueError(f"{path} is not a recbole_letter checkpoint (format {found!r}, expected "
+                         f"{CHECKPOINT_FORMAT!r}): train again, or evaluate it with the program that wrote it")
+    return checkpoint
 
 
 AMP_DTYPES = {"bfloat16": torch.bfloat16, "float16": torch.float16}
@@ -78,11 +220,12 @@ def backward_parts(parts, autocast, scale=None):
 
 def random_state(device, generator=None):
     """Every random stream training draws from: torch's, ``device``'s CUDA one, numpy's, Python's and a
-    loader's ``generator`` (its shuffle)."""
+    loader's ``generator`` (its shuffle); tensors and plain values only."""
+    name, keys, position, has_gauss, cached_gaussian = np.random.get_state()
     return {
         "torch": torch.get_rng_state(),
         "cuda": torch.cuda.get_rng_state(device) if device.type == "cuda" else None,  # GPU dropout
-        "numpy": np.random.get_state(),
+        "numpy": (name, keys.tolist(), int(position), int(has_gauss), float(cached_gaussian)),
         "python": random.getstate(),
         "loader_generator": generator.get_state() if generator is not None else None,
     }
@@ -140,7 +283,82 @@ class FirstBatches:
         return getattr(self.loader, name)
 
 
-class LetterTrainer(Trainer):
+class SafeCheckpoints:
+    """For a RecBole trainer class (listed before it among the bases): checkpoints named by the run id
+    (``config["run_id"]``; under DDP rank 0's) and written atomically, holding only tensors and plain values,
+    and read back with :func:`load_checkpoint`. RecBole's own ``_save_checkpoint`` pickles the ``Config``,
+    which its own ``evaluate`` then cannot read on torch >= 2.6.
+
+    The run id comes from the config (``quick_start.build_config`` makes one per run); a config without one
+    gets a new one here. Two trainers built on one config share it, and so their checkpoint files.
+    """
+
+    def __init__(self, config, model):
+        # RecBole's ensure_dir checks, then creates: under DDP two ranks race and one gets FileExistsError
+        os.makedirs(config["checkpoint_dir"], exist_ok=True)
+        super().__init__(config, model)
+        run_id = config["run_id"] or new_run_id(config["model"], config["dataset"])
+        if torch.distributed.is_available() and torch.distributed.is_initialized():
+            shared = [run_id]  # every rank names (and reads) the files rank 0 writes
+            torch.distributed.broadcast_object_list(shared, src=0)
+            run_id = shared[0]
+        self.run_id = config["run_id"] = run_id
+        self.saved_model_file = os.path.join(self.checkpoint_dir, f"{run_id}.pth")
+
+    def checkpoint_header(self):
+        """What every checkpoint of this run starts with: format mark, run id, the config's plain values."""
+        return {"format": CHECKPOINT_FORMAT, "run_id": self.run_id, "config": config_values(self.config)}
+
+    def _save_checkpoint(self, epoch, verbose=True, **kwargs):
+        """RecBole's best checkpoint (same keys), as tensors and plain values."""
+        if not self.config["single_spec"] and self.config["local_rank"] != 0:
+            return
+        saved_model_file = kwargs.pop("saved_model_file", self.saved_model_file)
+        state = {
+            **self.checkpoint_header(),
+            "epoch": epoch,
+            "cur_step": self.cur_step,
+            "best_valid_score": float(self.best_valid_score),
+            "state_dict": self.model.state_dict(),
+            "other_parameter": encode_other_parameter(self.model.other_parameter()),
+            "optimizer": self.optimizer.state_dict(),
+        }  # fmt: skip
+        save_checkpoint(state, saved_model_file)
+        if verbose:
+            self.logger.info(set_color("Saving current", "blue") + f": {saved_model_file}")
+
+    def save_pretrained_model(self, epoch, saved_model_file):
+        """RecBole's ``PretrainTrainer`` checkpoint (S3Rec, RaCT pre-training), as tensors and plain values."""
+        state = {
+            **self.checkpoint_header(),
+            "epoch": epoch,
+            "state_dict": self.model.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "other_parameter": encode_other_parameter(self.model.other_parameter()),
+        }  # fmt: skip
+        save_checkpoint(state, saved_model_file)
+        self.saved_model_file = saved_model_file
+
+    def load_weights(self, path):
+        """Load the weights (and other parameters) of checkpoint ``path`` into the model; returns the checkpoint."""
+        checkpoint = load_checkpoint(path, self.device)
+        self.model.load_state_dict(checkpoint["state_dict"])
+        self.model.load_other_parameter(decode_other_parameter(self.model, checkpoint.get("other_parameter")))
+        self.logger.info(f"Loading model structure and parameters from {path} (run {checkpoint.get('run_id')})")
+        return checkpoint
+
+    @torch.no_grad()
+    def evaluate(self, eval_data, load_best_model=True, model_file=None, show_progress=False):
+        if not eval_data:
+            return None
+        if load_best_model:
+            if not self.config["single_spec"]:
+                torch.distributed.barrier()  # rank 0 has finished writing the checkpoint
+            self.load_weights(model_file or self.saved_model_file)
+        return super().evaluate(eval_data, load_best_model=False, show_progress=show_progress)
+
+
+class LetterTrainer(SafeCheckpoints, Trainer):
     """RecBole's ``Trainer`` plus:
 
     * ``lr_scheduler: cosine`` with ``warmup_ratio`` (stepped once per batch over ``epochs`` epochs);
@@ -166,23 +384,17 @@ class LetterTrainer(Trainer):
       ``calculate_loss``; the generators' length buckets): each part's backward pass runs before the next
       part's forward, so one part's activations are kept at a time (single process; under DDP the model's
       ``calculate_loss`` and one backward pass);
-    * ``evaluate(load_best_model=True)`` reads the best checkpoint through :func:`load_checkpoint`.
+    * checkpoints of tensors and plain values, named by the run id (:class:`SafeCheckpoints`).
     """
 
     def __init__(self, config, model):
         cpu_ddp = not config["single_spec"] and config["device"].type == "cpu"
         if cpu_ddp:  # let RecBole skip its GPU-only DDP wrapper, then wrap for CPU ourselves
             config["single_spec"] = True
-        # RecBole's ensure_dir checks, then creates: under DDP two ranks race and one gets FileExistsError
-        os.makedirs(config["checkpoint_dir"], exist_ok=True)
         super().__init__(config, model)
         if cpu_ddp:
             config["single_spec"] = False
             self.distributed_model = DistributedDataParallel(self.model)
-        if not config["single_spec"]:  # every rank reads the file rank 0 writes (names carry a timestamp)
-            name = [self.saved_model_file]
-            torch.distributed.broadcast_object_list(name, src=0)
-            self.saved_model_file = name[0]
         self.lr_scheduler_name = config["lr_scheduler"]
         self.warmup_ratio = config["warmup_ratio"] if config["warmup_ratio"] is not None else 0.01
         self.scheduler = None
@@ -296,16 +508,17 @@ class LetterTrainer(Trainer):
             torch.distributed.all_gather_object(rng, own)
             if torch.distributed.get_rank() != 0:
                 return
+        best_result = self.best_valid_result
         state = {
-            "config": self.config,
+            **self.checkpoint_header(),
             "epoch": epoch,
             "cur_step": self.cur_step,
-            "best_valid_score": self.best_valid_score,
-            "best_valid_result": self.best_valid_result,
+            "best_valid_score": float(self.best_valid_score),
+            "best_valid_result": None if best_result is None else {k: float(v) for k, v in best_result.items()},
             "best_model_file": self.saved_model_file,
-            "train_loss_dict": dict(self.train_loss_dict),
+            "train_loss_dict": {k: plain_value(v) for k, v in self.train_loss_dict.items()},
             "state_dict": self.model.state_dict(),
-            "other_parameter": self.model.other_parameter(),
+            "other_parameter": encode_other_parameter(self.model.other_parameter()),
             "optimizer": self.optimizer.state_dict(),
             "scheduler_steps": self.scheduler.last_epoch if self.scheduler is not None else None,
             "rng": rng,
@@ -313,26 +526,28 @@ class LetterTrainer(Trainer):
         if epoch == self.start_epoch:
             self.logger.info(f"state after every epoch: {self.last_model_file} (continue a stopped run with "
                              f"--resume_from={self.last_model_file})")
-        partial = self.last_model_file + ".partial"  # a kill while writing leaves the previous file intact
-        torch.save(state, partial)
-        os.replace(partial, self.last_model_file)
+        save_checkpoint(state, self.last_model_file)
 
     def resume_checkpoint(self, path):
         """Continue a stopped run from its ``-last.pth`` file: the next epoch, the same schedule and
-        random streams, the same best checkpoint file. The config must be the run's own. Replaces
-        RecBole's version, which cannot read its own checkpoints on torch >= 2.6 and restores neither
-        the schedule nor the random generators."""
+        random streams, the same best checkpoint file and run id. Replaces RecBole's version, which restores
+        neither the schedule nor the random generators.
+
+        Every input is checked before anything changes: the file is a ``-last.pth`` of this format, of the
+        same model and dataset, with the same config (keys outside ``RUN_PLACEMENT_KEYS``), written by as
+        many processes as this run has, and the best checkpoint it names exists and belongs to the same run
+        (unless none was saved yet). A ``ValueError`` says which input is wrong."""
         # on the CPU: random generator states must stay CPU tensors (mapped to a GPU, resuming there failed);
         # load_state_dict moves weights and optimiser state to the model's device
         checkpoint = load_checkpoint(path)
         if "best_model_file" not in checkpoint:
             raise ValueError(f"{path} is not a '-last.pth' file written by LetterTrainer (best checkpoints "
                              f"cannot be resumed: evaluate them with --checkpoint)")
-        for key in ("model", "dataset"):
-            if checkpoint["config"][key] != self.config[key]:
-                raise ValueError(f"{path} belongs to {key} {checkpoint['config'][key]!r}, not {self.config[key]!r}")
+        self._check_resumable(checkpoint, path)
+        rng = self._own_rng_state(checkpoint["rng"], path)
+        self._check_best_checkpoint(checkpoint, path)
         self.model.load_state_dict(checkpoint["state_dict"])
-        self.model.load_other_parameter(checkpoint.get("other_parameter"))
+        self.model.load_other_parameter(decode_other_parameter(self.model, checkpoint.get("other_parameter")))
         self.optimizer.load_state_dict(checkpoint["optimizer"])
         self.start_epoch = checkpoint["epoch"] + 1
         self.cur_step = checkpoint["cur_step"]
@@ -341,28 +556,47 @@ class LetterTrainer(Trainer):
         self.train_loss_dict.update(checkpoint["train_loss_dict"])
         self.saved_model_file = checkpoint["best_model_file"]
         self.last_model_file = str(path)
-        rng = self._own_rng_state(checkpoint["rng"], path)
+        self.run_id = self.config["run_id"] = checkpoint["run_id"]  # the same run goes on
         set_random_state(rng, self.device)  # the loader's generator: in fit(), once the loader is known
         self.resumed = {"scheduler_steps": checkpoint["scheduler_steps"], "loader_generator": rng["loader_generator"]}
-        self.logger.info(f"resumed from {path}: epoch {self.start_epoch} next, best checkpoint {self.saved_model_file}")
+        self.logger.info(f"resumed run {self.run_id} from {path}: epoch {self.start_epoch} next, best checkpoint "
+                         f"{self.saved_model_file}")
+
+    def _check_resumable(self, checkpoint, path):
+        """The ``-last.pth`` file's model, dataset and config are this run's (``RUN_PLACEMENT_KEYS`` aside)."""
+        stored = checkpoint["config"]
+        for key in ("model", "dataset"):
+            if stored.get(key) != self.config[key]:
+                raise ValueError(f"{path} belongs to {key} {stored.get(key)!r}, not {self.config[key]!r}")
+        current = config_values(self.config)
+        differing = sorted(key for key in set(stored) | set(current)
+                           if key not in RUN_PLACEMENT_KEYS and stored.get(key) != current.get(key))
+        if differing:
+            shown = "; ".join(f"{key}: {stored.get(key)!r} there, {current.get(key)!r} here" for key in differing[:5])
+            more = f" (and {len(differing) - 5} more)" if len(differing) > 5 else ""
+            raise ValueError(f"{path} was written with another config: {shown}{more}. Resume with the run's own "
+                             f"config (same files and --key=value settings)")
+
+    def _check_best_checkpoint(self, checkpoint, path):
+        """The best checkpoint a ``-last.pth`` file names exists and is its run's, unless none was saved yet
+        (the best validation score is still its starting value)."""
+        best = checkpoint["best_model_file"]
+        if math.isinf(checkpoint["best_valid_score"]):
+            self.logger.info(f"{path}: no best checkpoint saved yet (no validation has run); it will be {best}")
+            return
+        if not os.path.isfile(best):
+            raise ValueError(f"{path} continues run {checkpoint['run_id']}, whose best checkpoint {best} does not "
+                             f"exist (moved or deleted?): put it back at that path (relative to the folder the "
+                             f"run started in) before resuming")
+        best_run = load_checkpoint(best, mmap=True).get("run_id")
+        if best_run != checkpoint["run_id"]:
+            raise ValueError(f"{best} belongs to run {best_run!r}, not to run {checkpoint['run_id']!r} of {path}")
 
     def _own_rng_state(self, states, path):
-        """This process's random generators from a ``-last.pth`` file's per-process list (a single dict in
-        files written before DDP ranks were saved apart)."""
-        states = [states] if isinstance(states, dict) else states
+        """This process's random generators from a ``-last.pth`` file's per-process list."""
         world = 1 if self.config["single_spec"] else torch.distributed.get_world_size()
         if len(states) != world:
             raise ValueError(f"{path} was written by a run of {len(states)} process(es), this one has {world}: "
                              f"resume it with the same number of processes (nproc / world_size), each "
                              f"continuing its own random streams")
         return states[0 if world == 1 else torch.distributed.get_rank()]
-
-    @torch.no_grad()
-    def evaluate(self, eval_data, load_best_model=True, model_file=None, show_progress=False):
-        if load_best_model:
-            if not self.config["single_spec"]:
-                torch.distributed.barrier()  # rank 0 has finished writing the checkpoint
-            checkpoint = load_checkpoint(model_file or self.saved_model_file, self.device)
-            self.model.load_state_dict(checkpoint["state_dict"])
-            self.model.load_other_parameter(checkpoint.get("other_parameter"))
-        return super().evaluate(eval_data, load_best_model=False, show_progress=show_progress)

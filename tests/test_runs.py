@@ -1,0 +1,194 @@
+"""Runs never share a file, nothing unsafe is loaded, every write is atomic (issue 24)."""
+
+import json
+import multiprocessing
+import os
+import shutil
+import threading
+
+import numpy as np
+import pytest
+import torch
+
+import run_recbole_letter
+from recbole_letter import benchmark, quick_start
+from recbole_letter.tokenizer import cache
+from recbole_letter.trainer import LetterTrainer, load_checkpoint
+
+FAST_BPR = {"embedding_size": 8}  # a LetterTrainer run of ~1 s on the 150-user slice
+
+
+def _same_second(monkeypatch):
+    """Every run id and log name made from now on reads the same second."""
+    import recbole.utils.logger
+
+    import recbole_letter.trainer
+
+    class FrozenClock:
+        def __getattr__(self, name):
+            import time
+
+            return getattr(time, name)
+
+        @staticmethod
+        def strftime(fmt, *args):
+            return "20250101-120000"
+
+    monkeypatch.setattr(recbole_letter.trainer, "time", FrozenClock())
+    monkeypatch.setattr(recbole.utils.logger, "get_local_time", lambda: "Jan-01-2025_12-00-00")
+
+
+def test_runs_in_the_same_second_get_their_own_files_and_rows(tiny_dataset, monkeypatch):
+    # before: both runs wrote saved/BPR-<second>.pth; the first then tested the second's weights
+    _same_second(monkeypatch)
+    name, cfg = tiny_dataset
+    first = quick_start.run("BPR", name, config_dict={**cfg, **FAST_BPR, "seed": 1, "epochs": 2})
+    second = quick_start.run("BPR", name, config_dict={**cfg, **FAST_BPR, "seed": 2, "epochs": 2})
+    assert first["run_id"] != second["run_id"] and first["run_id"].startswith("BPR-ml-tiny-20250101-120000-")
+    assert first["checkpoint"] != second["checkpoint"]
+    assert first["checkpoint"] == os.path.join("saved", first["run_id"] + ".pth")
+    assert first["test_result"] != second["test_result"]  # different seeds: each file holds its own run
+    for result in (first, second):
+        again = quick_start.evaluate_checkpoint(result["checkpoint"])
+        assert again["run_id"] == result["run_id"] and again["test_result"] == result["test_result"]
+        # every file this package writes loads as tensors and plain values
+        for path in (result["checkpoint"], result["checkpoint"].replace(".pth", "-last.pth")):
+            checkpoint = torch.load(path, weights_only=True)
+            assert checkpoint["run_id"] == result["run_id"] and checkpoint["config"]["seed"] in (1, 2)
+    assert first["config_digest"] != second["config_digest"]  # the seeds differ
+    # the results file keeps both rows (it kept only the last writer's)
+    benchmark.write_results([first], "results", name)
+    benchmark.write_results([second], "results", name)
+    rows = benchmark.read_rows(f"results/{name}.jsonl")
+    assert [row["run_id"] for row in rows] == [first["run_id"], second["run_id"]]
+    table = open(f"results/{name}.md").read()
+    assert first["run_id"] in table and second["run_id"] in table
+    assert len(json.load(open(f"results/{name}.json"))) == 2
+
+
+def _append_rows(out_dir, writer, n_rows):
+    for i in range(n_rows):
+        result = {"run_id": f"run-{writer}-{i}", "model": "BPR", "dataset": "toy", "epochs": 1,
+                  "best_valid_result": {"ndcg@10": 0.1}, "test_result": {"ndcg@10": 0.2}}
+        benchmark.write_results([result], out_dir, "toy")
+
+
+def test_concurrent_writers_keep_every_results_row(tmp_path):
+    context = multiprocessing.get_context("fork")
+    writers = [context.Process(target=_append_rows, args=(str(tmp_path), w, 5)) for w in range(6)]
+    for p in writers:
+        p.start()
+    for p in writers:
+        p.join()
+    assert all(p.exitcode == 0 for p in writers)
+    expected = {f"run-{w}-{i}" for w in range(6) for i in range(5)}
+    assert {row["run_id"] for row in benchmark.read_rows(tmp_path / "toy.jsonl")} == expected
+    # the tables were rewritten from every row by the last writer
+    assert len((tmp_path / "toy.csv").read_text().strip().splitlines()) == 1 + len(expected)
+    assert not [p for p in os.listdir(tmp_path) if ".tmp" in p]
+
+
+N_VALUES = 200_000  # ~1.6 MB per file: a write takes long enough for writers to overlap
+
+
+def _save_many(path, writer, n_writes):
+    for i in range(n_writes):
+        cache.save_arrays(path, values=np.full(N_VALUES, writer * 1000 + i, dtype=np.int64))
+
+
+def test_concurrent_save_arrays_never_fail_and_leave_a_whole_file(tmp_path):
+    # before: every writer used <path>.tmp.npz; 16 of 80 concurrent writes failed
+    path = str(tmp_path / "emb.npz")
+    context = multiprocessing.get_context("fork")
+    writers = [context.Process(target=_save_many, args=(path, w, 10)) for w in range(8)]
+    errors = []
+    threads = [threading.Thread(target=lambda w=w: _guarded(errors, _save_many, path, 100 + w, 10)) for w in range(3)]
+    for worker in writers + threads:
+        worker.start()
+    seen = 0
+    while any(p.is_alive() for p in writers):  # a reader meanwhile: a whole file from one writer, or none yet
+        if os.path.exists(path):
+            with np.load(path) as f:
+                values = f["values"]
+            assert values.shape == (N_VALUES,) and (values == values[0]).all()
+            seen += 1
+    for worker in writers + threads:
+        worker.join()
+    assert all(p.exitcode == 0 for p in writers) and errors == []
+    arrays = cache.load_arrays(path)  # the last writer's file, with its own checksum beside it
+    assert arrays is not None and (arrays["values"] == arrays["values"][0]).all()
+    assert seen > 0 and not [p for p in os.listdir(tmp_path) if ".tmp" in p]
+
+
+def _guarded(errors, fn, *args):
+    try:
+        fn(*args)
+    except Exception as error:  # noqa: BLE001  (reported by the test)
+        errors.append(error)
+
+
+class WritesAFile:
+    """Unpickling this object would create ``path`` (what a malicious checkpoint could do)."""
+
+    def __init__(self, path):
+        self.path = path
+
+    def __reduce__(self):
+        return open, (self.path, "w")
+
+
+def test_a_pickled_file_is_refused_and_runs_no_code(tmp_path, capsys):
+    marker = tmp_path / "PWNED"
+    path = tmp_path / "evil.pth"
+    torch.save({"state_dict": {}, "config": WritesAFile(str(marker))}, path)
+    with pytest.raises(ValueError, match="holds pickled Python objects, which are never loaded here"):
+        load_checkpoint(path)
+    with pytest.raises(ValueError, match="evil.pth holds pickled"):
+        quick_start.evaluate_checkpoint(str(path))
+    assert run_recbole_letter.main([f"--checkpoint={path}"]) == 2
+    assert capsys.readouterr().err.startswith(f"error: {path} holds pickled Python objects")
+    assert not marker.exists()
+    # plain data without this package's format mark, and a file that is no checkpoint at all
+    torch.save({"state_dict": {}}, tmp_path / "other.pth")
+    with pytest.raises(ValueError, match="is not a recbole_letter checkpoint"):
+        load_checkpoint(tmp_path / "other.pth")
+    (tmp_path / "text.pth").write_text("not a checkpoint")
+    with pytest.raises(ValueError, match="is not a readable torch checkpoint"):
+        load_checkpoint(tmp_path / "text.pth")
+
+
+def test_resume_checks_its_inputs_before_training(tiny_dataset, tmp_path, monkeypatch):
+    name, cfg = tiny_dataset
+    cfg = {**cfg, **FAST_BPR, "epochs": 2}
+    whole = quick_start.run("BPR", name, config_dict=cfg)  # leaves the state after epoch 0 in -last.pth
+    last = whole["checkpoint"].replace(".pth", "-last.pth")
+
+    def no_training(*args, **kwargs):
+        raise AssertionError("training started")
+
+    with monkeypatch.context() as patched:
+        patched.setattr(LetterTrainer, "_train_epoch", no_training)
+        moved = tmp_path / "elsewhere.pth"
+        shutil.move(whole["checkpoint"], moved)  # before: this failed only after training, at the test
+        with pytest.raises(ValueError, match=r"whose best checkpoint saved/BPR-.*\.pth does not exist"):
+            quick_start.run("BPR", name, config_dict={**cfg, "resume_from": last})
+        shutil.move(moved, whole["checkpoint"])
+        with pytest.raises(ValueError, match=r"another config: learning_rate: 0\.001 there, 0\.01 here"):
+            quick_start.run("BPR", name, config_dict={**cfg, "learning_rate": 0.01, "resume_from": last})
+        with pytest.raises(ValueError, match="belongs to model 'BPR', not 'NeuMF'"):
+            quick_start.run("NeuMF", name, config_dict={**cfg, "resume_from": last})
+    resumed = quick_start.run("BPR", name, config_dict={**cfg, "resume_from": last})
+    assert resumed["run_id"] == whole["run_id"] and resumed["test_result"] == whole["test_result"]
+
+
+@pytest.mark.parametrize("model", ["Pop", "ItemKNN"])
+def test_non_neural_baselines_save_and_test(model, tiny_dataset, capsys):
+    # before: RecBole's TraditionalTrainer pickled its Config, then its own evaluate refused the file
+    name, cfg = tiny_dataset
+    result = quick_start.run(model, name, config_dict=cfg, saved=True)
+    assert 0.0 < result["test_result"]["recall@10"] <= 1.0
+    assert torch.load(result["checkpoint"], weights_only=True)["run_id"] == result["run_id"]
+    assert quick_start.evaluate_checkpoint(result["checkpoint"])["test_result"] == result["test_result"]
+    if model == "Pop":  # and from the command line, which prints the run id it evaluates
+        assert run_recbole_letter.main([f"--checkpoint={result['checkpoint']}"]) == 0
+        assert f"(run {result['run_id']}, evaluated from {result['checkpoint']})" in capsys.readouterr().out
