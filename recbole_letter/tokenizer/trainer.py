@@ -62,6 +62,11 @@ def _train_fingerprint(dataset):
     return cache.stable_hash(inter[dataset.uid_field].numpy(), inter[dataset.iid_field].numpy())
 
 
+# how assign_codes turns a trained tokenizer into codes; part of the cache key, so cached codes made another way
+# are not reused
+CODE_ASSIGNMENT = "sinkhorn rounds, then the nearest free last-level code"
+
+
 def cache_keys(config, dataset):
     """``{'semantic': ..., 'cf': ..., 'tokenizer': ...}`` hex keys for the three cached stages."""
     data = _data_fingerprint(config, dataset)
@@ -70,7 +75,8 @@ def cache_keys(config, dataset):
         cf = cache.stable_hash("cf_file", data, cache.file_sha256(config["cf_emb_file"]))
     else:
         cf = cache.stable_hash("cf", data, _train_fingerprint(dataset), {k: config[k] for k in CF_KEYS}, config["seed"])
-    tokenizer = cache.stable_hash("tokenizer", semantic, cf, {k: config[k] for k in TOKENIZER_KEYS}, config["seed"])
+    tokenizer = cache.stable_hash("tokenizer", CODE_ASSIGNMENT, semantic, cf, {k: config[k] for k in TOKENIZER_KEYS},
+                                  config["seed"])
     return {"semantic": semantic, "cf": cf, "tokenizer": tokenizer}
 
 
@@ -245,8 +251,11 @@ def assign_codes(model, semantic_emb, max_resolve_rounds):
     """Codes before resolution, after Sinkhorn re-coding of colliding groups, and z_hat (all ``[item_num, .]``).
 
     Each round re-codes the last level of every group of items that share a full code, with Sinkhorn over
-    the group (balanced, so near-identical items are pushed to different codes). Identical inputs stay
-    identical; ``ItemCodes.make_unique`` separates those afterwards.
+    the group (balanced, so near-identical items are pushed to different codes). Sinkhorn cannot separate
+    identical inputs (e.g. two items with the same text): after the rounds, every item of a group but the
+    first takes the nearest last-level code that no item with its prefix uses (``take_free_last_codes``),
+    so all items keep ``num_levels`` codes. ``ItemCodes.make_unique`` adds a level only for a group whose
+    prefix has no free code left.
     """
     semantic = torch.from_numpy(semantic_emb[1:]).float()
     codes, z_hat = model.encode_codes(semantic, use_sinkhorn=False)
@@ -260,9 +269,33 @@ def assign_codes(model, semantic_emb, max_resolve_rounds):
         for group in groups:
             group_codes, _ = model.encode_codes(semantic[group - 1], use_sinkhorn=True)
             resolved[group, -1] = group_codes[:, -1].numpy()
+    if max_resolve_rounds and ItemCodes(resolved).collision_groups():
+        last_residual = model(semantic, use_sinkhorn=False)["residuals"][:, -1]  # [n, d]: the last level's input
+        distances = torch.cdist(last_residual, model.quantizer.codebooks[-1]).pow(2).numpy()  # [n, N]
+        resolved = take_free_last_codes(resolved, np.concatenate([distances[:1] * 0, distances]))
     z_hat_table = np.zeros((len(semantic_emb), z_hat.shape[1]), dtype=np.float32)
     z_hat_table[1:] = z_hat.numpy()
     return before, resolved, z_hat_table
+
+
+def take_free_last_codes(codes, distances):
+    """Separate items that still share a full code: in each group (items in id order) the first keeps its
+    code and every other takes the last-level code nearest to it (smallest ``distances[item]``, ``[n_items,
+    N]``) that no item with the same prefix (levels before the last) uses. A group whose prefix has no
+    free code left keeps its shared code. Returns a new ``[n_items, L]`` array."""
+    codes = codes.copy()
+    groups = ItemCodes(codes).collision_groups()
+    used = {}  # prefix -> last-level codes taken under it
+    for row in codes[1:]:
+        used.setdefault(tuple(row[:-1]), set()).add(int(row[-1]))
+    for group in groups:
+        for item in np.sort(group)[1:]:
+            taken = used[tuple(codes[item, :-1])]
+            free = [int(c) for c in np.argsort(distances[item], kind="stable") if int(c) not in taken]
+            if free:
+                codes[item, -1] = free[0]
+                taken.add(free[0])
+    return codes
 
 
 def _with_padding(codes):
