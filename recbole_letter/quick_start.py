@@ -19,7 +19,7 @@ import yaml
 from recbole.config import Config
 from recbole.data import create_dataset, data_preparation
 from recbole.trainer import Trainer
-from recbole.utils import get_trainer, init_logger, init_seed
+from recbole.utils import ModelType, get_trainer, init_logger, init_seed
 
 import recbole_letter  # noqa: F401  (applies the compatibility fixes)
 from recbole_letter.model import PROPERTY_BASE, canonical_name, get_model_class, is_generative
@@ -229,10 +229,11 @@ def safe_trainer_class(trainer_class):
     return type(trainer_class.__name__, (SafeCheckpoints, trainer_class), {"__module__": __name__})
 
 
-def build_trainer(config, model):
+def build_trainer(config, model, train_dataset=None):
     """The trainer RecBole would pick for the model, with checkpoints that load with ``weights_only=True``:
     ``LetterTrainer`` in place of RecBole's plain ``Trainer``, and every other ``Trainer`` subclass
-    (``TraditionalTrainer`` for Pop / ItemKNN, ``KGTrainer``, ...) with :class:`SafeCheckpoints`."""
+    (``TraditionalTrainer`` for Pop / ItemKNN, ``KGTrainer``, ...) with :class:`SafeCheckpoints`.
+    ``train_dataset`` (the training split) is needed by ``exclude_seen_items`` for sequential models."""
     trainer_class = get_trainer(config["MODEL_TYPE"], config["model"])
     if trainer_class is Trainer:
         from recbole_letter.trainer import LetterTrainer
@@ -243,7 +244,14 @@ def build_trainer(config, model):
     else:
         raise ValueError(f"{config['model']} is trained by RecBole's {trainer_class.__name__}, whose checkpoints "
                          f"pickle Python objects; this package only writes and loads tensors and plain values")
-    return trainer_class(config, model)
+    trainer = trainer_class(config, model)
+    if config["exclude_seen_items"] and config["MODEL_TYPE"] == ModelType.SEQUENTIAL:
+        if not hasattr(trainer, "set_seen_items"):
+            raise ValueError(f"exclude_seen_items: {config['model']}'s trainer ({trainer_class.__name__}) cannot "
+                             f"remove seen items; set exclude_seen_items: False")
+        if train_dataset is not None:
+            trainer.set_seen_items(train_dataset)
+    return trainer
 
 
 def _as_floats(result):
@@ -276,7 +284,7 @@ def _run_single(model, dataset, config_files=None, config_dict=None, saved=True,
     init_seed(config["seed"] + config["local_rank"], config["reproducibility"])
     model_obj = get_model_class(model)(config, train_data.dataset).to(config["device"])
     logger.info(model_obj)
-    trainer = build_trainer(config, model_obj)
+    trainer = build_trainer(config, model_obj, train_data.dataset)
     logger.info(f"run id: {trainer.run_id}")
     # RecBole never closes the trainer's TensorBoard writer; its thread would outlive the run
     with contextlib.closing(trainer.tensorboard):
@@ -392,7 +400,7 @@ def evaluate_checkpoint(path, config_dict=None):
     init_logger(config)
     train_data, valid_data, test_data = data_preparation(config, create_dataset(config))
     model = get_model_class(config["model"])(config, train_data.dataset).to(config["device"])
-    trainer = build_trainer(config, model)
+    trainer = build_trainer(config, model, train_data.dataset)
     valid_result = trainer.evaluate(valid_data, model_file=path, show_progress=config["show_progress"])
     test_result = trainer.evaluate(test_data, model_file=path, show_progress=config["show_progress"])
     return {

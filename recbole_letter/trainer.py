@@ -409,6 +409,25 @@ class LetterTrainer(SafeCheckpoints, Trainer):
         self.amp_dtype = amp_dtype(config)
         self.nan_check_interval = 1 if self.device.type == "cpu" else NAN_CHECK_INTERVAL
         self._fit_started = None  # when this process's first epoch began (the progress bar's time left)
+        self.seen_items = getattr(model, "seen_items", None)  # exclude_seen_items: see set_seen_items
+
+    def set_seen_items(self, train_dataset):
+        """``exclude_seen_items``: remove each user's training-split items from a sequential model's ranking,
+        as RecBole does for general models (``recbole_letter.model.seen_items``)."""
+        from recbole_letter.model.seen_items import SeenItems
+
+        if self.seen_items is None:
+            self.seen_items = SeenItems(train_dataset)
+
+    def _full_sort_batch_eval(self, batched_data):
+        interaction, scores, positive_u, positive_i = super()._full_sort_batch_eval(batched_data)
+        if self.config["exclude_seen_items"] and batched_data[1] is None:  # sequential: RecBole masks nothing
+            if self.seen_items is None:
+                raise ValueError("exclude_seen_items needs the training split: call trainer.set_seen_items(train_dataset)")
+            users = interaction[self.config["USER_ID_FIELD"]].to(scores.device)
+            seen = self.seen_items.mask(users, interaction[self.model.ITEM_SEQ].to(scores.device))
+            scores = scores.masked_fill(seen, float("-inf"))
+        return interaction, scores, positive_u, positive_i
 
     def fit(self, train_data, valid_data=None, verbose=True, saved=True, show_progress=False, callback_fn=None):
         if self.train_batches_per_epoch is not None:

@@ -172,3 +172,36 @@ def test_beam_search_outputs_are_distinct_real_items(seed):
             exact = model.sequence_score(user, tokens[item].tolist())
             bound = float32_tolerance(max(abs(exact), model.logit_bound), 2 + sum(sizes), trie.depth)
             assert score == pytest.approx(exact, abs=bound)
+
+
+@pytest.mark.parametrize("seed, uneven", [(0, False), (1, True), (2, False)])
+def test_excluded_items_are_never_returned_and_cost_no_beam(seed, uneven):
+    """With ``excluded``, a beam covering the catalogue returns exactly the allowed items in brute-force
+    order; and a small beam returns only allowed items, as many as it has beams (no beam wasted on a
+    prefix that leads only to excluded items)."""
+    rng = np.random.default_rng(seed)
+    sizes = [3, 4, 3]
+    n_items = 25
+    tokens = item_code_token_table(random_codes(rng, n_items, sizes, uneven), sizes)
+    trie = CodeTrie(tokens)
+    n_users = 4
+    model = FakeDecoder(n_users, 2 + sum(sizes), trie.depth, seed)
+    excluded = torch.from_numpy(rng.random((n_users, n_items + 1)) < 0.6)
+    excluded[0, 1:] = True  # a user with nothing left gets padding items at -inf
+    item_ids, scores = constrained_beam_search(model.step_fn(), trie, n_users, n_items, excluded)
+    for user in range(n_users):
+        allowed = [i for i in range(1, n_items + 1) if not excluded[user, i]]
+        found = item_ids[user, : len(allowed)].tolist()
+        assert sorted(found) == allowed
+        assert (item_ids[user, len(allowed):] == 0).all() and torch.isinf(scores[user, len(allowed):]).all()
+        brute = np.array([model.sequence_score(user, tokens[i].tolist()) for i in found])
+        tolerance = float32_tolerance(max(float(np.abs(brute).max()), model.logit_bound), 2 + sum(sizes), trie.depth)
+        assert (np.diff(brute) <= 2 * tolerance).all()  # the exact order, to what float32 can tell apart
+
+    # the greedy-pruned beam: every kept beam ends in an allowed item
+    small, small_scores = constrained_beam_search(FakeDecoder(n_users, 2 + sum(sizes), trie.depth, seed).step_fn(),
+                                                  trie, n_users, 3, excluded)
+    for user in range(1, n_users):
+        n_allowed = int((~excluded[user, 1:]).sum())
+        kept = [i for i, s in zip(small[user].tolist(), small_scores[user].tolist()) if s != float("-inf")]
+        assert len(kept) == min(3, n_allowed) and not excluded[user, kept].any()

@@ -638,3 +638,50 @@ def test_amp_dtype_is_the_autocast_dtype_of_training_and_decoding(tiny_data_path
     assert torch.get_autocast_dtype("cpu") == torch.bfloat16  # torch's own default is back
     with pytest.raises(ValueError, match="amp_dtype must be one of"):
         quick_start.run("LETTER_TIGER", "ml-tiny", config_dict={**config_dict, "amp_dtype": "float8"})
+
+
+def test_exclude_seen_items_keeps_training_items_out_of_beams_and_rankings(trained_tiger, tiny_data_path):
+    from conftest import tiny_config
+    from recbole_letter.model.seen_items import SeenItems
+    from recbole_letter.quick_start import build_trainer, prepare
+
+    config, train_data, test_data, trainer, _ = trained_tiger
+    model = trainer.model.eval()
+    dataset = train_data.dataset
+    seen = SeenItems(dataset)
+    # each user's training items: every target and every history item of the user's training rows
+    inter = dataset.inter_feat
+    users = inter[dataset.uid_field].numpy()
+    expected = {}
+    for user, item, history in zip(users, inter[dataset.iid_field].numpy(), inter[model.ITEM_SEQ].numpy()):
+        expected.setdefault(int(user), set()).update([int(item)] + [int(i) for i in history if i])
+    batch = next(iter(test_data))[0]
+    batch_users = batch[model.USER_ID]
+    mask = seen.mask(batch_users, batch[model.ITEM_SEQ])
+    for row, user in enumerate(batch_users.tolist()):
+        with_history = expected[user] | {int(i) for i in batch[model.ITEM_SEQ][row] if i}
+        assert set(mask[row].nonzero().flatten().tolist()) == with_history
+        assert int(batch[model.ITEM_ID][row]) not in expected[user]  # the test item was never a training item
+
+    # the generator: beams only on unseen items, still beam_size of them
+    model.seen_items = seen
+    try:
+        with torch.no_grad():
+            scores = model.full_sort_predict(batch)
+    finally:
+        model.seen_items = None
+    generated = torch.isfinite(scores)
+    assert (generated.sum(1) == model.beam_size).all() and not (generated & mask).any()
+
+    # any sequential model through the trainer: seen items ranked at -inf, as RecBole does for general models
+    sasrec_config, _, sas_train, _, sas_test = prepare("SASRec", "ml-tiny",
+                                                       config_dict=tiny_config(tiny_data_path) | {"exclude_seen_items": True})
+    from recbole_letter.model import get_model_class
+
+    sasrec = get_model_class("SASRec")(sasrec_config, sas_train.dataset)
+    sas_trainer = build_trainer(sasrec_config, sasrec, sas_train.dataset)
+    sas_trainer.tot_item_num = sas_test.dataset.item_num  # set by evaluate() before its batches
+    batched = next(iter(sas_test))
+    interaction, masked_scores, _, _ = sas_trainer._full_sort_batch_eval(batched)
+    seen_rows = sas_trainer.seen_items.mask(interaction[sasrec.USER_ID], interaction[sasrec.ITEM_SEQ])
+    assert torch.isinf(masked_scores[seen_rows]).all() and torch.isfinite(masked_scores[:, 1:][~seen_rows[:, 1:]]).all()

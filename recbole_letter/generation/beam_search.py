@@ -32,6 +32,11 @@ Scoring follows ``transformers``' beam search with ``prefix_allowed_tokens_fn``:
 (no length penalty: all items have ``T`` tokens; after ``eos`` the forced ``pad`` steps cost 0).
 At each step every (beam, allowed token) pair is a candidate and the best ``beam_size`` survive.
 Ties between equal scores are broken by ``torch.topk``'s order.
+
+``excluded`` (optional, ``[B, n_items]`` bool) removes items per user, e.g. the items a user has seen:
+a token is allowed only if some item below it is not excluded for that user, so no beam is spent on a
+prefix that can only end in excluded items, and the result is the top ``beam_size`` of the allowed items
+that beam search finds.
 """
 
 import torch
@@ -39,7 +44,7 @@ import torch.nn.functional as F
 
 
 @torch.no_grad()
-def constrained_beam_search(step_fn, trie, batch_size, beam_size):
+def constrained_beam_search(step_fn, trie, batch_size, beam_size, excluded=None):
     """Top ``beam_size`` items per user by constrained beam search (see the module docstring).
 
     Args:
@@ -47,6 +52,7 @@ def constrained_beam_search(step_fn, trie, batch_size, beam_size):
         trie: ``CodeTrie`` on the device of the logits.
         batch_size: number of users ``B`` (rows of the first call).
         beam_size: beams kept per user, also the number of items returned per user.
+        excluded: optional BoolTensor ``[B, n_items]``: items user ``b`` must not get.
 
     Returns:
         ``(item_ids LongTensor [B, beam_size], scores FloatTensor [B, beam_size])``, best first.
@@ -58,6 +64,7 @@ def constrained_beam_search(step_fn, trie, batch_size, beam_size):
     nodes = torch.zeros(batch_size, dtype=torch.long, device=device)  # [B * k] trie node of each beam
     scores = torch.zeros(batch_size, 1, device=device)  # [B, k]
     last_tokens = beam_origin = None
+    open_nodes = None if excluded is None else trie.open_nodes(excluded.to(device))
     for t in range(trie.depth):
         logits = step_fn(last_tokens, beam_origin)
         beams_per_user = scores.shape[1]
@@ -69,7 +76,11 @@ def constrained_beam_search(step_fn, trie, batch_size, beam_size):
         token_log_prob = log_probs.gather(1, child_token.clamp(min=0))
         if trie.forced[t] is not None:  # items that already ended: pad follows at no cost
             token_log_prob = token_log_prob.masked_fill(trie.forced[t][nodes].unsqueeze(1), 0.0)
-        token_log_prob = token_log_prob.masked_fill(child_token < 0, float("-inf"))
+        closed = child_token < 0
+        if open_nodes is not None:  # children with no allowed item below them for this beam's user
+            row_user = torch.arange(logits.shape[0], device=device) // beams_per_user
+            closed = closed | ~open_nodes[t + 1][row_user.unsqueeze(1), child_node.clamp(min=0)]
+        token_log_prob = token_log_prob.masked_fill(closed, float("-inf"))
         branch = child_token.shape[1]
         candidates = (scores.reshape(-1, 1) + token_log_prob).view(batch_size, beams_per_user * branch)
         n_keep = min(beam_size, candidates.shape[1])

@@ -19,6 +19,7 @@ Tensors (``CodeTrie``), for each level ``t`` in ``0..T-1`` (the nodes at level `
     forced[t]          BoolTensor [n_nodes_t] or None    True where the item already ended (after eos):
                                                          the only child is ``pad`` and it costs 0
     leaf_item          LongTensor [n_nodes_T]            RecBole item id of each complete sequence
+    parent[t]          LongTensor [n_nodes_{t+1}]        the level-``t`` node each level-``t + 1`` node hangs from
 
 ``branch_t`` is the largest number of children of a level-``t`` node, so the tables stay small even
 for big codebooks (deep levels of a real code set have a handful of children per node).
@@ -86,7 +87,7 @@ class CodeTrie:
         node = np.zeros(n_real, dtype=np.int64)  # each item's node at the current level
         n_nodes = 1
         ended = np.zeros(1, dtype=bool)  # per node at the current level: the item already ended
-        self.children_token, self.children_node, self.forced = [], [], []
+        self.children_token, self.children_node, self.forced, self.parent = [], [], [], []
         for t in range(self.depth):
             key = node * key_base + seqs[:, t]
             edge_keys, child_of_item = np.unique(key, return_inverse=True)
@@ -104,6 +105,7 @@ class CodeTrie:
             self.children_token.append(torch.from_numpy(child_token))
             self.children_node.append(torch.from_numpy(child_node))
             self.forced.append(torch.from_numpy(ended) if ended.any() else None)
+            self.parent.append(torch.from_numpy(parent))
             # a child has ended when its parent had, or when it was reached by eos (then pad follows)
             next_ended = ended[parent].copy()
             if t + 1 < self.depth:
@@ -128,8 +130,26 @@ class CodeTrie:
         self.children_token = [move(x) for x in self.children_token]
         self.children_node = [move(x) for x in self.children_node]
         self.forced = [move(x) for x in self.forced]
+        self.parent = [move(x) for x in self.parent]
         self.leaf_item = move(self.leaf_item)
         return self
+
+    def open_nodes(self, excluded):
+        """Which nodes still lead to an item a user may get.
+
+        Args:
+            excluded: BoolTensor ``[B, n_items]``, True where user ``b`` must not get the item.
+
+        Returns:
+            A list of ``T + 1`` BoolTensors: element ``t`` is ``[B, n_nodes_t]``, True where the node at
+            level ``t`` has at least one item below it that is not excluded for that user.
+        """
+        open_ = [None] * (self.depth + 1)
+        open_[self.depth] = ~excluded[:, self.leaf_item]
+        for t in range(self.depth - 1, -1, -1):
+            below = torch.zeros(excluded.shape[0], len(self.children_token[t]), dtype=torch.int32, device=excluded.device)
+            open_[t] = below.index_add_(1, self.parent[t], open_[t + 1].to(torch.int32)) > 0
+        return open_
 
     def allowed_tokens(self, prefix):
         """Allowed next tokens after the token ``prefix`` (a list; [] = start), for tests / debugging."""

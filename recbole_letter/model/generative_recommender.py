@@ -34,7 +34,8 @@ pad = 0, eos = 1, codes from 2 (``vocab_size`` = 2 + sum of codebook sizes). ``s
 
 Config keys read here: ``tau`` (loss temperature), ``beam_size`` (>= max ``topk``), ``enable_amp`` /
 ``amp_dtype`` (decoding autocasts as training does), ``beam_batch_size`` (users decoded at once in
-``full_sort_predict``), ``length_buckets`` (training batches run as this many sub-batches of similar
+``full_sort_predict``), ``exclude_seen_items`` (beam search skips the items a user met in the training
+split and history, see ``recbole_letter.model.seen_items``), ``length_buckets`` (training batches run as this many sub-batches of similar
 history length, each padded only to its own longest history: the same loss and gradients for less
 padding; ``~`` = ``default_length_buckets``), ``item_codes_file`` and the tokenizer's keys (through
 ``get_item_codes``).
@@ -52,6 +53,7 @@ from recbole_letter.generation import (
     constrained_beam_search,
     item_code_token_table,
 )
+from recbole_letter.model.seen_items import SeenItems
 from recbole_letter.tokenizer import get_item_codes
 from recbole_letter.trainer import amp_dtype
 
@@ -90,6 +92,7 @@ class GenerativeRecommender(SequentialRecommender):
         self.code_len = tokens.shape[1]  # T: tokens per item (codes, + eos when depths differ)
         self._trie = None
         self._trie_key = None
+        self.seen_items = SeenItems(dataset) if config["exclude_seen_items"] else None
 
     @staticmethod
     def default_length_buckets(device):
@@ -174,8 +177,10 @@ class GenerativeRecommender(SequentialRecommender):
                                             interaction[self.ITEM_ID])
 
     @torch.no_grad()
-    def generate_items(self, item_seq, item_seq_len, beam_size=None):
-        """Constrained beam search for a batch of users -> ``(item_ids [B, K], scores [B, K])``."""
+    def generate_items(self, item_seq, item_seq_len, beam_size=None, excluded=None):
+        """Constrained beam search for a batch of users -> ``(item_ids [B, K], scores [B, K])``.
+
+        ``excluded`` (optional BoolTensor ``[B, n_items]``): items each user must not get."""
         beam_size = beam_size or self.beam_size
         trie = self.trie
         # decode users of similar history length together: less padding in every chunk
@@ -186,14 +191,17 @@ class GenerativeRecommender(SequentialRecommender):
             for start in range(0, item_seq.shape[0], self.beam_batch_size):
                 chunk = order[start : start + self.beam_batch_size]
                 step_fn = self.build_step_fn(item_seq[chunk], item_seq_len[chunk], workspace)
-                chunk_ids, chunk_scores = constrained_beam_search(step_fn, trie, len(chunk), beam_size)
+                chunk_excluded = None if excluded is None else excluded[chunk]
+                chunk_ids, chunk_scores = constrained_beam_search(step_fn, trie, len(chunk), beam_size, chunk_excluded)
                 ids.append(chunk_ids)
                 scores.append(chunk_scores)
         restore = torch.argsort(order)
         return torch.cat(ids)[restore], torch.cat(scores)[restore]
 
     def full_sort_predict(self, interaction):
-        item_ids, beam_scores = self.generate_items(interaction[self.ITEM_SEQ], interaction[self.ITEM_SEQ_LEN])
+        item_seq = interaction[self.ITEM_SEQ]
+        excluded = None if self.seen_items is None else self.seen_items.mask(interaction[self.USER_ID], item_seq)
+        item_ids, beam_scores = self.generate_items(item_seq, interaction[self.ITEM_SEQ_LEN], excluded=excluded)
         scores = torch.full((item_ids.shape[0], self.n_items), float("-inf"), device=item_ids.device)
         # unfilled beams carry item 0 with -inf: scattering them leaves the padding item at -inf
         return scores.scatter_(1, item_ids, beam_scores)
