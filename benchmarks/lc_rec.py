@@ -92,7 +92,7 @@ def main():
     import recbole
 
     from recbole_letter.plan import timed_train_step
-    from recbole_letter.trainer import amp_dtype
+    from recbole_letter.common import amp_dtype
     from recbole_letter.model.letter_lc_rec import LETTER_LC_Rec
     from recbole_letter.quick_start import prepare
 

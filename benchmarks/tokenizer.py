@@ -54,7 +54,8 @@ def main():
 
     from recbole_letter.quick_start import PROPERTIES_DIR, build_config
     from recbole_letter.tokenizer import trainer
-    from recbole_letter.tokenizer.report import report_for_index_json, tokenizer_report
+    from recbole_letter.tokenizer.report import tokenizer_report
+    from recbole_letter.tokenizer.trainer import report_for_index_json
 
     overrides = {"data_path": args.data_path, "checkpoint_dir": args.checkpoint_dir, "show_progress": True,
                  "state": "WARNING"}  # fmt: skip

@@ -62,7 +62,8 @@ def main(argv=None):
 
     from recbole_letter.benchmark import use_tf32
     from recbole_letter.plan import timed_train_step
-    from recbole_letter.trainer import amp_dtype, batch_to_device
+    from recbole_letter.common import amp_dtype
+    from recbole_letter.trainer import batch_to_device
     from recbole_letter.model import get_model_class
     from recbole_letter.model.letter_lc_rec import LETTER_LC_Rec
     from recbole_letter.quick_start import parse_overrides, prepare

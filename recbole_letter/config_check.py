@@ -28,10 +28,11 @@ import re
 from pathlib import Path
 
 import yaml
+from recbole.evaluator.register import metric_types
+from recbole.utils import argument_list
 
-from recbole_letter.model import ALIASES, GENERATIVE_MODELS, RECBOLE_FAMILIES, canonical_name, is_generative
-
-PROPERTIES_DIR = Path(__file__).resolve().parent.parent / "properties"
+from recbole_letter.common import PROPERTIES_DIR
+from recbole_letter.model import ALIASES, BASELINES, GENERATIVE_MODELS, RECBOLE_FAMILIES, canonical_name, is_generative
 EMBEDDED_DATASETS = ("ml-100k",)
 
 
@@ -208,8 +209,6 @@ def known_keys():
                 kinds[match.group(1)] |= _kinds_of_annotation(match.group(2))
             # documented as optional in a comment: "cf_epochs: 30  # ... when cf_stopping_step is ~"
             optional.update(re.findall(r"#.*?([A-Za-z]\w*_\w+)\s*(?:is|=|:)\s*~", line))
-    from recbole.utils import argument_list
-
     for name in ("general_arguments", "training_arguments", "evaluation_arguments", "dataset_arguments"):
         for key in getattr(argument_list, name):
             kinds.setdefault(key, set())
@@ -279,8 +278,6 @@ def _port(value):
 
 
 def _metrics(value):
-    from recbole.evaluator.register import metric_types
-
     for metric in [value] if isinstance(value, str) else value:
         if not isinstance(metric, str) or metric.lower() not in metric_types:
             return f"RecBole metric names (no metric {metric!r}{_did_you_mean(str(metric), _metric_names())})"
@@ -379,8 +376,6 @@ def _did_you_mean(name, candidates, n=3):
 
 
 def _metric_names():
-    from recbole.evaluator.register import metric_types
-
     return sorted(metric_types)
 
 
@@ -475,8 +470,6 @@ def check_model_name(name):
     hint = _did_you_mean(name, known_models())
     if hint:
         raise ConfigError(f"unknown model {name!r}{hint} (names are case-sensitive)")
-    from recbole_letter.model import BASELINES
-
     known = sorted(GENERATIVE_MODELS) + sorted(ALIASES) + BASELINES
     raise ConfigError(f"unknown model {name!r}; known here: {', '.join(known)} (or any RecBole model name)")
 

@@ -14,8 +14,17 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
+from recbole.data.dataloader import TrainDataLoader
+from recbole.sampler import Sampler
 
-from recbole_letter.trainer import amp_dtype, backward_parts, batch_to_device, random_state, set_random_state
+from recbole_letter.common import amp_dtype
+from recbole_letter.model import is_generative
+from recbole_letter.tokenizer import cf_embedding
+from recbole_letter.tokenizer import trainer as tok
+from recbole_letter.tokenizer.item_codes import PAD_CODE, ItemCodes
+from recbole_letter.tokenizer.losses import collaborative_loss, semantic_loss
+from recbole_letter.tokenizer.text_encoder import encode_texts, item_texts, load_encoder, resolve_encoder_path
+from recbole_letter.trainer import backward_parts, batch_to_device, random_state, set_random_state
 
 PROBE_STEPS = 4  # timed steps per probe (after one warm-up step) ...
 PROBE_SECONDS = 8.0  # ... or fewer, once a probe has spent this long (a release-size T5 step takes seconds)
@@ -114,8 +123,6 @@ def _probe(config, model, train_data, valid_data, steps, max_seconds):
 def tokenizer_stages(config, train_dataset):
     """The tokenizer's stages (text embeddings, CF table, RQ-VAE), each with its cache status and, when
     it has to run, a probe's estimate."""
-    from recbole_letter.tokenizer import trainer as tok
-
     n_items = train_dataset.item_num - 1
     if config["item_codes_file"]:
         return [Stage("item codes", f"{n_items:,} items from {config['item_codes_file']}", 0.0, "given")]
@@ -150,8 +157,6 @@ def tokenizer_stages(config, train_dataset):
 
 def _probe_text(config, dataset, sample=64):
     """Seconds to encode every item's text: the encoder's load plus a timed batch per field, scaled."""
-    from recbole_letter.tokenizer.text_encoder import encode_texts, item_texts, load_encoder, resolve_encoder_path
-
     device = config["text_encoder_device"] or ("cuda" if torch.cuda.is_available() else "cpu")
     texts = item_texts(dataset, list(config["text_fields"] or []))
     start = time.perf_counter()
@@ -168,11 +173,6 @@ def _probe_text(config, dataset, sample=64):
 
 def _probe_cf(config, dataset):
     """``(seconds for cf_epochs epochs, size text)`` of the CF SASRec, from a few timed batches."""
-    from recbole.data.dataloader import TrainDataLoader
-    from recbole.sampler import Sampler
-
-    from recbole_letter.tokenizer import cf_embedding
-
     model, cf_config = cf_embedding.build_cf_model(config, dataset)
     sampler = None
     if cf_config["loss_type"] != "CE":
@@ -190,12 +190,9 @@ def _probe_cf(config, dataset):
 def _probe_tokenizer(config, dataset):
     """Seconds of one RQ-VAE training step (the reconstruction and CF terms; the diversity term's
     clustering, every ``div_cluster_interval`` epochs, is not in the probe)."""
-    from recbole_letter.tokenizer.losses import collaborative_loss, semantic_loss
-    from recbole_letter.tokenizer.trainer import build_tokenizer
-
     batch = min(int(config["tokenizer_batch_size"]), dataset.item_num - 1)
     semantic_dim = 384  # MiniLM's width: the default encoder; the MLP's first layer dominates only slightly
-    model = build_tokenizer(config, semantic_dim)
+    model = tok.build_tokenizer(config, semantic_dim)
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-12)
     semantic = torch.randn(batch, semantic_dim)
     cf = torch.randn(batch, int(config["code_dim"]))
@@ -215,8 +212,6 @@ def _probe_tokenizer(config, dataset):
 def placeholder_codes(config, n_items, seed=0):
     """Random unique-enough codes of the configured shape: a generator of the right size to probe before
     the tokenizer has run."""
-    from recbole_letter.tokenizer.item_codes import PAD_CODE, ItemCodes
-
     generator = np.random.default_rng(seed)
     levels, size = int(config["num_levels"]), int(config["codebook_size"])
     codes = generator.integers(0, size, (n_items, levels))
@@ -251,8 +246,6 @@ def run_stages(config, model_class, train_data, valid_data, test_data):
     validation and test, each probed on the real data. A generator is probed with placeholder codes of
     the configured shape (the tokenizer has not run yet); an LLM generator is not probed (its load alone
     takes long)."""
-    from recbole_letter.model import is_generative
-
     dataset, device = train_data.dataset, config["device"]
     stages, model = [], None
     generative = is_generative(config["model"])

@@ -11,7 +11,6 @@ import functools
 import os
 import time
 from logging import getLogger
-from pathlib import Path
 
 import torch
 import torch.multiprocessing as mp
@@ -19,12 +18,18 @@ import yaml
 from recbole.config import Config
 from recbole.data import create_dataset, data_preparation
 from recbole.trainer import Trainer
-from recbole.utils import ModelType, get_trainer, init_logger, init_seed
+from recbole.utils import EvaluatorType, InputType, ModelType, get_trainer, init_logger, init_seed
 
 import recbole_letter  # noqa: F401  (applies the compatibility fixes)
+from recbole_letter import config_check, plan
+from recbole_letter.common import PROPERTIES_DIR
+from recbole_letter.data import filter_report
+from recbole_letter.data.atomic_check import check_atomic_files_rows
 from recbole_letter.model import PROPERTY_BASE, canonical_name, get_model_class, is_generative
+from recbole_letter.tokenizer.trainer import tokenize_only
+from recbole_letter.trainer import (LetterTrainer, SafeCheckpoints, config_digest, config_values, load_checkpoint,
+                                    new_run_id)
 
-PROPERTIES_DIR = Path(__file__).resolve().parent.parent / "properties"
 EMBEDDED_DATASETS = ("ml-100k",)  # ship inside the recbole package
 DISTRIBUTED_KEYS = ("nproc", "world_size", "ip", "port", "offset")
 
@@ -72,8 +77,6 @@ def parse_overrides(args):
     """``--key=value`` strings -> checked config dict. Values are parsed as literals
     (``config_check.parse_value``: numbers, quoted strings, lists, dicts, True/False, ~), never ``eval``'d;
     an unknown key, a wrong type or an out-of-range value is a ``config_check.ConfigError``."""
-    from recbole_letter import config_check
-
     return config_check.check_values(config_check.parse_args(args))
 
 
@@ -118,8 +121,6 @@ def chosen_profile(model, dataset, config_files=None, config_dict=None):
 
 def known_datasets(data_path=None):
     """Datasets with a property file, those inside recbole, and ``<data_path>/<name>/<name>.inter`` folders."""
-    from recbole_letter import config_check
-
     return sorted(set(config_check.known_datasets(data_path)) | set(EMBEDDED_DATASETS))
 
 
@@ -129,8 +130,6 @@ def build_config(model, dataset, config_files=None, config_dict=None):
     The model name must match exactly; keys and values of ``config_files`` and ``config_dict`` are checked
     (``config_check``: known key, type, range; a ``ConfigError`` otherwise). String values of
     ``config_dict`` are parsed as literals (``config_check.parse_value``) where RecBole would ``eval`` them."""
-    from recbole_letter import config_check
-
     config_check.check_model_name(model)
     for path in config_files or []:
         if not os.path.isfile(path):
@@ -148,8 +147,6 @@ def build_config(model, dataset, config_files=None, config_dict=None):
     config_check.check_dataset(config["dataset"], config["data_path"])
     config_check.check_final(config, model)
     check_atomic_files(config)
-    from recbole_letter.trainer import new_run_id
-
     # one id per run, set before init_logger hashes the config into the log file's name (so two runs started
     # in the same second log apart too); it names the checkpoints and the result rows
     config["run_id"] = new_run_id(config["model"], config["dataset"])
@@ -160,8 +157,6 @@ def config_from_values(values):
     """A ``LetterConfig`` holding a checkpoint's config (its final values as plain data,
     ``trainer.config_values``) again: RecBole's enums back from their names; ``device`` (stored as text)
     is set by ``_init_device``, which the caller runs."""
-    from recbole.utils import EvaluatorType, InputType, ModelType
-
     final = dict(values)
     for key, kind in (("MODEL_TYPE", ModelType), ("MODEL_INPUT_TYPE", InputType), ("eval_type", EvaluatorType)):
         if key in final:
@@ -205,17 +200,14 @@ def prepare(model, dataset, config_files=None, config_dict=None):
     """Config, filtered dataset and the three loaders of one (model, dataset) pair. The atomic files are
     checked row by row first (RecBole would fill or drop a bad row quietly), and what each of RecBole's
     filters removed is logged (a warning above 1 % of the interactions)."""
-    from recbole_letter.data.atomic_check import check_atomic_files_rows
-    from recbole_letter.data.filter_report import log_filter_report, recording_filters
-
     config = build_config(model, dataset, config_files, config_dict)
     init_seed(config["seed"], config["reproducibility"])
     init_logger(config)
     check_atomic_files_rows(config)
-    with recording_filters() as filter_steps:
+    with filter_report.recording_filters() as filter_steps:
         full_dataset = create_dataset(config)
     getLogger().info(full_dataset)
-    log_filter_report(config, full_dataset, filter_steps)
+    filter_report.log_filter_report(config, full_dataset, filter_steps)
     train_data, valid_data, test_data = data_preparation(config, full_dataset)
     return config, full_dataset, train_data, valid_data, test_data
 
@@ -224,8 +216,6 @@ def prepare(model, dataset, config_files=None, config_dict=None):
 def safe_trainer_class(trainer_class):
     """RecBole's ``trainer_class`` with :class:`~recbole_letter.trainer.SafeCheckpoints` first among its bases
     (one class per RecBole class, so ``isinstance`` holds across runs)."""
-    from recbole_letter.trainer import SafeCheckpoints
-
     return type(trainer_class.__name__, (SafeCheckpoints, trainer_class), {"__module__": __name__})
 
 
@@ -236,8 +226,6 @@ def build_trainer(config, model, train_dataset=None):
     ``train_dataset`` (the training split) is needed by ``exclude_seen_items`` for sequential models."""
     trainer_class = get_trainer(config["MODEL_TYPE"], config["model"])
     if trainer_class is Trainer:
-        from recbole_letter.trainer import LetterTrainer
-
         trainer_class = LetterTrainer
     elif issubclass(trainer_class, Trainer):
         trainer_class = safe_trainer_class(trainer_class)
@@ -260,8 +248,6 @@ def _as_floats(result):
 
 def show_plan(config, full_dataset, train_data, valid_data, test_data):
     """Print the run's stages with a probe's estimate each (``show_plan``; rank 0 only)."""
-    from recbole_letter import plan
-
     if not config["show_plan"] or config["local_rank"] != 0:
         return
     stages = plan.run_stages(config, get_model_class(config["model"]), train_data, valid_data, test_data)
@@ -273,8 +259,6 @@ def _run_single(model, dataset, config_files=None, config_dict=None, saved=True,
     logger = getLogger()
     show_plan(config, full_dataset, train_data, valid_data, test_data)
     if config["tokenize_only"] and is_generative(model):
-        from recbole_letter.tokenizer.trainer import tokenize_only
-
         report = tokenize_only(config, train_data.dataset, eval_data=valid_data)
         result = {"model": config["model"], "dataset": dataset, "tokenizer_report": report}
         if queue is not None and config["local_rank"] == 0:
@@ -289,8 +273,6 @@ def _run_single(model, dataset, config_files=None, config_dict=None, saved=True,
     # RecBole never closes the trainer's TensorBoard writer; its thread would outlive the run
     with contextlib.closing(trainer.tensorboard):
         if config["resume_from"]:
-            from recbole_letter.trainer import LetterTrainer
-
             if not isinstance(trainer, LetterTrainer):
                 raise ValueError(f"resume_from: {config['model']} is trained by {type(trainer).__name__}, "
                                  f"which cannot resume")
@@ -306,8 +288,6 @@ def _run_single(model, dataset, config_files=None, config_dict=None, saved=True,
         start = time.perf_counter()
         test_result = trainer.evaluate(test_data, load_best_model=saved, show_progress=config["show_progress"])
         test_seconds = time.perf_counter() - start
-    from recbole_letter.trainer import config_digest, config_values
-
     epochs = len(trainer.train_loss_dict)
     result = {
         "run_id": trainer.run_id,
@@ -384,8 +364,6 @@ def evaluate_checkpoint(path, config_dict=None):
     Useful after a run was stopped: its best-so-far checkpoint is in ``checkpoint_dir``.
     The result names the run the checkpoint belongs to (``run_id``).
     """
-    from recbole_letter.trainer import config_digest, load_checkpoint
-
     checkpoint = load_checkpoint(path)
     config = config_from_values(checkpoint["config"])
     for key, value in (config_dict or {}).items():

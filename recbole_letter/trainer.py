@@ -29,9 +29,9 @@ from recbole.trainer import Trainer
 from recbole.utils import get_gpu_usage, set_color
 from torch.nn.parallel import DistributedDataParallel
 from torch.nn.utils import clip_grad_norm_
-from torch.optim.lr_scheduler import LambdaLR
 from tqdm import tqdm
 
+from recbole_letter.common import amp_dtype
 from recbole_letter.files import write_atomic
 
 NAN_CHECK_INTERVAL = 100  # batches between the loss's NaN checks off a CPU: each one waits for the device
@@ -175,17 +175,6 @@ def load_checkpoint(path, device="cpu", mmap=False):
     return checkpoint
 
 
-AMP_DTYPES = {"bfloat16": torch.bfloat16, "float16": torch.float16}
-
-
-def amp_dtype(config):
-    """The ``amp_dtype`` key as a torch dtype: what ``enable_amp`` autocasts to, in training and decoding."""
-    name = config["amp_dtype"] or "bfloat16"
-    if name not in AMP_DTYPES:
-        raise ValueError(f"amp_dtype must be one of {sorted(AMP_DTYPES)}, got {name!r}")
-    return AMP_DTYPES[name]
-
-
 @contextlib.contextmanager
 def default_autocast_dtype(device_type, dtype):
     """Make ``torch.autocast(device_type)`` without a dtype mean ``dtype`` inside this block (RecBole's
@@ -241,26 +230,6 @@ def set_random_state(state, device, generator=None):
     random.setstate(state["python"])
     if generator is not None and state["loader_generator"] is not None:
         generator.set_state(state["loader_generator"])
-
-
-def warmup_schedule(total_steps, warmup_steps, cosine=True):
-    """LR multiplier per step: linear warm-up over ``warmup_steps``, then cosine decay to 0 over the
-    remaining steps (or constant 1 with ``cosine=False``). Shared by the generators and the tokenizer."""
-
-    def factor(step):
-        if step < warmup_steps:
-            return (step + 1) / warmup_steps
-        if not cosine:
-            return 1.0
-        progress = (step - warmup_steps) / max(1, total_steps - warmup_steps)
-        return 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
-
-    return factor
-
-
-def warmup_cosine(total_steps, warmup_ratio):
-    """LR multiplier: linear warm-up over ``warmup_ratio * total_steps`` (at least 1 step), then cosine to 0."""
-    return warmup_schedule(total_steps, max(1, int(round(total_steps * warmup_ratio))))
 
 
 class FirstBatches:
@@ -361,7 +330,9 @@ class SafeCheckpoints:
 class LetterTrainer(SafeCheckpoints, Trainer):
     """RecBole's ``Trainer`` plus:
 
-    * ``lr_scheduler: cosine`` with ``warmup_ratio`` (stepped once per batch over ``epochs`` epochs);
+    * ``lr_scheduler: cosine``: transformers' ``get_cosine_schedule_with_warmup``, a linear warm-up over
+      ``warmup_ratio`` of the steps (at least one), then a cosine to 0, stepped once per batch over ``epochs``
+      epochs;
     * ``train_batches_per_epoch``: an epoch ends after that many batches of a fresh shuffle (an LLM
       epoch over every training prefix can take days; validation and early stopping then come sooner);
     * resuming: at the start of every epoch the state after the previous one (weights, optimiser,
@@ -435,11 +406,15 @@ class LetterTrainer(SafeCheckpoints, Trainer):
         if self.resumed and self.resumed["loader_generator"] is not None:
             train_data.generator.set_state(self.resumed["loader_generator"])
         if self.lr_scheduler_name == "cosine" and self.scheduler is None:
+            # here, not at the top: a baseline run without a schedule never loads transformers
+            from transformers import get_cosine_schedule_with_warmup
+
             total_steps = max(1, len(train_data) * self.epochs)
+            warmup_steps = max(1, round(total_steps * self.warmup_ratio))
             steps_done = (self.resumed or {}).get("scheduler_steps") or 0
             # last_epoch = steps_done - 1: the scheduler's own first step lands on steps_done
-            self.scheduler = LambdaLR(self.optimizer, warmup_cosine(total_steps, self.warmup_ratio),
-                                      last_epoch=steps_done - 1)
+            self.scheduler = get_cosine_schedule_with_warmup(self.optimizer, warmup_steps, total_steps,
+                                                             last_epoch=steps_done - 1)
             # one scheduler step after every optimiser step, without copying RecBole's epoch loop
             self.optimizer.register_step_post_hook(lambda *_: self.scheduler.step())
         self.save_last = saved

@@ -125,7 +125,7 @@ def test_tokenize_only_writes_report(tiny, capsys):
 
 
 def test_report_for_released_index_json(tiny, tmp_path):
-    from recbole_letter.tokenizer.report import report_for_index_json
+    from recbole_letter.tokenizer.trainer import report_for_index_json
 
     config, dataset, _ = tiny
     tokens = dataset.field2id_token[dataset.iid_field]

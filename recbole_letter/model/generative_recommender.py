@@ -45,6 +45,7 @@ import torch
 import torch.nn.functional as F
 from recbole.model.abstract_recommender import SequentialRecommender
 
+from recbole_letter.common import amp_dtype
 from recbole_letter.generation import (
     EOS_TOKEN_ID,
     FIRST_CODE_TOKEN,
@@ -55,7 +56,6 @@ from recbole_letter.generation import (
 )
 from recbole_letter.model.seen_items import SeenItems
 from recbole_letter.tokenizer import get_item_codes
-from recbole_letter.trainer import amp_dtype
 
 
 class GenerativeRecommender(SequentialRecommender):

@@ -38,7 +38,6 @@ import importlib.util
 import inspect
 import json
 import os
-import string
 from pathlib import Path
 
 import torch
@@ -46,20 +45,12 @@ import torch.nn as nn
 import torch.nn.functional as F
 from recbole.utils import InputType
 
+from recbole_letter.common import DTYPES, code_token_names
 from recbole_letter.model.generative_recommender import GenerativeRecommender
 from recbole_letter.model.t5_cpu import use_fast_dropout
 
 DEFAULT_TEMPLATE_FILE = Path(__file__).resolve().parent.parent / "templates" / "lc_rec_prompts.json"
-LEVEL_LETTERS = string.ascii_lowercase
-DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
-
-
-def code_token_names(codebook_sizes):
-    """``<a_0> .. <a_{N1-1}>, <b_0> ..``: one token per (level, code), level-major (the trie's layout)."""
-    if len(codebook_sizes) > len(LEVEL_LETTERS):
-        raise ValueError(f"at most {len(LEVEL_LETTERS)} code levels have token names, got {len(codebook_sizes)}")
-    return [f"<{LEVEL_LETTERS[level]}_{code}>" for level, size in enumerate(codebook_sizes) for code in range(size)]
 
 
 # ---- prompt templates -------------------------------------------------------------------------------

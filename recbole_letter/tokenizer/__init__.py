@@ -1,6 +1,7 @@
 """Item tokenizers: item text + CF signal -> unique item code sequences."""
 
 from recbole_letter.tokenizer.item_codes import ItemCodes
+from recbole_letter.tokenizer.trainer import load_or_train_item_codes
 
 
 def get_item_codes(config, dataset):
@@ -14,6 +15,4 @@ def get_item_codes(config, dataset):
         # codes are checked against the codebook size (a code of 10**9 would size the embedding table)
         codes = ItemCodes.from_index_json(config["item_codes_file"], dataset, code_limit=config["codebook_size"])
         return codes.make_unique()
-    from recbole_letter.tokenizer.trainer import load_or_train_item_codes
-
     return load_or_train_item_codes(config, dataset)

@@ -28,6 +28,8 @@ from recbole.sampler import Sampler
 from recbole.utils import InputType
 from tqdm import tqdm
 
+from recbole_letter.tokenizer import cache
+
 
 class SASRecBCE(SASRec):
     """SASRec with binary cross-entropy on one sampled negative (the LETTER release's CF model)."""
@@ -158,8 +160,6 @@ def train_cf_model(config, train_dataset, partial_path=None, show_progress=True)
     RNG states) is written there atomically; a call finding a valid file there resumes after its last
     epoch, and continues exactly as the uninterrupted run would have (same batches, dropout, negatives).
     """
-    from recbole_letter.tokenizer import cache
-
     model, cf_config = build_cf_model(config, train_dataset)
     device = cf_config["device"]
     max_epochs = int(config["cf_epochs"])

@@ -8,15 +8,14 @@ still share a full code get one extra *disambiguation* level (0, 1, 2, ... insid
 """
 
 import json
-import re
 from logging import getLogger
 
 import numpy as np
 
+from recbole_letter.common import CODE_TOKEN, LEVEL_LETTERS, code_token
 from recbole_letter.files import atomic_open, write_atomic
 
 PAD_CODE = -1
-_CODE_TOKEN = re.compile(r"<([a-z])_(\d+)>")
 
 
 class ItemCodes:
@@ -143,12 +142,13 @@ class ItemCodes:
     def to_index_json(self, path, dataset):
         """Write the release's ``*.index.json`` layout (keys: the dataset's raw item tokens; level ``l``'s
         code ``c`` as ``<{a+l}_{c}>``), which ``from_index_json`` and the LETTER / LC-Rec scripts read."""
-        if self.n_levels > 26:
-            raise ValueError(f"the index.json layout names at most 26 levels, these codes have {self.n_levels}")
+        if self.n_levels > len(LEVEL_LETTERS):
+            raise ValueError(f"the index.json layout names at most {len(LEVEL_LETTERS)} levels, these codes have "
+                             f"{self.n_levels}")
         if self.n_items != dataset.item_num:
             raise ValueError(f"codes cover {self.n_items} items, the dataset has {dataset.item_num}")
         tokens = dataset.id2token(dataset.iid_field, np.arange(1, self.n_items)).tolist()
-        index = {str(token): [f"<{chr(ord('a') + level)}_{code}>" for level, code in enumerate(row) if code >= 0]
+        index = {str(token): [code_token(level, code) for level, code in enumerate(row) if code >= 0]
                  for token, row in zip(tokens, self.codes[1:].tolist())}
         with atomic_open(path) as f:
             json.dump(index, f)
@@ -185,13 +185,16 @@ def _parse_code_tokens(path, item, tokens, code_limit):
                          f"got {json.dumps(tokens)[:60]}")  # fmt: skip
     codes = []
     for level, token in enumerate(tokens):
-        match = _CODE_TOKEN.fullmatch(token)
+        match = CODE_TOKEN.fullmatch(token)
         if match is None:
             raise ValueError(f"{path}: item {item!r}: bad code token {token!r} (expected like '<a_12>')")
         letter, code = match.group(1), int(match.group(2))
-        if letter != chr(ord("a") + level):
+        if level >= len(LEVEL_LETTERS):
+            raise ValueError(f"{path}: item {item!r}: {len(tokens)} code tokens; the layout names at most "
+                             f"{len(LEVEL_LETTERS)} levels")
+        if letter != LEVEL_LETTERS[level]:
             raise ValueError(f"{path}: item {item!r}: code token {token!r} at level {level + 1} "
-                             f"(expected '<{chr(ord('a') + level)}_...>')")  # fmt: skip
+                             f"(expected '<{LEVEL_LETTERS[level]}_...>')")  # fmt: skip
         if code_limit is not None and code >= code_limit:
             raise ValueError(f"{path}: item {item!r}: code {token!r} is out of range for codebook_size {code_limit} "
                              "(codes run 0 .. codebook_size - 1; set codebook_size to the codes' own)")  # fmt: skip

@@ -12,13 +12,10 @@ groups of 15), and the two CF checks of paper Tables 3-4:
   similarity of the CF table; the score is the fraction of code positions (first ``num_levels``
   levels, before disambiguation) where the two codes agree, averaged over items.
 
-Also usable on released codes:
-``python -m recbole_letter.tokenizer.report --dataset=Beauty --data_path=../shared/data \
-    --item_codes_file=../shared/data/Beauty/raw/Beauty.index.json``
+Released codes (``*.index.json``) get the same report: ``--tokenize_only=True --item_codes_file=<file>``
+(``tokenizer.trainer.report_for_index_json``).
 """
 
-import argparse
-import json
 import os
 
 import numpy as np
@@ -225,42 +222,3 @@ def tokenizer_report(dataset, before, resolved, final, cf_emb=None, z_hat=None, 
         print(format_table(report))
         print(f"report JSON: {report['report_json']}")
     return report
-
-
-def report_for_index_json(config, train_dataset, item_codes_file, out_dir=None, eval_data=None):
-    """The same report for released codes (``*.index.json``); CF checks use this config's CF table."""
-    from recbole_letter.tokenizer.item_codes import ItemCodes
-    from recbole_letter.tokenizer.trainer import cache_keys, cache_root, load_or_train_cf
-
-    codes = ItemCodes.from_index_json(item_codes_file, train_dataset, code_limit=config["codebook_size"])
-    cf_emb, cf_model, _ = load_or_train_cf(config, train_dataset, cache_keys(config, train_dataset)["cf"])
-    name = os.path.basename(item_codes_file).replace(".json", "")
-    out_dir = out_dir or os.path.join(cache_root(config), f"released_{name}")
-    return tokenizer_report(train_dataset, codes, codes, codes.make_unique(), cf_emb=cf_emb, cf_model=cf_model,
-                            eval_data=eval_data, out_dir=out_dir, title=f"released {name}")  # fmt: skip
-
-
-def main(argv=None):
-    parser = argparse.ArgumentParser(description="Quality report of released item codes (*.index.json).")
-    parser.add_argument("--dataset", required=True)
-    parser.add_argument("--item_codes_file", required=True)
-    parser.add_argument("--data_path", default=None)
-    parser.add_argument("--config_files", default=None, help="space-separated extra YAML files")
-    parser.add_argument("--out_dir", default=None)
-    args, rest = parser.parse_known_args(argv)
-    from recbole_letter.quick_start import PROPERTIES_DIR, prepare
-
-    config_dict = {}
-    for item in rest:  # --key=value overrides, as on run_recbole_letter.py
-        key, _, value = item.lstrip("-").partition("=")
-        config_dict[key] = value
-    if args.data_path:
-        config_dict["data_path"] = args.data_path
-    files = [str(PROPERTIES_DIR / "tokenizer.yaml")] + (args.config_files.split() if args.config_files else [])
-    # prepare: the atomic files' row check and the filter report, as for a training run
-    config, _, train_data, _, _ = prepare("SASRec", args.dataset, config_files=files, config_dict=config_dict)
-    report_for_index_json(config, train_data.dataset, args.item_codes_file, args.out_dir)
-
-
-if __name__ == "__main__":
-    main()

@@ -34,7 +34,7 @@ def sinkhorn_codes(distances, epsilon, iterations):
     the same meaning for any embedding scale. The plan is ``diag(u) K diag(v)`` with the Gibbs kernel
     ``K = exp(-scaled / epsilon)``; each Sinkhorn-Knopp step (columns to 1/N, then rows to 1/B) only
     rescales ``v`` and ``u``, so an iteration is two matrix-vector products instead of four passes over
-    the [B, N] plan (same codes, ~10x faster). Kept in float64: exp(1 / 0.003) overflows float32.
+    the [B, N] plan (the same codes). Kept in float64: exp(1 / 0.003) overflows float32.
     A row's argmax of the plan is the argmax of ``K[i] * v`` (``u_i`` is a positive row factor).
     """
     d_max, d_min = distances.max(), distances.min()

@@ -15,7 +15,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-_DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
+from recbole_letter.common import torch_dtype
 
 
 def resolve_encoder_path(text_encoder):
@@ -96,14 +96,13 @@ def check_item_texts(dataset, text_fields, texts_per_field, allow_empty=False, s
 
 def load_encoder(encoder_path, dtype="float32", device="cpu"):
     """``(tokenizer, model)`` of a local HuggingFace encoder folder, the model in eval mode on ``device``."""
-    from transformers import AutoModel, AutoTokenizer
+    from transformers import AutoModel, AutoTokenizer  # heavy: only a run that encodes texts loads it
 
-    if dtype not in _DTYPES:
-        raise ValueError(f"text_encoder_dtype must be one of {sorted(_DTYPES)}, got {dtype!r}")
+    model_dtype = torch_dtype(dtype, "text_encoder_dtype")
     tokenizer = AutoTokenizer.from_pretrained(encoder_path)
     if tokenizer.pad_token is None:  # decoder-only LMs (LLaMA) have no pad token
         tokenizer.pad_token = tokenizer.eos_token
-    return tokenizer, AutoModel.from_pretrained(encoder_path, dtype=_DTYPES[dtype]).to(device).eval()
+    return tokenizer, AutoModel.from_pretrained(encoder_path, dtype=model_dtype).to(device).eval()
 
 
 def encode_texts(texts, encoder_path, batch_size=64, dtype="float32", device="cpu", max_length=512, desc="encode",

@@ -17,6 +17,7 @@ unreadable file means "rebuild".
 
 import copy
 import glob
+import json
 import logging
 import os
 import time
@@ -26,10 +27,12 @@ import torch
 from recbole.utils import init_seed
 from tqdm import tqdm
 
-from recbole_letter.tokenizer import cache
+from recbole_letter.tokenizer import cache, cf_embedding
 from recbole_letter.tokenizer.item_codes import PAD_CODE, ItemCodes
 from recbole_letter.tokenizer.losses import DiversityClusters, collaborative_loss, diversity_loss, semantic_loss
+from recbole_letter.tokenizer.report import tokenizer_report
 from recbole_letter.tokenizer.rqvae import RQVAE
+from recbole_letter.tokenizer.text_encoder import item_semantic_embeddings
 
 logger = logging.getLogger(__name__)
 
@@ -65,6 +68,9 @@ def _train_fingerprint(dataset):
 # how assign_codes turns a trained tokenizer into codes; part of the cache key, so cached codes made another way
 # are not reused
 CODE_ASSIGNMENT = "sinkhorn rounds, then the nearest free last-level code"
+# the learning-rate schedule the RQ-VAE trains with, part of the key for the same reason (it was our own
+# warm-up, one step ahead of transformers' during warm-up)
+LR_SCHEDULE = "transformers schedule with warmup"
 
 
 def cache_keys(config, dataset):
@@ -75,8 +81,8 @@ def cache_keys(config, dataset):
         cf = cache.stable_hash("cf_file", data, cache.file_sha256(config["cf_emb_file"]))
     else:
         cf = cache.stable_hash("cf", data, _train_fingerprint(dataset), {k: config[k] for k in CF_KEYS}, config["seed"])
-    tokenizer = cache.stable_hash("tokenizer", CODE_ASSIGNMENT, semantic, cf, {k: config[k] for k in TOKENIZER_KEYS},
-                                  config["seed"])
+    tokenizer = cache.stable_hash("tokenizer", CODE_ASSIGNMENT, LR_SCHEDULE, semantic, cf,
+                                  {k: config[k] for k in TOKENIZER_KEYS}, config["seed"])
     return {"semantic": semantic, "cf": cf, "tokenizer": tokenizer}
 
 
@@ -90,8 +96,6 @@ def load_or_compute_semantic_emb(config, dataset, key):
     cached = cache.load_arrays(path)
     if cached is not None and cached["semantic_emb"].shape[0] == dataset.item_num:
         return cached["semantic_emb"], 0.0
-    from recbole_letter.tokenizer.text_encoder import item_semantic_embeddings
-
     start = time.perf_counter()
     semantic_emb = item_semantic_embeddings(config, dataset)
     seconds = time.perf_counter() - start
@@ -106,8 +110,6 @@ def load_or_train_cf(config, dataset, key, show_progress=None):
     (``cf_embedding.train_cf_model``); the partial file is removed once ``cf_<key>.npz`` / ``.pt`` exist.
     The training history (validation per epoch, best epoch) goes to ``cf_<key>.json``.
     """
-    from recbole_letter.tokenizer import cf_embedding
-
     path = os.path.join(cache_root(config), f"cf_{key}.npz")
     if config["cf_emb_file"]:
         return cf_embedding.load_cf_table(config["cf_emb_file"], dataset), None, 0.0
@@ -237,12 +239,15 @@ def train_tokenizer(config, semantic_emb, cf_emb, show_progress=True):
 
 
 def _scheduler(optimizer, name, total_steps, warmup_steps=0):
-    """Per-step multiplier of the learning rate: linear warm-up over ``warmup_steps``, then constant or cosine to 0."""
-    from recbole_letter.trainer import warmup_schedule
+    """transformers' per-step schedule: linear warm-up over ``warmup_steps``, then constant or cosine to 0."""
+    # transformers is imported where used: importing this module (every run does) stays cheap
+    from transformers import get_constant_schedule_with_warmup, get_cosine_schedule_with_warmup
 
-    if name not in (None, "constant", "none", "cosine"):
-        raise ValueError(f"tokenizer_lr_scheduler must be constant or cosine, got {name!r}")
-    return torch.optim.lr_scheduler.LambdaLR(optimizer, warmup_schedule(total_steps, warmup_steps, name == "cosine"))
+    if name == "cosine":
+        return get_cosine_schedule_with_warmup(optimizer, warmup_steps, total_steps)
+    if name in (None, "constant", "none"):
+        return get_constant_schedule_with_warmup(optimizer, warmup_steps)
+    raise ValueError(f"tokenizer_lr_scheduler must be constant or cosine, got {name!r}")
 
 
 # ---- codes -----------------------------------------------------------------------------------
@@ -352,8 +357,6 @@ def load_or_train_item_codes(config, dataset, return_artifacts=False):
     if not return_artifacts:
         return final
     if history is None and os.path.isfile(os.path.join(run_dir, "history.json")):
-        import json
-
         with open(os.path.join(run_dir, "history.json")) as f:
             history = json.load(f)
     artifacts = dict(semantic_emb=semantic_emb, cf_emb=cf_emb, cf_model=cf_model, z_hat=z_hat,
@@ -364,14 +367,20 @@ def load_or_train_item_codes(config, dataset, return_artifacts=False):
 
 def tokenize_only(config, train_dataset, eval_data=None):
     """Train (or reuse) the tokenizer, write its quality report and the final codes as
-    ``<run_dir>/codes.index.json``, print the table and both paths.
+    ``<run_dir>/codes.index.json``, print the table and both paths. With ``item_codes_file`` set, the
+    report is of those codes instead (:func:`report_for_index_json`).
 
-    ``eval_data`` (optional): a RecBole full-sort eval loader (e.g. ``valid_data``) for the Table-3
-    ranking check; without it the check ranks each user's last *training* target.
-    Returns the report dict.
+    Args:
+        config: the run's config (tokenizer keys, ``checkpoint_dir`` for the cache).
+        train_dataset: the training split.
+        eval_data: optional RecBole full-sort eval loader (e.g. ``valid_data``) for the Table-3 ranking
+            check; without it the check ranks each user's last *training* target.
+
+    Returns:
+        dict: the report.
     """
-    from recbole_letter.tokenizer.report import tokenizer_report
-
+    if config["item_codes_file"]:
+        return report_for_index_json(config, train_dataset, config["item_codes_file"], eval_data=eval_data)
     _, artifacts = load_or_train_item_codes(config, train_dataset, return_artifacts=True)
     # the final codes in the release's layout, for item_codes_file or the LETTER / LC-Rec scripts
     index_json = os.path.join(artifacts["run_dir"], "codes.index.json")
@@ -391,3 +400,13 @@ def tokenize_only(config, train_dataset, eval_data=None):
     )
     print(f"item codes (index.json, usable as item_codes_file): {index_json}")
     return report
+
+
+def report_for_index_json(config, train_dataset, item_codes_file, out_dir=None, eval_data=None):
+    """The same report for released codes (``*.index.json``); CF checks use this config's CF table."""
+    codes = ItemCodes.from_index_json(item_codes_file, train_dataset, code_limit=config["codebook_size"])
+    cf_emb, cf_model, _ = load_or_train_cf(config, train_dataset, cache_keys(config, train_dataset)["cf"])
+    name = os.path.basename(item_codes_file).replace(".json", "")
+    out_dir = out_dir or os.path.join(cache_root(config), f"released_{name}")
+    return tokenizer_report(train_dataset, codes, codes, codes.make_unique(), cf_emb=cf_emb, cf_model=cf_model,
+                            eval_data=eval_data, out_dir=out_dir, title=f"released {name}")  # fmt: skip

@@ -1,0 +1,54 @@
+"""Names shared by several stages: where the property files are, torch dtypes by config name, and the
+code tokens of item codes.
+
+Every stage may import this module; it imports nothing of the package, so imports keep going one way
+(data -> tokenizer -> model / generation -> trainer -> quick_start / benchmark). Atomic writes, the
+other shared helper, are in ``recbole_letter.files``.
+"""
+
+import re
+import string
+from pathlib import Path
+
+import torch
+
+# ---- the property files (properties/) ------------------------------------------------------------
+# An installed package carries them as recbole_letter/properties/ (setup.py's package_dir); a checkout (or
+# an editable install) has them in the top-level folder beside the package.
+_PACKAGE = Path(__file__).resolve().parent
+PROPERTIES_DIR = _PACKAGE / "properties" if (_PACKAGE / "properties").is_dir() else _PACKAGE.parent / "properties"
+
+# ---- dtypes by config name ---------------------------------------------------------------------
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+AMP_DTYPES = {name: DTYPES[name] for name in ("bfloat16", "float16")}  # what autocast can run in
+
+
+def torch_dtype(name, key, choices=DTYPES):
+    """The torch dtype a config value names (``key`` is the config key, for the error message)."""
+    if name not in choices:
+        raise ValueError(f"{key} must be one of {sorted(choices)}, got {name!r}")
+    return choices[name]
+
+
+def amp_dtype(config):
+    """The ``amp_dtype`` key as a torch dtype: what ``enable_amp`` autocasts to, in training and decoding."""
+    return torch_dtype(config["amp_dtype"] or "bfloat16", "amp_dtype", AMP_DTYPES)
+
+
+# ---- code tokens: level l's code c is named <{a+l}_{c}> (the LETTER / LC-Rec releases' layout) ----
+LEVEL_LETTERS = string.ascii_lowercase
+CODE_TOKEN = re.compile(r"<([a-z])_(\d+)>")  # group 1: the level's letter, group 2: the code
+
+
+def code_token(level, code):
+    """``code_token(0, 12) == "<a_12>"``: the name of ``code`` at ``level`` (0-based)."""
+    if level >= len(LEVEL_LETTERS):
+        raise ValueError(f"at most {len(LEVEL_LETTERS)} code levels have token names, got level {level + 1}")
+    return f"<{LEVEL_LETTERS[level]}_{code}>"
+
+
+def code_token_names(codebook_sizes):
+    """``<a_0> .. <a_{N1-1}>, <b_0> ..``: one token per (level, code), level-major (the trie's layout)."""
+    if len(codebook_sizes) > len(LEVEL_LETTERS):
+        raise ValueError(f"at most {len(LEVEL_LETTERS)} code levels have token names, got {len(codebook_sizes)}")
+    return [code_token(level, code) for level, size in enumerate(codebook_sizes) for code in range(size)]
