@@ -137,5 +137,10 @@ def main(argv=None):
     return 0
 
 
-if __name__ == "__main__":
+def cli():
+    """The ``run_recbole_letter`` command an install adds (setup.py's console script)."""
     sys.exit(main())
+
+
+if __name__ == "__main__":
+    cli()

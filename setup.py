@@ -4,8 +4,15 @@ setup(
     name="recbole_letter",
     version="0.1.0",
     description="LETTER learnable item tokenizer and generative recommenders (TIGER, LC-Rec) in RecBole",
-    packages=find_packages(include=["recbole_letter", "recbole_letter.*"]),
-    package_data={"recbole_letter": ["templates/*.json"]},
+    # the property files live in the top-level properties/ folder and ship inside the package as
+    # recbole_letter/properties/ (common.PROPERTIES_DIR finds them in either place)
+    packages=find_packages(include=["recbole_letter", "recbole_letter.*"]) + ["recbole_letter.properties"],
+    package_dir={"recbole_letter.properties": "properties"},
+    package_data={"recbole_letter": ["templates/*.json"], "recbole_letter.properties": ["*.yaml", "**/*.yaml"]},
+    # the command line, also for an installed package: `run_recbole_letter --model=...` or
+    # `python -m run_recbole_letter --model=...` from any folder
+    py_modules=["run_recbole_letter"],
+    entry_points={"console_scripts": ["run_recbole_letter = run_recbole_letter:cli"]},
     python_requires=">=3.10",
     # Ranges here; exact, tested pins are in requirements.txt (README: "Why these pins").
     install_requires=[
