@@ -16,6 +16,8 @@ import numpy as np
 import torch
 from recbole.data.dataloader import TrainDataLoader
 from recbole.sampler import Sampler
+from recbole.trainer import TraditionalTrainer
+from recbole.utils import get_trainer
 
 from recbole_letter.common import amp_dtype
 from recbole_letter.model import is_generative
@@ -266,6 +268,8 @@ def run_stages(config, model_class, train_data, valid_data, test_data):
     finally:
         set_random_state(streams, torch.device(device))
     epochs, eval_step = int(config["epochs"]), max(1, int(config["eval_step"] or 1))
+    if issubclass(get_trainer(config["MODEL_TYPE"], config["model"]), TraditionalTrainer):
+        epochs = 1  # RecBole's trainer of Pop / ItemKNN runs one epoch whatever the config says
     batches = min(len(train_data), int(config["train_batches_per_epoch"] or len(train_data)))
     passes = -(-epochs // eval_step)
     test_pass = None if valid_pass is None else valid_pass * len(test_data) / max(1, len(valid_data))

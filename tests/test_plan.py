@@ -83,3 +83,10 @@ def test_the_cpu_profile_changes_sizes_not_the_protocol():
     for key in ("eval_args", "MAX_ITEM_LIST_LENGTH", "metrics", "topk", "valid_metric", "user_inter_num_interval",
                 "item_inter_num_interval", "rm_dup_inter", "beam_size", "tau"):
         assert cpu[key] == paper[key], key
+
+
+def test_the_plan_of_pop_has_the_one_epoch_recbole_runs(tiny_dataset, capsys):
+    name, cfg = tiny_dataset
+    quick_start.run("Pop", name, config_dict={**cfg, "epochs": 200, "show_plan": True})
+    training = next(line for line in plan_lines(capsys.readouterr().out) if "training (Pop)" in line)
+    assert "<= 1 epochs x" in training
