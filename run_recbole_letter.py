@@ -20,22 +20,20 @@ config digest, metrics; safe with runs writing at once) and the table of all row
 import argparse
 import sys
 
+from recbole_letter import benchmark, config_check, quick_start
+
 RUNNER_KEYS = ("results_dir",)
 
 
 def print_single(result):
-    from recbole_letter.benchmark import METRIC_ORDER
-
     source = f", evaluated from {result['checkpoint']}" if result.get("mode") == "evaluate" else ""
     print(f"{result['model']} on {result['dataset']} (run {result['run_id']}{source})")
-    print("split  " + "  ".join(f"{m:>9}" for m in METRIC_ORDER))
+    print("split  " + "  ".join(f"{m:>9}" for m in benchmark.METRIC_ORDER))
     for split, key in (("valid", "best_valid_result"), ("test", "test_result")):
-        print(f"{split:<6} " + "  ".join(f"{result[key][m]:>9.4f}" for m in METRIC_ORDER))
+        print(f"{split:<6} " + "  ".join(f"{result[key][m]:>9.4f}" for m in benchmark.METRIC_ORDER))
 
 
 def run_benchmark(args, config_files, overrides, models):
-    from recbole_letter import benchmark
-
     common = dict(config_files=config_files, overrides=overrides, out_dir=args.results_dir, quick=args.quick)
     if args.benchmark == "table1":
         return benchmark.table1(args.dataset, models=models, **common)
@@ -52,17 +50,13 @@ def run_benchmark(args, config_files, overrides, models):
     values = None
     if args.values:
         values = [type_value(v) for v in args.values.split(",")]
-        from recbole_letter.config_check import check_value
-
-        values = [check_value(args.param, v) for v in values]
+        values = [config_check.check_value(args.param, v) for v in values]
     return benchmark.sweep(args.dataset, args.param, values, **common)
 
 
 def type_value(text):
     """One ``--values`` entry typed like a ``--key=value`` text (a literal, never eval'd)."""
-    from recbole_letter.config_check import parse_value
-
-    return parse_value(text)
+    return config_check.parse_value(text)
 
 
 class OneLineParser(argparse.ArgumentParser):
@@ -77,8 +71,6 @@ def check_arguments(args, models, overrides, config_files):
     """Every name and value checked before anything trains: model names; for a training run, the whole
     config of each model (keys, types, ranges, dataset files) as ``build_config`` checks it, so that a bad
     second model or a bad value seen only in a spawned DDP rank fails here, in one line."""
-    from recbole_letter import config_check, quick_start
-
     for model in models or []:
         config_check.check_model_name(model)
     if not args.benchmark and not args.checkpoint:
@@ -106,9 +98,6 @@ def main(argv=None):
     parser.add_argument("--checkpoint", default=None, help="evaluate this saved checkpoint (valid + test), no training")
     args, unknown = parser.parse_known_args(argv)
     try:
-        from recbole_letter import quick_start
-        from recbole_letter.benchmark import write_results
-
         overrides = quick_start.parse_overrides(unknown)
         config_files = args.config_files.replace(",", " ").split() if args.config_files else None
         models = [m.strip() for m in args.model.split(",") if m.strip()] if args.model else None
@@ -130,7 +119,7 @@ def main(argv=None):
     if len(results) == 1:
         print_single(results[0])
     dataset = results[0]["dataset"]  # with --checkpoint: the checkpoint's own dataset
-    markdown = write_results(results, args.results_dir, dataset)
+    markdown = benchmark.write_results(results, args.results_dir, dataset)
     print(markdown)
     print(f"rows appended to {args.results_dir}/{dataset}.jsonl; every run's table: "
           f"{args.results_dir}/{dataset}.{{md,csv,json}}")

@@ -19,6 +19,7 @@ from logging import getLogger
 
 import numpy as np
 import pandas as pd
+from recbole.data.dataset import Dataset
 
 WARN_FRACTION = 0.01  # removing more than this share of the interactions is a warning
 
@@ -61,8 +62,6 @@ def _counts(dataset):
 def recording_filters():
     """Inside the block, every RecBole ``Dataset`` filter step appends ``(step, before, after)`` (``Counts``)
     to the yielded list. The wrappers are removed on leaving the block."""
-    from recbole.data.dataset import Dataset
-
     steps = []
     originals = {name: Dataset.__dict__[name] for name in STEPS}
 
