@@ -62,7 +62,7 @@ def main():
     config_dict = {"show_progress": False, "state": "WARNING", "checkpoint_dir": os.path.join(work, "saved"),
                    "data_path": data_path, "item_codes_file": codes, "enable_amp": args.amp}
     config, _, train_data, _, test_data = prepare("LETTER_TIGER", args.dataset, config_dict=config_dict)
-    model = LETTER_TIGER(config, train_data.dataset).eval()
+    model = LETTER_TIGER(config, train_data.dataset, LETTER_TIGER.tokenize(config, train_data.dataset)).eval()
     item_seq, item_seq_len = test_histories(model, test_data, args.users)
 
     def base_step_fn(self, seq, seq_len, workspace=None):

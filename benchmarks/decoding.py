@@ -187,7 +187,7 @@ def main():
     from recbole_letter.model.letter_tiger import LETTER_TIGER
 
     device = config["device"]  # a GPU where RecBole finds one
-    model = LETTER_TIGER(config, train_data.dataset).to(device)
+    model = LETTER_TIGER(config, train_data.dataset, LETTER_TIGER.tokenize(config, train_data.dataset)).to(device)
     if checkpoint:
         from recbole_letter.trainer import load_checkpoint
 

@@ -65,7 +65,7 @@ def main():
     config_dict = {"show_progress": False, "state": "WARNING", "beam_size": 20, "seed": 2020, "data_path": data_path,
                    "item_codes_file": codes, "checkpoint_dir": os.path.join(work, "saved")}
     config, _, train_data, _, test_data = prepare("LETTER_TIGER", args.dataset, config_dict=config_dict)
-    model = LETTER_TIGER(config, train_data.dataset).eval()
+    model = LETTER_TIGER(config, train_data.dataset, LETTER_TIGER.tokenize(config, train_data.dataset)).eval()
     item_seq, item_seq_len = test_histories(model, test_data, args.users)
     with torch.no_grad():
         model.generate_items(item_seq[:64], item_seq_len[:64])  # warm-up

@@ -115,7 +115,7 @@ def main():
            "gradient_checkpointing": args.gradient_checkpointing, "enable_amp": args.amp, "show_progress": False, "state": "WARNING"}  # fmt: skip
     start = time.perf_counter()
     config, _, train, _, test = prepare("LETTER_LC_Rec", args.dataset, config_dict=cfg)
-    model = LETTER_LC_Rec(config, train.dataset).to(config["device"])
+    model = LETTER_LC_Rec(config, train.dataset, LETTER_LC_Rec.tokenize(config, train.dataset)).to(config["device"])
     device = config["device"]
     print(f"load {time.perf_counter() - start:.1f}s on {device}; vocab {model.vocab_size}; "
           f"trainable {model.trainable_parameter_counts()}", flush=True)

@@ -45,15 +45,14 @@ def main(argv=None):
     from recbole.trainer import Trainer
 
     from recbole_letter.benchmark import BatchList, use_tf32
-    from recbole_letter.model import get_model_class
-    from recbole_letter.quick_start import build_trainer, parse_overrides, prepare
+    from recbole_letter.quick_start import build_model, build_trainer, parse_overrides, prepare
     from recbole_letter.trainer import default_autocast_dtype
 
     overrides = {"show_progress": False, "state": "WARNING", **parse_overrides(rest)}
     config, _, train_data, _, _ = prepare(args.model, args.dataset, config_dict=overrides)
     device = config["device"]
     use_tf32(device)  # as budget_runs trains
-    model = get_model_class(args.model)(config, train_data.dataset).to(device)
+    model = build_model(config, train_data.dataset).to(device)
     trainer = build_trainer(config, model)
     batches = BatchList()
     for interaction in train_data:

@@ -219,6 +219,37 @@ def safe_trainer_class(trainer_class):
     return type(trainer_class.__name__, (SafeCheckpoints, trainer_class), {"__module__": __name__})
 
 
+def tokenizer_stage(config, model_class, train_dataset):
+    """The tokenizer stage of a generator: its item codes, built or read back once per run.
+
+    Calls the model class's hook (``GenerativeRecommender.tokenize``) on the training split. Under DDP
+    rank 0 builds (or loads) the codes while the other ranks wait at a barrier, then read them from the
+    cache rank 0 wrote.
+    """
+    distributed = torch.distributed.is_available() and torch.distributed.is_initialized()
+    if distributed and torch.distributed.get_rank() != 0:
+        torch.distributed.barrier()  # rank 0 has the codes in its cache
+        return model_class.tokenize(config, train_dataset)
+    item_codes = model_class.tokenize(config, train_dataset)
+    if distributed:
+        torch.distributed.barrier()
+    return item_codes
+
+
+def build_model(config, train_dataset, item_codes=None):
+    """The model of ``config["model"]`` on ``train_dataset`` (the training split), on the config's device.
+
+    A generator gets ``item_codes``, or those of the tokenizer stage (:func:`tokenizer_stage`) when none
+    are given; its constructor only receives them.
+    """
+    model_class = get_model_class(config["model"])
+    if not is_generative(config["model"]):
+        return model_class(config, train_dataset).to(config["device"])
+    if item_codes is None:
+        item_codes = tokenizer_stage(config, model_class, train_dataset)
+    return model_class(config, train_dataset, item_codes).to(config["device"])
+
+
 def build_trainer(config, model, train_dataset=None):
     """The trainer RecBole would pick for the model, with checkpoints that load with ``weights_only=True``:
     ``LetterTrainer`` in place of RecBole's plain ``Trainer``, and every other ``Trainer`` subclass
@@ -266,7 +297,7 @@ def _run_single(model, dataset, config_files=None, config_dict=None, saved=True,
         return result
 
     init_seed(config["seed"] + config["local_rank"], config["reproducibility"])
-    model_obj = get_model_class(model)(config, train_data.dataset).to(config["device"])
+    model_obj = build_model(config, train_data.dataset)
     logger.info(model_obj)
     trainer = build_trainer(config, model_obj, train_data.dataset)
     logger.info(f"run id: {trainer.run_id}")
@@ -377,7 +408,10 @@ def evaluate_checkpoint(path, config_dict=None):
     init_seed(config["seed"], config["reproducibility"])
     init_logger(config)
     train_data, valid_data, test_data = data_preparation(config, create_dataset(config))
-    model = get_model_class(config["model"])(config, train_data.dataset).to(config["device"])
+    model_class = get_model_class(config["model"])
+    # a generator's checkpoint carries its codes: evaluating never runs (or needs the cache of) the tokenizer
+    codes = model_class.codes_from_state_dict(checkpoint["state_dict"]) if is_generative(config["model"]) else None
+    model = build_model(config, train_data.dataset, item_codes=codes)
     trainer = build_trainer(config, model, train_data.dataset)
     valid_result = trainer.evaluate(valid_data, model_file=path, show_progress=config["show_progress"])
     test_result = trainer.evaluate(test_data, model_file=path, show_progress=config["show_progress"])

@@ -416,3 +416,52 @@ def test_resume_across_devices(tiny_dataset, tmp_path):
     (last,) = (tmp_path / "gpu").glob("*-last.pth")
     assert load_checkpoint(last)["rng"][0]["cuda"] is not None
     _run_in_cpu_process(name, {**gpu_cfg, "resume_from": str(last)})
+
+
+class _SlowTokenizer:
+    """A generator class whose tokenizer hook records who ran it and when (rank 0 takes a while)."""
+
+    log = None
+
+    @classmethod
+    def tokenize(cls, config, dataset):
+        import time
+
+        rank = torch.distributed.get_rank()
+        if rank == 0:
+            time.sleep(1.0)
+        with open(cls.log, "a") as f:
+            f.write(f"{rank}\n")
+        return rank
+
+
+def _tokenizer_stage_worker(rank, port, log):
+    torch.distributed.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=2)
+    try:
+        _SlowTokenizer.log = log
+        quick_start.tokenizer_stage(None, _SlowTokenizer, None)
+    finally:
+        torch.distributed.destroy_process_group()
+
+
+def test_ddp_ranks_run_the_tokenizer_stage_after_rank_0(tmp_path):
+    """Under DDP rank 0 builds the codes while the other ranks wait at a barrier; they then call the hook,
+    which reads rank 0's cache (a second call with the same config reads the cache:
+    tests/test_tokenizer_pipeline.py)."""
+    log = tmp_path / "calls.txt"
+    torch.multiprocessing.spawn(_tokenizer_stage_worker, args=(free_port(), str(log)), nprocs=2, join=True)
+    assert log.read_text().split() == ["0", "1"]  # rank 1 waited for rank 0's slow build
+
+
+def test_a_ddp_generator_run_builds_its_codes_once(tiny_dataset, tmp_path, monkeypatch, capfd):
+    """The whole pipeline under DDP: rank 0's log says it built the codes; the run ends on both ranks."""
+    from recbole_letter.benchmark import QUICK_OVERRIDES
+
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "")
+    name, cfg = tiny_dataset
+    cfg = {**cfg, **QUICK_OVERRIDES, "state": "INFO", "checkpoint_dir": str(tmp_path), "nproc": 2,
+           "train_batch_size": 256, "port": free_port()}
+    result = quick_start.run("LETTER_TIGER", name, config_dict=cfg)
+    printed = capfd.readouterr()
+    assert (printed.out + printed.err).count("item codes built") == 1  # rank 1 logs errors only
+    assert set(result["test_result"]) == {"recall@5", "recall@10", "ndcg@5", "ndcg@10"}

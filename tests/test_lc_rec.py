@@ -103,7 +103,7 @@ def lc_config(lc_data_path, tiny_llm, tiny_codes_file):
 
 def _build(model_class, name, cfg):
     config, _, train_data, valid_data, test_data = quick_start.prepare(model_class.__name__, name, config_dict=cfg)
-    return config, model_class(config, train_data.dataset), train_data, test_data
+    return config, model_class(config, train_data.dataset, model_class.tokenize(config, train_data.dataset)), train_data, test_data
 
 
 def _first_batch(loader):

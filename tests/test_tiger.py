@@ -197,7 +197,7 @@ def _train_tiny_tiger(tiny_data_path, folder):
 
     config_dict = _tiny_tiger_config(tiny_data_path, folder)
     config, _, train_data, valid_data, test_data = prepare("LETTER_TIGER", "ml-tiny", config_dict=config_dict)
-    model = LETTER_TIGER(config, train_data.dataset)
+    model = LETTER_TIGER(config, train_data.dataset, LETTER_TIGER.tokenize(config, train_data.dataset))
     trainer = build_trainer(config, model)
     trainer.fit(train_data, valid_data, saved=True, show_progress=False)
     test_result = trainer.evaluate(test_data, load_best_model=True, show_progress=False)
@@ -234,7 +234,7 @@ def test_tiger_checkpoint_reloads_to_identical_scores(trained_tiger):
 
     config, train_data, test_data, trainer, _ = trained_tiger
     checkpoint = load_checkpoint(trainer.saved_model_file)
-    fresh = LETTER_TIGER(config, train_data.dataset)
+    fresh = LETTER_TIGER(config, train_data.dataset, LETTER_TIGER.tokenize(config, train_data.dataset))
     fresh.load_state_dict(checkpoint["state_dict"])
     fresh.eval()
     batch = next(iter(test_data))[0]
@@ -256,7 +256,7 @@ def test_tiger_config_and_bad_beam(tiny_data_path, tmp_path):
     from recbole_letter.model.letter_tiger import TIGER
 
     with pytest.raises(ValueError, match="beam_size"):
-        TIGER(config, train_data.dataset)
+        TIGER(config, train_data.dataset, TIGER.tokenize(config, train_data.dataset))
 
 
 @pytest.mark.parametrize("buckets", [3, 8])
@@ -397,7 +397,7 @@ def test_t5_cpu_kernels_by_default_on_cpu_and_checkpoints_load_either_way(traine
     assert isinstance(trainer.model.t5.encoder.block[0].layer[1].DenseReluDense, FeedForward)
     config["t5_cpu_kernels"] = False
     try:
-        plain = LETTER_TIGER(config, train_data.dataset)
+        plain = LETTER_TIGER(config, train_data.dataset, LETTER_TIGER.tokenize(config, train_data.dataset))
     finally:
         config["t5_cpu_kernels"] = None
     assert type(plain.t5.encoder.block[0].layer[1].DenseReluDense) is T5DenseActDense
@@ -436,24 +436,24 @@ def test_torch_compile_gives_the_t5_s_loss_and_gradients_at_full_width(trained_t
     saved = {key: config[key] for key in keys}
     try:
         config["t5_cpu_kernels"] = False
-        eager = LETTER_TIGER(config, train_data.dataset)
+        eager = LETTER_TIGER(config, train_data.dataset, LETTER_TIGER.tokenize(config, train_data.dataset))
         config["t5_cpu_kernels"] = None  # ~ -> off under torch_compile, on a CPU too
         config["torch_compile"], config["torch_compile_backend"] = True, "aot_eager"
-        compiled = LETTER_TIGER(config, train_data.dataset)
+        compiled = LETTER_TIGER(config, train_data.dataset, LETTER_TIGER.tokenize(config, train_data.dataset))
         config["torch_compile_backend"] = recording_backend
-        recorded = LETTER_TIGER(config, train_data.dataset)
+        recorded = LETTER_TIGER(config, train_data.dataset, LETTER_TIGER.tokenize(config, train_data.dataset))
         config["t5_cpu_kernels"] = True
         with pytest.raises(ValueError, match="t5_cpu_kernels"):
-            LETTER_TIGER(config, train_data.dataset)
+            LETTER_TIGER(config, train_data.dataset, LETTER_TIGER.tokenize(config, train_data.dataset))
         config["t5_cpu_kernels"], config["length_buckets"] = None, 8
         with pytest.raises(ValueError, match="length_buckets"):
-            LETTER_TIGER(config, train_data.dataset)
+            LETTER_TIGER(config, train_data.dataset, LETTER_TIGER.tokenize(config, train_data.dataset))
         config["length_buckets"], config["torch_compile_mode"] = None, "reduce-overhead"
         with pytest.raises(ValueError, match="a setting of the inductor backend"):  # torch.compile only warns
-            LETTER_TIGER(config, train_data.dataset)
+            LETTER_TIGER(config, train_data.dataset, LETTER_TIGER.tokenize(config, train_data.dataset))
         config["torch_compile_backend"], config["torch_compile_mode"] = None, "fastest"
         with pytest.raises(ValueError, match="reduce-overhead"):
-            LETTER_TIGER(config, train_data.dataset)
+            LETTER_TIGER(config, train_data.dataset, LETTER_TIGER.tokenize(config, train_data.dataset))
     finally:
         for key, value in saved.items():
             config[key] = value
@@ -559,7 +559,7 @@ def test_training_benchmark_writes_its_fastest_setting_as_overrides_a_run_accept
     assert (overrides["length_buckets"], overrides["torch_compile"]) in {(1, False), (1, True), (2, False)}
     assert overrides.get("torch_compile_backend", "aot_eager") == "aot_eager"  # the backend it was timed with
     config, _, train_data, _, _ = prepare("LETTER_TIGER", "ml-tiny", config_dict={**config_dict, **overrides})
-    assert LETTER_TIGER(config, train_data.dataset).length_buckets == overrides["length_buckets"]
+    assert LETTER_TIGER(config, train_data.dataset, LETTER_TIGER.tokenize(config, train_data.dataset)).length_buckets == overrides["length_buckets"]
     base_args = ["--dataset=ml-tiny", f"--config_files={tmp_path / 'tiny.yaml'}", "--amp=0", "--rounds=1"]
     with pytest.raises(SystemExit, match="no setting to time"):  # a compiled T5 runs whole batches only
         training.main(base_args + ["--buckets=4", "--compile=1"])
@@ -685,3 +685,26 @@ def test_exclude_seen_items_keeps_training_items_out_of_beams_and_rankings(train
     interaction, masked_scores, _, _ = sas_trainer._full_sort_batch_eval(batched)
     seen_rows = sas_trainer.seen_items.mask(interaction[sasrec.USER_ID], interaction[sasrec.ITEM_SEQ])
     assert torch.isinf(masked_scores[seen_rows]).all() and torch.isfinite(masked_scores[:, 1:][~seen_rows[:, 1:]]).all()
+
+
+def test_a_generator_needs_codes_and_its_checkpoint_evaluates_without_the_tokenizer(trained_tiger, monkeypatch):
+    """The model's constructor runs no tokenizer; ``--checkpoint`` rebuilds the model from the codes the
+    checkpoint carries, so it never trains or reads a tokenizer (its hook is made to fail here)."""
+    from recbole_letter import quick_start
+    from recbole_letter.model.generative_recommender import GenerativeRecommender
+    from recbole_letter.model.letter_tiger import LETTER_TIGER
+
+    config, train_data, _, trainer, test_result = trained_tiger
+    with pytest.raises(TypeError, match="build_model"):
+        LETTER_TIGER(config, train_data.dataset, None)
+    state = trainer.model.state_dict()
+    codes = GenerativeRecommender.codes_from_state_dict(state)
+    assert np.array_equal(codes.codes, trainer.model.item_codes.codes)
+
+    def no_tokenizer(*args, **kwargs):
+        raise AssertionError("the tokenizer hook ran")
+
+    monkeypatch.setattr(GenerativeRecommender, "tokenize", classmethod(no_tokenizer))
+    monkeypatch.setitem(config.final_config_dict, "item_codes_file", None)  # nothing to read codes from either
+    result = quick_start.evaluate_checkpoint(trainer.saved_model_file, {"item_codes_file": "/nonexistent.json"})
+    assert result["test_result"] == pytest.approx({k: float(v) for k, v in test_result.items()})

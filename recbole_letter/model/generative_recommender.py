@@ -2,8 +2,10 @@
 
 The base owns everything that is the same for both generators:
 
-* the tokenizer hook: ``recbole_letter.tokenizer.get_item_codes(config, dataset)`` in ``__init__``
-  (the training split, before training starts);
+* the tokenizer hook: ``tokenize(config, dataset)`` (a class method: the training split -> unique
+  ``ItemCodes``), which the pipeline (``quick_start.build_model``) calls once before it builds the model;
+  ``__init__`` only receives the codes and keeps them in its state (buffers ``item_codes``,
+  ``codebook_sizes``), so every checkpoint carries the codes it was trained on;
 * the token layout: ``item_code_tokens`` buffer ``[n_items, T]`` (see
   ``recbole_letter.generation.trie.item_code_token_table``) and the ``CodeTrie`` built from it
   (rebuilt lazily when the buffer changes, e.g. on a checkpoint load, or moves device);
@@ -56,11 +58,16 @@ from recbole_letter.generation import (
 )
 from recbole_letter.model.seen_items import SeenItems
 from recbole_letter.tokenizer import get_item_codes
+from recbole_letter.tokenizer.item_codes import ItemCodes
 
 
 class GenerativeRecommender(SequentialRecommender):
-    def __init__(self, config, dataset, first_code_token=FIRST_CODE_TOKEN, eos_token_id=EOS_TOKEN_ID,
-                 pad_token_id=PAD_TOKEN_ID, item_codes=None):
+    def __init__(self, config, dataset, item_codes, first_code_token=FIRST_CODE_TOKEN, eos_token_id=EOS_TOKEN_ID,
+                 pad_token_id=PAD_TOKEN_ID):
+        if not isinstance(item_codes, ItemCodes):
+            raise TypeError(f"{type(self).__name__} needs item_codes (ItemCodes), got {type(item_codes).__name__}: "
+                            f"build it with recbole_letter.quick_start.build_model, which runs the tokenizer stage "
+                            f"({type(self).__name__}.tokenize) first")
         super().__init__(config, dataset)
         self.tau = float(config["tau"] if config["tau"] is not None else 1.0)
         self.beam_size = int(config["beam_size"] or 20)
@@ -78,8 +85,7 @@ class GenerativeRecommender(SequentialRecommender):
         if self.length_buckets < 1:
             raise ValueError(f"length_buckets must be >= 1, got {self.length_buckets}")
 
-        # the tokenizer hook (training split), unless the caller hands the codes in
-        self.item_codes = item_codes if item_codes is not None else get_item_codes(config, dataset)
+        self.item_codes = item_codes
         if self.item_codes.n_items != self.n_items:
             raise ValueError(f"item codes cover {self.item_codes.n_items} items, the dataset has {self.n_items}")
         self.pad_token_id = int(pad_token_id)
@@ -89,10 +95,24 @@ class GenerativeRecommender(SequentialRecommender):
         tokens = item_code_token_table(self.item_codes.codes, self.item_codes.codebook_sizes,
                                        self.first_code_token, self.eos_token_id, self.pad_token_id)
         self.register_buffer("item_code_tokens", tokens)  # [n_items, T]
+        # the codes themselves, so that a checkpoint can rebuild the model without the tokenizer
+        self.register_buffer("item_codes_table", torch.from_numpy(item_codes.codes.copy()))  # [n_items, L]
+        self.register_buffer("codebook_sizes", torch.tensor(item_codes.codebook_sizes, dtype=torch.long))  # [L]
         self.code_len = tokens.shape[1]  # T: tokens per item (codes, + eos when depths differ)
         self._trie = None
         self._trie_key = None
         self.seen_items = SeenItems(dataset) if config["exclude_seen_items"] else None
+
+    @classmethod
+    def tokenize(cls, config, dataset):
+        """The tokenizer hook: unique item codes for ``dataset`` (the training split), from
+        ``item_codes_file`` or the LETTER tokenizer (trained, or read back from its cache)."""
+        return get_item_codes(config, dataset)
+
+    @staticmethod
+    def codes_from_state_dict(state_dict):
+        """The ``ItemCodes`` a checkpoint's ``state_dict`` was trained on."""
+        return ItemCodes(state_dict["item_codes_table"].cpu().numpy(), state_dict["codebook_sizes"].tolist())
 
     @staticmethod
     def default_length_buckets(device):

@@ -224,7 +224,7 @@ class LETTER_LC_Rec(GenerativeRecommender):
 
     input_type = InputType.POINTWISE
 
-    def __init__(self, config, dataset):
+    def __init__(self, config, dataset, item_codes):
         if config["torch_compile"]:  # not silently ignored: the key is LETTER_TIGER / TIGER's
             raise ValueError("torch_compile compiles the T5 of LETTER_TIGER / TIGER; the LC-Rec models have no "
                              "compiled path")
@@ -238,7 +238,7 @@ class LETTER_LC_Rec(GenerativeRecommender):
         pad_token_id = tokenizer.pad_token_id
         if pad_token_id is None or pad_token_id == eos_token_id:
             pad_token_id = 0 if eos_token_id != 0 else 1
-        super().__init__(config, dataset, first_code_token, eos_token_id, pad_token_id)
+        super().__init__(config, dataset, item_codes, first_code_token, eos_token_id, pad_token_id)
 
         # hyper-parameters
         self.lora_r = config["lora_r"]

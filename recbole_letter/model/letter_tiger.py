@@ -35,8 +35,8 @@ from recbole_letter.model.t5_cpu import use_cpu_kernels
 class LETTER_TIGER(GenerativeRecommender):
     input_type = InputType.POINTWISE
 
-    def __init__(self, config, dataset, item_codes=None):
-        super().__init__(config, dataset, item_codes=item_codes)
+    def __init__(self, config, dataset, item_codes):
+        super().__init__(config, dataset, item_codes)
         # load parameters info
         self.d_model = config["d_model"]
         self.d_ff = config["d_ff"]

@@ -322,6 +322,7 @@ def load_or_train_item_codes(config, dataset, return_artifacts=False):
     codes_path = os.path.join(run_dir, "codes.npz")
     cached = cache.load_arrays(codes_path)
     if cached is not None and cached["final"].shape[0] == dataset.item_num and not return_artifacts:
+        logger.info(f"item codes read from the cache: {codes_path}")
         return ItemCodes(cached["final"], cached["final_codebook_sizes"].tolist())
 
     timings = {}
@@ -350,6 +351,7 @@ def load_or_train_item_codes(config, dataset, return_artifacts=False):
         before, resolved, z_hat = assign_codes(model, semantic_emb, config["max_resolve_rounds"])
         final = ItemCodes(resolved, codebook_sizes).make_unique()
         timings["seconds_resolve"] = time.perf_counter() - start
+        logger.info(f"item codes built ({final.n_levels} levels, {sum(timings.values()):.1f} s): {codes_path}")
         cache.save_arrays(codes_path, before=before, resolved=resolved, final=final.codes,
                           final_codebook_sizes=np.asarray(final.codebook_sizes))  # fmt: skip
         # wall seconds of the stages this call computed (0 = read from the cache), for later reports
