@@ -33,6 +33,7 @@ from tqdm import tqdm
 
 from recbole_letter.common import amp_dtype
 from recbole_letter.files import write_atomic
+from recbole_letter.model.seen_items import SeenItems
 
 NAN_CHECK_INTERVAL = 100  # batches between the loss's NaN checks off a CPU: each one waits for the device
 CHECKPOINT_FORMAT = "recbole_letter checkpoint 1"  # what load_checkpoint accepts
@@ -385,8 +386,6 @@ class LetterTrainer(SafeCheckpoints, Trainer):
     def set_seen_items(self, train_dataset):
         """``exclude_seen_items``: remove each user's training-split items from a sequential model's ranking,
         as RecBole does for general models (``recbole_letter.model.seen_items``)."""
-        from recbole_letter.model.seen_items import SeenItems
-
         if self.seen_items is None:
             self.seen_items = SeenItems(train_dataset)
 
