@@ -26,9 +26,16 @@ Each fix is applied once, at ``import recbole_letter``, and touches only what Re
 * torch >= 2.6 loads with ``weights_only=True``; RecBole's trainers pickle their ``Config`` into every
   checkpoint and then cannot read it back. We do not change ``torch.load``: every trainer the quick start
   builds writes checkpoints of tensors and plain values instead (``recbole_letter.trainer.SafeCheckpoints``),
-  and ``recbole_letter.trainer.load_checkpoint`` reads them with ``weights_only=True``; nothing is unpickled.
+  and ``recbole_letter.trainer.load_checkpoint`` reads them with ``weights_only=True``. RecBole's data
+  loading would unpickle too: ``create_dataset`` loads ``dataset_save_path`` (or
+  ``<checkpoint_dir>/<dataset>-<Class>.pth``) whenever that file exists, and ``data_preparation`` loads saved
+  dataloaders through ``load_split_dataloaders``. ``recbole.data.create_dataset`` (and ``recbole.data.utils``'s)
+  becomes :func:`create_dataset`, which always builds the dataset from the atomic files, and
+  ``load_split_dataloaders`` finds nothing, so the loaders are always built; ``config_check`` refuses the
+  four keys that save or name such files. Nothing is unpickled.
 """
 
+import importlib
 import types
 import warnings
 
@@ -63,7 +70,32 @@ def apply():
     from recbole.trainer import hyper_tuning
 
     hyper_tuning.np = _NumpyWithGeneratorRNG()
+    import recbole.data
+    import recbole.data.utils
+
+    # before anything imports the name (recbole_letter.quick_start: ``from recbole.data import create_dataset``)
+    recbole.data.create_dataset = recbole.data.utils.create_dataset = create_dataset
+    recbole.data.utils.load_split_dataloaders = _no_saved_dataloaders
     _APPLIED = True
+
+
+def create_dataset(config):
+    """RecBole's ``create_dataset`` without its saved-file branch (``pickle.load`` of ``dataset_save_path`` or
+    ``<checkpoint_dir>/<dataset>-<Class>.pth`` when that file exists): the dataset is always built from the
+    atomic files, by the class RecBole would pick (``<Model>Dataset``, else the model type's)."""
+    from recbole.utils import ModelType
+
+    dataset_module = importlib.import_module("recbole.data.dataset")
+    name = config["model"] + "Dataset"
+    if not hasattr(dataset_module, name):
+        name = {ModelType.SEQUENTIAL: "SequentialDataset",
+                ModelType.KNOWLEDGE: "KnowledgeBasedDataset"}.get(config["MODEL_TYPE"], "Dataset")
+    return getattr(dataset_module, name)(config)
+
+
+def _no_saved_dataloaders(config):
+    """``data_preparation`` builds its loaders when this returns None (RecBole's would unpickle a saved file)."""
+    return None
 
 
 class _NumpyWithGeneratorRNG:

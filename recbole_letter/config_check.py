@@ -155,7 +155,7 @@ EXTRA_KEYS = {
     "single_spec": "bool", "device": None, "eval_type": None, "MODEL_TYPE": None, "MODEL_INPUT_TYPE": None,
     "valid_neg_sample_args": None, "test_neg_sample_args": None, "neg_sampling": None,
     "training_neg_sample_num": None, "verbose": "bool", "encoding": "str", "tail_ratio": "float",
-    "text_fields": "list or None",
+    "text_fields": "list or None", "run_id": "str or None",
 }
 # Types for keys whose default is ~ with no annotation in the YAML files.
 TYPE_HINTS = {
@@ -353,6 +353,9 @@ RULES = {
     "eval_args": _eval_args,
 }
 
+# RecBole keys that save the filtered dataset / split loaders with pickle and load them back with pickle.load
+UNPICKLING_KEYS = ("dataset_save_path", "dataloaders_save_path", "save_dataset", "save_dataloaders")
+
 _EXPECTED = {"int": "an integer", "float": "a number", "bool": "a boolean (True or False)", "str": "a string",
              "list": "a list such as [a, b]", "dict": "a dict such as {k: v}", "tuple": "a comma list",
              "none": "~"}
@@ -392,6 +395,9 @@ def check_value(key, value, source="--"):
         raise ConfigError(f"{where}unknown config key {key!r}{hint}")
     kinds = keys[key]
     shown = f"{where}{key}={value!r}"
+    if key in UNPICKLING_KEYS and value not in (None, False, ""):
+        raise ConfigError(f"{shown}: not supported: RecBole would unpickle saved dataset / dataloader files "
+                          f"(unpickling can run code); the dataset is always built from the atomic files")
     kind = _kind(value)
     if kinds and kind != "other":  # "other": an object a Python caller passes (a Path, a numpy bool, ...)
         if kind == "tuple" and "list" in kinds and "tuple" not in kinds:

@@ -396,8 +396,11 @@ def evaluate_checkpoint(path, config_dict=None):
     The result names the run the checkpoint belongs to (``run_id``).
     """
     checkpoint = load_checkpoint(path)
+    # the stored config passes the checks a user's config does (no key that would unpickle a file, ranges, ...)
+    config_check.check_values(checkpoint["config"], source=f"checkpoint {path}: stored config: ")
+    config_dict = config_check.check_values(dict(config_dict or {}))
     config = config_from_values(checkpoint["config"])
-    for key, value in (config_dict or {}).items():
+    for key, value in config_dict.items():
         # data_path means what it means for training, the folder holding the dataset's folder (the saved
         # config holds the joined path, as RecBole's Config makes it)
         config[key] = os.path.join(value, config["dataset"]) if key == "data_path" else value

@@ -3,6 +3,7 @@
 import json
 import multiprocessing
 import os
+import pickle
 import shutil
 import threading
 
@@ -11,9 +12,10 @@ import pytest
 import torch
 
 import run_recbole_letter
-from recbole_letter import benchmark, quick_start
+from recbole_letter import benchmark, config_check, quick_start
+from recbole_letter.config_check import ConfigError
 from recbole_letter.tokenizer import cache
-from recbole_letter.trainer import LetterTrainer, load_checkpoint
+from recbole_letter.trainer import CHECKPOINT_FORMAT, LetterTrainer, load_checkpoint
 
 FAST_BPR = {"embedding_size": 8}  # a LetterTrainer run of ~1 s on the 150-user slice
 
@@ -192,3 +194,29 @@ def test_non_neural_baselines_save_and_test(model, tiny_dataset, capsys):
     if model == "Pop":  # and from the command line, which prints the run id it evaluates
         assert run_recbole_letter.main([f"--checkpoint={result['checkpoint']}"]) == 0
         assert f"(run {result['run_id']}, evaluated from {result['checkpoint']})" in capsys.readouterr().out
+
+
+def test_saved_dataset_and_dataloader_files_are_never_unpickled(tiny_dataset, tmp_path):
+    # before: RecBole's create_dataset / data_preparation ran pickle.load on these files whenever they existed
+    name, cfg = tiny_dataset
+    os.makedirs("saved", exist_ok=True)
+    markers = []
+    for file in (f"saved/{name}-Dataset.pth", f"saved/{name}-for-BPR-dataloader.pth", str(tmp_path / "given.pth")):
+        markers.append(tmp_path / f"PWNED-{len(markers)}")
+        with open(file, "wb") as f:
+            pickle.dump(WritesAFile(str(markers[-1])), f)
+    config, dataset, train_data, _, _ = quick_start.prepare("BPR", name, config_dict=cfg)
+    assert dataset.inter_num > 0 and len(train_data) > 0
+    assert not any(marker.exists() for marker in markers)
+    # the keys that name or write such files are refused, from a user and from a checkpoint's stored config
+    for key, value in (("dataset_save_path", str(tmp_path / "given.pth")), ("dataloaders_save_path", "x.pth"),
+                       ("save_dataset", True), ("save_dataloaders", True)):
+        with pytest.raises(ConfigError, match=f"{key}=.*not supported: RecBole would unpickle"):
+            quick_start.prepare("BPR", name, config_dict={**cfg, key: value})
+    assert config_check.check_value("save_dataset", False) is False  # RecBole's default stays accepted
+    forged = tmp_path / "forged.pth"
+    torch.save({"format": CHECKPOINT_FORMAT, "run_id": "r", "epoch": 0, "state_dict": {},
+                "config": {"model": "BPR", "dataset": name, "dataset_save_path": str(tmp_path / "given.pth")}}, forged)
+    with pytest.raises(ConfigError, match="forged.pth: stored config: dataset_save_path=.*not supported"):
+        quick_start.evaluate_checkpoint(str(forged))
+    assert not any(marker.exists() for marker in markers)
