@@ -88,6 +88,46 @@ def test_tune_runs_recbole_hypertuning_on_a_params_file(monkeypatch, tmp_path):
         benchmark.tune("ml-100k", "SASRec", tmp_path / "missing.test", out_dir=tmp_path)
 
 
+def test_params_file_is_read_as_literals_never_evaluated(monkeypatch, tmp_path, capsys):
+    # before: RecBole's HyperTuning._build_space_from_file eval()'d every choice value
+    from recbole_letter.benchmark.tuning import read_params_file
+
+    calls = []
+    monkeypatch.setattr(quick_start, "run", fake_run(calls))
+    params = tmp_path / "hyper.test"
+    params.write_text("# a comment\n\ntau choice [0.7, 1.0]\nlearning_rate loguniform -8,0\n"
+                      "alpha uniform 0,1\nbeta quniform 1,5,1\ntext_fields choice ['[title]','[title,brand]']\n")
+    assert read_params_file(params) == {
+        "choice": {"tau": [0.7, 1.0], "text_fields": ["[title]", "[title,brand]"]},
+        "loguniform": {"learning_rate": [-8.0, 0.0]}, "uniform": {"alpha": [0.0, 1.0]},
+        "quniform": {"beta": [1.0, 5.0, 1.0]}}
+    marker = tmp_path / "PWNED"
+    payload = f"x choice [__import__('os').system('touch {marker}')]"
+    for text, message in ((payload + "\n", "hyper.test:1: x choice: .* is not a literal"),
+                          ("tau choice [0.7]\nlr uniform 1\n", "hyper.test:2: lr uniform: expected 2 numbers low,high"),
+                          ("tau choice []\n", "hyper.test:1: tau choice: expected a non-empty list"),
+                          ("tau normal 0,1\n", "hyper.test:1: unknown type 'normal'"),
+                          ("tau choice\n", "hyper.test:1: expected 'name type values'"),
+                          ("tau choice [1]\ntau choice [2]\n", "hyper.test:2: tau is given twice")):
+        params.write_text(text)
+        with pytest.raises(ValueError, match=message):
+            benchmark.tune("ml-100k", "SASRec", params, out_dir=tmp_path)
+    params.write_text(payload + "\n")
+    argv = ["--benchmark=tune", "--model=BPR", "--dataset=ml-100k", f"--params_file={params}",
+            f"--results_dir={tmp_path}"]
+    assert run_recbole_letter_main(argv) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.startswith(f"error: {params}:1: x choice")
+    assert not marker.exists() and calls == []
+
+
+def run_recbole_letter_main(argv):
+    spec = importlib.util.spec_from_file_location("run_recbole_letter", REPO / "run_recbole_letter.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.main(argv)
+
+
 def test_tune_command_trains_every_trial(tiny_data_path, tmp_path, monkeypatch):
     spec = importlib.util.spec_from_file_location("run_recbole_letter", REPO / "run_recbole_letter.py")
     run_recbole_letter = importlib.util.module_from_spec(spec)

@@ -1,7 +1,9 @@
 """Hyper-parameter search through RecBole's ``HyperTuning``: the paper's Fig. 8 sweeps and ``tune`` for any
 model, every trial a cached run (``runners.run_cached``), so a stopped search resumes where it was."""
 
+import ast
 import json
+import numbers
 from pathlib import Path
 
 from recbole.trainer import HyperTuning
@@ -18,12 +20,58 @@ SWEEP_VALUES = {  # paper Fig. 8 / Sec. 4.1 search ranges
 }
 
 
+SPACE_ARITY = {"uniform": 2, "quniform": 3, "loguniform": 2}  # numbers after the name: low,high[,q]
+
+
+def read_params_file(path):
+    """RecBole's hyper-parameter file as its ``params_dict`` layout, read with ``ast.literal_eval`` (RecBole's
+    own ``_build_space_from_file`` ``eval``s every ``choice`` value). Lines: ``tau choice [0.7,1.0]``,
+    ``learning_rate loguniform -8,0``, ``x uniform a,b``, ``x quniform a,b,q``; blank lines and ``#``
+    comments are skipped. A bad line is one ``ValueError`` naming ``file:line``."""
+    space = {}
+    with open(path, encoding="utf-8") as f:
+        lines = f.read().splitlines()
+    for number, line in enumerate(lines, 1):
+        if not line.strip() or line.lstrip().startswith("#"):
+            continue
+        where = f"{path}:{number}"
+        parts = line.split()
+        if len(parts) < 3:
+            raise ValueError(f"{where}: expected 'name type values' (e.g. 'tau choice [0.7,1.0]'), got {line.strip()!r}")
+        name, kind, text = parts[0], parts[1], "".join(parts[2:])
+        if kind != "choice" and kind not in SPACE_ARITY:
+            raise ValueError(f"{where}: unknown type {kind!r}; expected choice, uniform, quniform or loguniform")
+        try:
+            value = ast.literal_eval(text)
+        except (ValueError, SyntaxError, TypeError, MemoryError, RecursionError):
+            raise ValueError(f"{where}: {name} {kind}: {text!r} is not a literal (a list such as [0.7,1.0], "
+                             f"or numbers such as -8,0); nothing here is evaluated") from None
+        if kind == "choice":
+            if not isinstance(value, list) or not value:
+                raise ValueError(f"{where}: {name} choice: expected a non-empty list such as [0.7,1.0], got {text!r}")
+        else:
+            arity = SPACE_ARITY[kind]
+            values = value if isinstance(value, tuple) else (value,)
+            if len(values) != arity or not all(isinstance(v, numbers.Real) and not isinstance(v, bool)
+                                               for v in values):
+                shape = "low,high,q" if arity == 3 else "low,high"
+                raise ValueError(f"{where}: {name} {kind}: expected {arity} numbers {shape}, got {text!r}")
+            value = [float(v) for v in values]
+        if any(name in names for names in space.values()):
+            raise ValueError(f"{where}: {name} is given twice")
+        space.setdefault(kind, {})[name] = value
+    if not space:
+        raise ValueError(f"{path}: no parameters (lines such as 'tau choice [0.7,1.0]')")
+    return space
+
+
 def _trial_name(params):
     return ", ".join(f"{k}={params[k]}" for k in sorted(params))
 
 
 def _search(label, model, dataset, space, algo, max_evals, config_files, overrides, runs_dir):
-    """RecBole's ``HyperTuning`` over ``space`` (its ``params_dict`` layout, or a ``params_file`` path),
+    """RecBole's ``HyperTuning`` over ``space`` (its ``params_dict`` layout, or a ``params_file`` path read
+    by :func:`read_params_file`, never by RecBole, which ``eval``s it),
     one cached run per trial (a stopped search resumes where it was). -> ``[(params, result)]`` in
     trial order. Needs ``hyperopt`` (in requirements.txt)."""
     try:
@@ -40,11 +88,12 @@ def _search(label, model, dataset, space, algo, max_evals, config_files, overrid
         return {"model": model, "best_valid_score": result["best_valid_score"], "valid_score_bigger": True,
                 "best_valid_result": result["best_valid_result"], "test_result": result["test_result"]}
 
-    source = {"params_file": str(space)} if isinstance(space, (str, Path)) else {"params_dict": space}
+    if isinstance(space, (str, Path)):
+        space = read_params_file(space)
     # exhaustive: every point of the grid once (HyperTuning sets max_evals to the grid's size); random /
     # bayes: RecBole's own early stop, 10 trials without a better valid score
     early_stop = 10**9 if algo == "exhaustive" else 10
-    HyperTuning(objective, algo=algo, max_evals=max_evals, early_stop=early_stop, **source).run()
+    HyperTuning(objective, algo=algo, max_evals=max_evals, early_stop=early_stop, params_dict=space).run()
     return trials
 
 
@@ -83,7 +132,7 @@ def sweep(dataset, param, values=None, config_files=None, overrides=None, out_di
 def tune(dataset, model, params_file, algo="exhaustive", max_evals=100, config_files=None, overrides=None,
          out_dir="results", quick=False):
     """RecBole's hyper-parameter search (``HyperTuning``, its ``params_file`` format: ``name choice [..]``,
-    ``uniform a,b``, ...) for any model here, every trial a cached run; one row per trial, best valid
+    ``uniform a,b``, ...; read as literals by :func:`read_params_file`) for any model here, every trial a cached run; one row per trial, best valid
     NDCG@10 first."""
     if not Path(params_file).is_file():
         raise FileNotFoundError(f"--params_file {params_file} not found (RecBole's format: lines such as "
