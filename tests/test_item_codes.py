@@ -170,3 +170,21 @@ def test_report_ranking_counts_ties_at_expected_rank():
     assert recall.item() == pytest.approx(0.5) and ndcg.item() == pytest.approx(0.5)
     recall, ndcg = expected_hits(scores, torch.tensor([3]), 2)
     assert recall.item() == 0.0 and ndcg.item() == 0.0
+
+
+def test_report_ranking_nan_scores_never_count_as_hits():
+    import torch
+
+    from recbole_letter.tokenizer.report import expected_hits
+
+    nan = float("nan")
+    # before: a NaN target was "tied with itself" only, so rank 0: a perfect hit
+    scores = torch.tensor([[-float("inf"), nan, 1.0, 2.0], [-float("inf"), 1.0, nan, nan]])
+    recall, ndcg = expected_hits(scores, torch.tensor([1, 1]), 1)
+    assert recall.tolist() == [0.0, 0.0] and ndcg.tolist() == [0.0, 0.0]
+    # NaN scores of other items rank above the target (target 1 in row 2 is third, not first)
+    recall, ndcg = expected_hits(scores, torch.tensor([1, 1]), 3)
+    assert recall.tolist() == [0.0, 1.0]  # row 1: the NaN target misses even at k = 3
+    assert ndcg[1].item() == pytest.approx(0.5)  # rank 2: 1 / log2(4)
+    recall, _ = expected_hits(scores, torch.tensor([1, 1]), 2)
+    assert recall.tolist() == [0.0, 0.0]

@@ -62,15 +62,17 @@ def expected_hits(scores, target, k):
     above the target and ``t`` items tied with it (itself included), its rank is uniform on
     ``g .. g + t - 1``: recall = the share of those ranks below ``k``, NDCG = their mean discount. Counting
     ties as hits would give a constant table a perfect 1.0; this gives it chance, ``k / n_real_items``.
+    A NaN score never helps: a NaN target is a miss, and other items' NaN scores count as above the target.
     """
     target_score = scores.gather(1, target.view(-1, 1))  # [B, 1]
-    above = (scores > target_score).sum(1)  # g, [B]
-    tied = (scores == target_score).sum(1).clamp(min=1)  # t, [B] (0 only for a NaN score: then a miss)
+    above = ((scores > target_score) | scores.isnan()).sum(1)  # g, [B]
+    tied = (scores == target_score).sum(1).clamp(min=1)  # t, [B] (0 only for a NaN target, a miss below)
     discount = 1.0 / torch.log2(torch.arange(k, dtype=torch.float64) + 2)  # rank r -> 1 / log2(r + 2), r < k
     cumulative = torch.cat([torch.zeros(1, dtype=torch.float64), discount.cumsum(0)])  # [k + 1]
     low, high = above.clamp(max=k), (above + tied).clamp(max=k)  # the ranks g .. g+t-1 that fall below k
-    recall = (high - low).double() / tied
-    ndcg = (cumulative[high] - cumulative[low]) / tied
+    nan_target = target_score.view(-1).isnan()
+    recall = torch.where(nan_target, 0.0, (high - low).double() / tied)
+    ndcg = torch.where(nan_target, 0.0, (cumulative[high] - cumulative[low]) / tied)
     return recall, ndcg
 
 
