@@ -220,3 +220,15 @@ def test_saved_dataset_and_dataloader_files_are_never_unpickled(tiny_dataset, tm
     with pytest.raises(ConfigError, match="forged.pth: stored config: dataset_save_path=.*not supported"):
         quick_start.evaluate_checkpoint(str(forged))
     assert not any(marker.exists() for marker in markers)
+
+
+def test_a_torn_results_line_keeps_the_next_row(tmp_path):
+    # before: the next run's row was appended to the torn line and both were skipped as one bad line
+    _append_rows(str(tmp_path), 0, 1)
+    with open(tmp_path / "toy.jsonl", "a") as f:
+        f.write('{"run_id": "torn", "mod')  # a writer killed mid-line
+    with pytest.warns(UserWarning, match="toy.jsonl:2: not a JSON row"):
+        _append_rows(str(tmp_path), 1, 1)
+        rows = benchmark.read_rows(tmp_path / "toy.jsonl")
+    assert [row["run_id"] for row in rows] == ["run-0-0", "run-1-0"]
+    assert "run-1-0" in (tmp_path / "toy.md").read_text()

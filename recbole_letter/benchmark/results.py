@@ -7,6 +7,7 @@ folder keep every row.
 
 import datetime
 import json
+import os
 import warnings
 from pathlib import Path
 
@@ -78,11 +79,20 @@ def write_results(results, out_dir, name):
     rows_path = out_dir / f"{name}.jsonl"
     new_rows = [result_row(result) for result in results]
     with locked(rows_path):
+        # a writer killed mid-line left no newline: start on a line of our own, or our first row would join
+        # the torn one and be skipped with it
+        torn = rows_path.is_file() and rows_path.stat().st_size > 0 and _last_byte(rows_path) != b"\n"
         with open(rows_path, "a", encoding="utf-8") as f:
-            f.write("".join(json.dumps(row) + "\n" for row in new_rows))
+            f.write(("\n" if torn else "") + "".join(json.dumps(row) + "\n" for row in new_rows))
         rows = read_rows(rows_path)
         write_table(results_table(rows), out_dir, name, rows)
     return results_table(new_rows).to_markdown(index=False, floatfmt=".4f")
+
+
+def _last_byte(path):
+    with open(path, "rb") as f:
+        f.seek(-1, os.SEEK_END)
+        return f.read(1)
 
 
 def write_table(table, out_dir, name, results):
