@@ -285,5 +285,8 @@ def run_stages(config, model_class, train_data, valid_data, test_data):
 
 def plan_title(config, dataset):
     profile = f", profile {config['profile']}" if config["profile"] else ""
+    interactions = dataset.inter_num
+    if hasattr(dataset, "item_list_length_field"):  # a sequential dataset holds one row per target: a user's
+        interactions += len(dataset.inter_feat[dataset.uid_field].unique())  # first item is never one
     return (f"Plan: {config['model']} on {config['dataset']}{profile} ({dataset.user_num - 1:,} users, "
-            f"{dataset.item_num - 1:,} items, {dataset.inter_num:,} interactions), device {config['device']}")
+            f"{dataset.item_num - 1:,} items, {interactions:,} interactions), device {config['device']}")

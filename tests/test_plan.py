@@ -90,3 +90,12 @@ def test_the_plan_of_pop_has_the_one_epoch_recbole_runs(tiny_dataset, capsys):
     quick_start.run("Pop", name, config_dict={**cfg, "epochs": 200, "show_plan": True})
     training = next(line for line in plan_lines(capsys.readouterr().out) if "training (Pop)" in line)
     assert "<= 1 epochs x" in training
+
+
+def test_the_plan_counts_the_same_interactions_for_sequential_and_general_models(tiny_dataset):
+    name, cfg = tiny_dataset
+    titles = []
+    for model in ("SASRec", "Pop"):
+        config, full_dataset, *_ = quick_start.prepare(model, name, config_dict=cfg)
+        titles.append(plan.plan_title(config, full_dataset).split("(")[1])
+    assert titles[0] == titles[1]  # users, items, interactions
