@@ -2,7 +2,7 @@
 
 ``run("SASRec", "ml-100k")`` trains and evaluates one model; ``run_models(["SASRec", "LETTER_TIGER"],
 "Beauty")`` runs several on the same split and returns their results side by side. Everything goes
-through RecBole's ``Config`` / ``create_dataset`` / ``data_preparation`` / trainer; ``recbole.quick_start``
+through RecBole's ``Config`` / ``create_dataset`` (``compat``'s, which never unpickles) / ``data_preparation`` / trainer; ``recbole.quick_start``
 itself is never imported (it imports ray, which needs numpy<2).
 """
 
@@ -16,18 +16,20 @@ import torch
 import torch.multiprocessing as mp
 import yaml
 from recbole.config import Config
-from recbole.data import create_dataset, data_preparation
+from recbole.data import data_preparation
 from recbole.trainer import Trainer
 from recbole.utils import EvaluatorType, InputType, ModelType, get_trainer, init_logger, init_seed
 
 import recbole_letter  # noqa: F401  (applies the compatibility fixes)
-from recbole_letter import config_check, plan
+from recbole_letter import compat, config_check, plan
 from recbole_letter.common import PROPERTIES_DIR
 from recbole_letter.data import filter_report
 from recbole_letter.data.atomic_check import check_atomic_files_rows
 from recbole_letter.model import PROPERTY_BASE, canonical_name, get_model_class, is_generative
+from recbole_letter.tokenizer.cache import file_sha256
 from recbole_letter.tokenizer.trainer import tokenize_only
-from recbole_letter.trainer import (LetterTrainer, SafeCheckpoints, config_digest, config_values, load_checkpoint,
+from recbole_letter.trainer import (LetterTrainer, SafeCheckpoints, check_data_fingerprint, config_digest, config_values,
+                                    load_checkpoint,
                                     new_run_id)
 
 EMBEDDED_DATASETS = ("ml-100k",)  # ship inside the recbole package
@@ -196,19 +198,42 @@ def check_atomic_files(config):
             raise ValueError(f"{path}: missing column(s) {missing}; the file has {present}")
 
 
-def prepare(model, dataset, config_files=None, config_dict=None):
-    """Config, filtered dataset and the three loaders of one (model, dataset) pair. The atomic files are
-    checked row by row first (RecBole would fill or drop a bad row quietly), and what each of RecBole's
-    filters removed is logged (a warning above 1 % of the interactions)."""
-    config = build_config(model, dataset, config_files, config_dict)
-    init_seed(config["seed"], config["reproducibility"])
-    init_logger(config)
+def load_data(config):
+    """Filtered dataset and the three loaders for ``config``: the one way data loads, for training
+    (:func:`prepare`) and for ``--checkpoint`` (:func:`evaluate_checkpoint`). The atomic files are checked
+    first, their columns and then row by row (RecBole would fill or drop a bad row quietly); the dataset is
+    built from them (``compat.create_dataset``: never a pickled one), and what each of RecBole's filters
+    removed is logged (a warning above 1 % of the interactions)."""
+    check_atomic_files(config)
     check_atomic_files_rows(config)
     with filter_report.recording_filters() as filter_steps:
-        full_dataset = create_dataset(config)
+        full_dataset = compat.create_dataset(config)
     getLogger().info(full_dataset)
     filter_report.log_filter_report(config, full_dataset, filter_steps)
     train_data, valid_data, test_data = data_preparation(config, full_dataset)
+    return full_dataset, train_data, valid_data, test_data
+
+
+def data_fingerprint(config, full_dataset):
+    """What a checkpoint records of the data it was trained on: users, items and interactions after
+    RecBole's filters, and the sha256 of each atomic file loaded (content, not path: moved data is the same
+    data). ``--checkpoint`` and ``--resume_from`` compare it (:func:`check_data_fingerprint`)."""
+    suffixes = ("inter", "user", "item") if config["load_col"] is None else sorted(config["load_col"])
+    files = {}
+    for suffix in suffixes:
+        path = os.path.join(config["data_path"], f"{config['dataset']}.{suffix}")
+        if os.path.isfile(path):
+            files[f"{config['dataset']}.{suffix}"] = file_sha256(path)
+    return {"users": int(full_dataset.user_num), "items": int(full_dataset.item_num),
+            "interactions": int(full_dataset.inter_num), "sha256": files}
+
+
+def prepare(model, dataset, config_files=None, config_dict=None):
+    """Config, filtered dataset and the three loaders of one (model, dataset) pair (:func:`load_data`)."""
+    config = build_config(model, dataset, config_files, config_dict)
+    init_seed(config["seed"], config["reproducibility"])
+    init_logger(config)
+    full_dataset, train_data, valid_data, test_data = load_data(config)
     return config, full_dataset, train_data, valid_data, test_data
 
 
@@ -300,6 +325,7 @@ def _run_single(model, dataset, config_files=None, config_dict=None, saved=True,
     model_obj = build_model(config, train_data.dataset)
     logger.info(model_obj)
     trainer = build_trainer(config, model_obj, train_data.dataset)
+    trainer.data_fingerprint = data_fingerprint(config, full_dataset)  # in every checkpoint's header
     logger.info(f"run id: {trainer.run_id}")
     # RecBole never closes the trainer's TensorBoard writer; its thread would outlive the run
     with contextlib.closing(trainer.tensorboard):
@@ -410,7 +436,8 @@ def evaluate_checkpoint(path, config_dict=None):
     config._init_device()
     init_seed(config["seed"], config["reproducibility"])
     init_logger(config)
-    train_data, valid_data, test_data = data_preparation(config, create_dataset(config))
+    full_dataset, train_data, valid_data, test_data = load_data(config)
+    check_data_fingerprint(checkpoint.get("data"), data_fingerprint(config, full_dataset), path)
     model_class = get_model_class(config["model"])
     # a generator's checkpoint carries its codes: evaluating never runs (or needs the cache of) the tokenizer
     codes = model_class.codes_from_state_dict(checkpoint["state_dict"]) if is_generative(config["model"]) else None

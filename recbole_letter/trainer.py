@@ -21,6 +21,7 @@ import random
 import re
 import secrets
 import time
+from logging import getLogger
 
 import numpy as np
 import scipy.sparse as sp
@@ -176,6 +177,26 @@ def load_checkpoint(path, device="cpu", mmap=False):
     return checkpoint
 
 
+def check_data_fingerprint(stored, current, path):
+    """A ``ValueError`` naming what differs when the data a checkpoint was trained on (``stored``) is not
+    this data (``current``); a checkpoint from before fingerprints (``None``) is not checked."""
+    if stored is None:
+        getLogger().warning(f"{path} records no data fingerprint (written before they were): the data it "
+                            f"was trained on cannot be checked")
+        return
+    if stored == current:
+        return
+    differing = [f"{key} {stored.get(key)!r} there, {current.get(key)!r} here"
+                 for key in ("users", "items", "interactions") if stored.get(key) != current.get(key)]
+    old_files, new_files = stored.get("sha256", {}), current.get("sha256", {})
+    for name in sorted(set(old_files) | set(new_files)):
+        if old_files.get(name) != new_files.get(name):
+            shown = lambda digest: digest[:12] if digest else "none"  # noqa: E731
+            differing.append(f"{name} sha256 {shown(old_files.get(name))} there, {shown(new_files.get(name))} here")
+    raise ValueError(f"{path} was trained on other data: {'; '.join(differing)}. "
+                     f"Use the dataset files it was trained on (data_path)")
+
+
 @contextlib.contextmanager
 def default_autocast_dtype(device_type, dtype):
     """Make ``torch.autocast(device_type)`` without a dtype mean ``dtype`` inside this block (RecBole's
@@ -274,10 +295,13 @@ class SafeCheckpoints:
             run_id = shared[0]
         self.run_id = config["run_id"] = run_id
         self.saved_model_file = os.path.join(self.checkpoint_dir, f"{run_id}.pth")
+        self.data_fingerprint = None  # quick_start sets it (quick_start.data_fingerprint) once the data is loaded
 
     def checkpoint_header(self):
-        """What every checkpoint of this run starts with: format mark, run id, the config's plain values."""
-        return {"format": CHECKPOINT_FORMAT, "run_id": self.run_id, "config": config_values(self.config)}
+        """What every checkpoint of this run starts with: format mark, run id, the config's plain values and
+        the fingerprint of the data it trains on (counts and file hashes; ``None`` when not known)."""
+        return {"format": CHECKPOINT_FORMAT, "run_id": self.run_id, "config": config_values(self.config),
+                "data": self.data_fingerprint}
 
     def _save_checkpoint(self, epoch, verbose=True, **kwargs):
         """RecBole's best checkpoint (same keys), as tensors and plain values."""
@@ -527,7 +551,8 @@ class LetterTrainer(SafeCheckpoints, Trainer):
         neither the schedule nor the random generators.
 
         Every input is checked before anything changes: the file is a ``-last.pth`` of this format, of the
-        same model and dataset, with the same config (keys outside ``RUN_PLACEMENT_KEYS``), written by as
+        same model and dataset, with the same config (keys outside ``RUN_PLACEMENT_KEYS``) and data
+        (:func:`check_data_fingerprint`), written by as
         many processes as this run has, and the best checkpoint it names exists and belongs to the same run
         (unless none was saved yet). A ``ValueError`` says which input is wrong."""
         # on the CPU: random generator states must stay CPU tensors (mapped to a GPU, resuming there failed);
@@ -537,6 +562,8 @@ class LetterTrainer(SafeCheckpoints, Trainer):
             raise ValueError(f"{path} is not a '-last.pth' file written by LetterTrainer (best checkpoints "
                              f"cannot be resumed: evaluate them with --checkpoint)")
         self._check_resumable(checkpoint, path)
+        if self.data_fingerprint is not None:
+            check_data_fingerprint(checkpoint.get("data"), self.data_fingerprint, path)
         rng = self._own_rng_state(checkpoint["rng"], path)
         self._check_best_checkpoint(checkpoint, path)
         self.model.load_state_dict(checkpoint["state_dict"])

@@ -232,3 +232,35 @@ def test_a_torn_results_line_keeps_the_next_row(tmp_path):
         rows = benchmark.read_rows(tmp_path / "toy.jsonl")
     assert [row["run_id"] for row in rows] == ["run-0-0", "run-1-0"]
     assert "run-1-0" in (tmp_path / "toy.md").read_text()
+
+
+def test_checkpoint_records_its_data_and_refuses_other_data(tiny_dataset, tmp_path, monkeypatch):
+    # before: --checkpoint and --resume_from ran on whatever data the path held, unchecked
+    name, cfg = tiny_dataset
+    cfg = {**cfg, **FAST_BPR, "epochs": 2}
+    result = quick_start.run("BPR", name, config_dict=cfg)
+    data = load_checkpoint(result["checkpoint"])["data"]
+    assert data["interactions"] > 0 and data["users"] > 0 and len(data["sha256"][f"{name}.inter"]) == 64
+    moved = tmp_path / "moved"
+    shutil.copytree(os.path.join(cfg["data_path"], name), moved / name)
+    # the same content elsewhere is the same data
+    again = quick_start.evaluate_checkpoint(result["checkpoint"], {"data_path": str(moved)})
+    assert again["test_result"] == result["test_result"]
+    inter = moved / name / f"{name}.inter"
+    lines = inter.read_text().splitlines()
+    first = lines[1].split("\t")
+    inter.write_text("\n".join([lines[0], "\t".join(first[:-1] + [str(float(first[-1]) + 1)])] + lines[2:]) + "\n")
+    with pytest.raises(ValueError, match=rf"was trained on other data: {name}\.inter sha256 \w+ there, \w+ here"):
+        quick_start.evaluate_checkpoint(result["checkpoint"], {"data_path": str(moved)})
+    inter.write_text("\n".join(lines[:-1]) + "\n")  # one interaction fewer
+    with pytest.raises(ValueError, match=r"other data: interactions \d+ there, \d+ here"):
+        quick_start.evaluate_checkpoint(result["checkpoint"], {"data_path": str(moved)})
+    # --checkpoint checks the rows as training does (was: a short row was filled in silently)
+    inter.write_text("\n".join(lines[:2] + ["\t".join(first[:2])] + lines[3:]) + "\n")
+    with pytest.raises(ValueError, match=rf"{name}\.inter:3: expected \d fields, got 2"):
+        quick_start.evaluate_checkpoint(result["checkpoint"], {"data_path": str(moved)})
+    inter.write_text("\n".join(lines[:-1]) + "\n")
+    last = result["checkpoint"].replace(".pth", "-last.pth")
+    monkeypatch.setattr(LetterTrainer, "_train_epoch", lambda *a, **k: pytest.fail("training started"))
+    with pytest.raises(ValueError, match="was trained on other data: interactions"):
+        quick_start.run("BPR", name, config_dict={**cfg, "data_path": str(moved), "resume_from": last})
