@@ -372,3 +372,25 @@ def test_items_without_text_are_an_error_or_a_counted_warning(tmp_path):
     lines.records.clear()
     check_item_texts(train, ["title", "description"], texts, allow_empty=True, separately=False, logger=logger)
     assert len(lines.records) == 1
+
+
+@pytest.mark.parametrize("value", ["NA", "null", "None", "nan", "N/A", "NaN", "#N/A", "NULL", "<NA>", "n/a"])
+def test_pandas_missing_value_texts_are_errors(tmp_path, value):
+    # before: pandas read these as NaN, and RecBole dropped the row (an id) or filled it (a float) silently
+    path = tmp_path / "x.inter"
+    for row, name in ((f"{value}\ti2\t1", "user_id"), (f"u1\t{value}\t1", "item_id"), (f"u1\ti2\t{value}", "timestamp")):
+        path.write_text("\n".join([HEADER, "u1\ti1\t0", row]) + "\n")
+        with pytest.raises(AtomicFileError, match=rf"x.inter:3: ({name}={value!r}, which RecBole's reader \(pandas\) "
+                                                  rf"takes as a missing value|{name} is NaN|{name}='{value}' is not a)"):
+            check_file(str(path))
+
+
+def test_a_line_of_separators_is_a_row_not_a_blank_line(tmp_path):
+    # before: skipped as blank, while pandas reads it as a row of NaN (RecBole then drops or fills it)
+    path = tmp_path / "x.inter"
+    path.write_text("\n".join([HEADER, "u1\ti1\t0", "\t\t", "u1\ti2\t1"]) + "\n")
+    with pytest.raises(AtomicFileError, match=r"x.inter:3: empty user_id"):
+        check_file(str(path))
+    path.write_text("\n".join([HEADER, "u1\ti1\t0", "   ", "", "u1\ti2\t1"]) + "\n")  # blank lines pandas skips
+    assert check_file(str(path)) == 2
+

@@ -8,7 +8,9 @@ loaded file first and stops at the first bad row with one line: ``<file>:<line>:
 
 Checked for each file named in ``load_col``: the header (``name:type`` entries with RecBole's types, no
 name twice), every non-blank row has as many fields as the header, no field starts with ``"``, and every
-loaded ``token`` / ``float`` value is present (``float`` ones are numbers). ``token_seq`` / ``float_seq``
+loaded ``token`` / ``float`` value is present (``float`` ones are numbers) and none is a text pandas reads
+as missing (``NA``, ``null``, ``None``, ``nan``, ``N/A``, ``#N/A``, ...: :data:`PANDAS_NA_TEXTS`); a line of
+separators alone is a row of empty values, not a blank line. ``token_seq`` / ``float_seq``
 values may be empty (an empty sequence is a value; empty item *text* is checked where text is encoded).
 """
 
@@ -18,6 +20,12 @@ import os
 from recbole.utils import FeatureType
 
 _TYPES = {t.value for t in FeatureType}
+# the texts pandas' read_csv (RecBole's reader, default na_values) reads as missing: RecBole then drops the row
+# (an id) or fills it (a float: the column's mean; a token: '')
+PANDAS_NA_TEXTS = frozenset({
+    "", "#N/A", "#N/A N/A", "#NA", "-1.#IND", "-1.#QNAN", "-NaN", "-nan", "1.#IND", "1.#QNAN", "<NA>", "N/A",
+    "NA", "NULL", "NaN", "None", "n/a", "nan", "null",
+})
 
 
 class AtomicFileError(ValueError):
@@ -67,8 +75,8 @@ def check_file(path, loaded=None, separator="\t", encoding="utf-8"):
                 line = raw.decode(encoding).rstrip("\r\n")
             except UnicodeDecodeError:
                 raise AtomicFileError(f"{path}:{line_number}: not {encoding} text") from None
-            if not line.strip():
-                continue  # pandas skips blank lines: nothing is read from them
+            if not line.strip() and separator not in line:
+                continue  # pandas skips blank lines: nothing is read from them (a line of separators is a row)
             fields = line.split(separator)
             if len(fields) != n_fields:
                 raise AtomicFileError(f"{path}:{line_number}: expected {n_fields} fields, got {len(fields)}")
@@ -90,6 +98,9 @@ def check_file(path, loaded=None, separator="\t", encoding="utf-8"):
                         raise AtomicFileError(f"{path}:{line_number}: {name}={value!r} is not a number") from None
                     if math.isnan(number):
                         raise AtomicFileError(f"{path}:{line_number}: {name} is NaN (RecBole would fill it)")
+                elif value in PANDAS_NA_TEXTS:
+                    raise AtomicFileError(f"{path}:{line_number}: {name}={value!r}, which RecBole's reader (pandas) "
+                                          f"takes as a missing value (RecBole would fill or drop it)")
             n_rows += 1
     return n_rows
 
