@@ -394,3 +394,22 @@ def test_a_line_of_separators_is_a_row_not_a_blank_line(tmp_path):
     path.write_text("\n".join([HEADER, "u1\ti1\t0", "   ", "", "u1\ti2\t1"]) + "\n")  # blank lines pandas skips
     assert check_file(str(path)) == 2
 
+
+def test_an_item_or_user_id_twice_is_an_error(tmp_path):
+    # before: RecBole's drop_duplicates(keep="first") dropped the second row of an id silently
+    folder = tmp_path / "d" / "toy"
+    folder.mkdir(parents=True)
+    rows = [f"u{u}\ti{i}\t{t}" for u in range(3) for t, i in enumerate(range(u, u + 5))]
+    (folder / "toy.inter").write_text("\n".join([HEADER] + rows) + "\n")
+    (folder / "toy.item").write_text("item_id:token\ttitle:token_seq\ni1\tA\ni2\tB\ni1\tC\n")
+    (folder / "toy.user").write_text("user_id:token\tage:float\nu0\t1\nu1\t2\nu2\t3\nu1\t4\n")
+    config = quick_start.build_config("SASRec", "toy", config_dict={
+        "data_path": str(tmp_path / "d"), "state": "WARNING",
+        "load_col": {"inter": ["user_id", "item_id", "timestamp"], "item": ["item_id", "title"]}})
+    with pytest.raises(AtomicFileError, match=r"toy.item:4: item i1 appears twice \(first at line 2"):
+        check_atomic_files_rows(config)
+    (folder / "toy.item").write_text("item_id:token\ttitle:token_seq\ni1\tA\ni2\tB\n")
+    assert check_atomic_files_rows(config) == {"inter": 15, "item": 2}
+    config["load_col"] = {**config["load_col"], "user": ["user_id", "age"]}
+    with pytest.raises(AtomicFileError, match=r"toy.user:5: user u1 appears twice \(first at line 3"):
+        check_atomic_files_rows(config)

@@ -43,9 +43,10 @@ def _loaded_columns(config, suffix, names):
     return loaded - set(unload_col.get(suffix) or [])
 
 
-def check_file(path, loaded=None, separator="\t", encoding="utf-8"):
+def check_file(path, loaded=None, separator="\t", encoding="utf-8", unique=None):
     """Check one atomic file; returns its number of data rows. ``loaded``: column names RecBole will load
-    (their values must be present), ``None`` = all."""
+    (their values must be present), ``None`` = all. ``unique``: ``(column, what)`` whose values may appear
+    once (the id of a ``.item`` / ``.user`` file: RecBole keeps the first row of an id and drops the rest)."""
     with open(path, "rb") as f:
         lines = iter(f)
         header_bytes = next(lines, b"")
@@ -70,6 +71,8 @@ def check_file(path, loaded=None, separator="\t", encoding="utf-8"):
         # (position, name, type) of the values that must be present: loaded single-value columns
         required = [(k, n, t) for k, (n, t) in enumerate(zip(names, types)) if n in loaded and not t.endswith("seq")]
         n_fields, n_rows = len(names), 0
+        unique_position = names.index(unique[0]) if unique and unique[0] in names else None
+        first_lines = {}  # unique id -> the line it first appears on
         for line_number, raw in enumerate(lines, 2):
             try:
                 line = raw.decode(encoding).rstrip("\r\n")
@@ -101,6 +104,12 @@ def check_file(path, loaded=None, separator="\t", encoding="utf-8"):
                 elif value in PANDAS_NA_TEXTS:
                     raise AtomicFileError(f"{path}:{line_number}: {name}={value!r}, which RecBole's reader (pandas) "
                                           f"takes as a missing value (RecBole would fill or drop it)")
+            if unique_position is not None:
+                key = fields[unique_position]
+                if key in first_lines:
+                    raise AtomicFileError(f"{path}:{line_number}: {unique[1]} {key} appears twice (first at line "
+                                          f"{first_lines[key]}; RecBole would keep that row and drop this one)")
+                first_lines[key] = line_number
             n_rows += 1
     return n_rows
 
@@ -117,7 +126,9 @@ def check_atomic_files_rows(config):
             continue
         with open(path, encoding=config["encoding"] or "utf-8", errors="replace") as f:
             names = [entry.partition(":")[0] for entry in f.readline().rstrip("\r\n").split(config["field_separator"])]
+        unique = {"item": (config["ITEM_ID_FIELD"], "item"), "user": (config["USER_ID_FIELD"], "user")}.get(suffix)
         rows[suffix] = check_file(
-            path, _loaded_columns(config, suffix, names), config["field_separator"], config["encoding"] or "utf-8"
+            path, _loaded_columns(config, suffix, names), config["field_separator"], config["encoding"] or "utf-8",
+            unique=unique,
         )
     return rows
