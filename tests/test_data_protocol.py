@@ -413,3 +413,30 @@ def test_an_item_or_user_id_twice_is_an_error(tmp_path):
     config["load_col"] = {**config["load_col"], "user": ["user_id", "age"]}
     with pytest.raises(AtomicFileError, match=r"toy.user:5: user u1 appears twice \(first at line 3"):
         check_atomic_files_rows(config)
+
+
+def test_empty_text_check_runs_on_a_cache_hit(tmp_path):
+    # before: check_item_texts ran only when the semantic embeddings were computed; cached codes or embeddings
+    # (made with allow_empty_text: True, which is not part of the cache key) skipped it
+    import numpy as np
+
+    from recbole_letter.tokenizer import cache
+    from recbole_letter.tokenizer.trainer import cache_keys, cache_root, load_or_train_item_codes
+
+    def fields(t):
+        return {"title": "" if t["name"] == "Shop 5" else t["name"], "description": ""}
+
+    raw = letter_json(tmp_path / "raw", "Yelp", REPEATS, fields)
+    convert_letter_json(str(raw), str(tmp_path / "d"), "Yelp")
+    config, _, train = load("Yelp", tmp_path / "d")
+    config = quick_start.build_config("LETTER_TIGER", "Yelp", config_dict={
+        "data_path": str(tmp_path / "d"), "state": "WARNING", "checkpoint_dir": str(tmp_path / "saved"),
+        "text_fields": ["title", "description"], "allow_empty_text": False})
+    keys = cache_keys(config, train)
+    codes = np.arange(train.item_num * 2).reshape(train.item_num, 2)
+    cache.save_arrays(os.path.join(cache_root(config), keys["tokenizer"], "codes.npz"), final=codes,
+                      final_codebook_sizes=np.array([train.item_num * 2, train.item_num * 2]))
+    with pytest.raises(ValueError, match=r"1 of 6 items have no text in text_fields"):
+        load_or_train_item_codes(config, train)
+    config["allow_empty_text"] = True  # the same cache, now allowed: read back
+    assert load_or_train_item_codes(config, train).codes.shape[0] == train.item_num

@@ -32,7 +32,7 @@ from recbole_letter.tokenizer.item_codes import PAD_CODE, ItemCodes
 from recbole_letter.tokenizer.losses import DiversityClusters, collaborative_loss, diversity_loss, semantic_loss
 from recbole_letter.tokenizer.report import tokenizer_report
 from recbole_letter.tokenizer.rqvae import RQVAE
-from recbole_letter.tokenizer.text_encoder import item_semantic_embeddings
+from recbole_letter.tokenizer.text_encoder import check_item_texts, item_semantic_embeddings, item_texts
 
 logger = logging.getLogger(__name__)
 
@@ -314,6 +314,10 @@ def load_or_train_item_codes(config, dataset, return_artifacts=False):
     With ``return_artifacts`` also returns a dict (semantic/cf/z_hat tables, codes before and after
     resolution, the CF model, training history, timings, the cache folder) for the report.
     """
+    # the empty-text check before any cache lookup: a hit must not skip it (allow_empty_text is not in the keys)
+    text_fields = list(config["text_fields"] or [])
+    check_item_texts(dataset, text_fields, item_texts(dataset, text_fields), bool(config["allow_empty_text"]),
+                     bool(config["encode_fields_separately"]), logger=logger)
     keys = cache_keys(config, dataset)
     root = cache_root(config)
     run_dir = os.path.join(root, keys["tokenizer"])
