@@ -33,6 +33,17 @@ def print_single(result):
         print(f"{split:<6} " + "  ".join(f"{result[key][m]:>9.4f}" for m in benchmark.METRIC_ORDER))
 
 
+def print_side_by_side(results):
+    """Several models on one split: test metrics, valid NDCG@10 and the run id, a row per model (the results
+    files hold every column)."""
+    width = max(len("model"), *(len(r["model"]) for r in results))
+    print(f"{'model':<{width}}  " + "  ".join(f"{'test ' + m:>15}" for m in benchmark.METRIC_ORDER)
+          + f"  {'valid ndcg@10':>13}  run id")
+    for r in results:
+        print(f"{r['model']:<{width}}  " + "  ".join(f"{r['test_result'][m]:>15.4f}" for m in benchmark.METRIC_ORDER)
+              + f"  {r['best_valid_result']['ndcg@10']:>13.4f}  {r['run_id']}")
+
+
 def run_benchmark(args, config_files, overrides, models):
     common = dict(config_files=config_files, overrides=overrides, out_dir=args.results_dir, quick=args.quick)
     if args.benchmark == "table1":
@@ -118,9 +129,10 @@ def main(argv=None):
         return 0
     if len(results) == 1:
         print_single(results[0])
+    else:
+        print_side_by_side(results)
     dataset = results[0]["dataset"]  # with --checkpoint: the checkpoint's own dataset
-    markdown = benchmark.write_results(results, args.results_dir, dataset)
-    print(markdown)
+    benchmark.write_results(results, args.results_dir, dataset)
     print(f"rows appended to {args.results_dir}/{dataset}.jsonl; every run's table: "
           f"{args.results_dir}/{dataset}.{{md,csv,json}}")
     return 0
