@@ -85,6 +85,71 @@ def config_digest(values):
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
+# config keys naming an input file that may move between a stopped run and its resumption: compared by content
+# (sha256, recorded in every checkpoint's header), not by path
+FILE_KEYS = ("item_codes_file", "cf_emb_file")
+
+
+def file_hashes(config):
+    """``{key: sha256}`` of the files the config's ``FILE_KEYS`` name (those that exist)."""
+    hashes = {}
+    for key in FILE_KEYS:
+        path = config[key]
+        if path and os.path.isfile(path):
+            digest = hashlib.sha256()
+            with open(path, "rb") as f:
+                for block in iter(lambda: f.read(1 << 20), b""):
+                    digest.update(block)
+            hashes[key] = digest.hexdigest()
+    return hashes
+
+
+def check_resume_file(config, path, checkpoint=None):
+    """Check a ``-last.pth`` file against the run that would continue it, before anything else is done:
+    a ``-last.pth`` of this format, of the same model and dataset, with the same config (keys outside
+    ``RUN_PLACEMENT_KEYS``; ``FILE_KEYS`` by content, so a moved codes file with the same content is fine),
+    and the best checkpoint it names exists and belongs to the same run (unless none was saved yet).
+    ``quick_start`` runs it right after building the config (before the data loads and the tokenizer stage);
+    :meth:`LetterTrainer.resume_checkpoint` again. A ``ValueError`` says which input is wrong. Returns the
+    checkpoint (memory-mapped when not given)."""
+    checkpoint = checkpoint if checkpoint is not None else load_checkpoint(path, mmap=True)
+    if "best_model_file" not in checkpoint:
+        raise ValueError(f"{path} is not a '-last.pth' file written by LetterTrainer (best checkpoints "
+                         f"cannot be resumed: evaluate them with --checkpoint)")
+    stored = checkpoint["config"]
+    for key in ("model", "dataset"):
+        if stored.get(key) != config[key]:
+            raise ValueError(f"{path} belongs to {key} {stored.get(key)!r}, not {config[key]!r}")
+    current = config_values(config)
+    stored_files, current_files = checkpoint.get("files") or {}, file_hashes(config)
+    same_content = {key for key in FILE_KEYS if key in stored_files and stored_files[key] == current_files.get(key)}
+    differing = sorted(key for key in set(stored) | set(current)
+                       if key not in RUN_PLACEMENT_KEYS and key not in same_content and stored.get(key) != current.get(key))
+    if differing:
+        def shown(key):
+            text = f"{key}: {stored.get(key)!r} there, {current.get(key)!r} here"
+            if key in stored_files:  # a file: say what differs, its content
+                there, here = stored_files[key][:12], (current_files.get(key) or "none")[:12]
+                text += f" (content sha256 {there} there, {here} here)"
+            return text
+
+        more = f" (and {len(differing) - 5} more)" if len(differing) > 5 else ""
+        raise ValueError(f"{path} was written with another config: {'; '.join(shown(k) for k in differing[:5])}{more}. "
+                         f"Resume with the run's own config (same files and --key=value settings)")
+    best = checkpoint["best_model_file"]
+    if math.isinf(checkpoint["best_valid_score"]):
+        getLogger().info(f"{path}: no best checkpoint saved yet (no validation has run); it will be {best}")
+        return checkpoint
+    if not os.path.isfile(best):
+        raise ValueError(f"{path} continues run {checkpoint['run_id']}, whose best checkpoint {best} does not "
+                         f"exist (moved or deleted?): put it back at that path (relative to the folder the "
+                         f"run started in) before resuming")
+    best_run = load_checkpoint(best, mmap=True).get("run_id")
+    if best_run != checkpoint["run_id"]:
+        raise ValueError(f"{best} belongs to run {best_run!r}, not to run {checkpoint['run_id']!r} of {path}")
+    return checkpoint
+
+
 def encode_other_parameter(parameters):
     """A model's ``other_parameter()`` (tensors, numpy arrays, scipy sparse matrices, sub-modules, plain
     values) as tensors and plain values; :func:`decode_other_parameter` reverses it."""
@@ -296,12 +361,14 @@ class SafeCheckpoints:
         self.run_id = config["run_id"] = run_id
         self.saved_model_file = os.path.join(self.checkpoint_dir, f"{run_id}.pth")
         self.data_fingerprint = None  # quick_start sets it (quick_start.data_fingerprint) once the data is loaded
+        self.file_hashes = file_hashes(config)
 
     def checkpoint_header(self):
-        """What every checkpoint of this run starts with: format mark, run id, the config's plain values and
-        the fingerprint of the data it trains on (counts and file hashes; ``None`` when not known)."""
+        """What every checkpoint of this run starts with: format mark, run id, the config's plain values, the
+        fingerprint of the data it trains on (counts and file hashes; ``None`` when not known) and the sha256
+        of the files ``FILE_KEYS`` name."""
         return {"format": CHECKPOINT_FORMAT, "run_id": self.run_id, "config": config_values(self.config),
-                "data": self.data_fingerprint}
+                "data": self.data_fingerprint, "files": self.file_hashes}
 
     def _save_checkpoint(self, epoch, verbose=True, **kwargs):
         """RecBole's best checkpoint (same keys), as tensors and plain values."""
@@ -550,22 +617,15 @@ class LetterTrainer(SafeCheckpoints, Trainer):
         random streams, the same best checkpoint file and run id. Replaces RecBole's version, which restores
         neither the schedule nor the random generators.
 
-        Every input is checked before anything changes: the file is a ``-last.pth`` of this format, of the
-        same model and dataset, with the same config (keys outside ``RUN_PLACEMENT_KEYS``) and data
-        (:func:`check_data_fingerprint`), written by as
-        many processes as this run has, and the best checkpoint it names exists and belongs to the same run
-        (unless none was saved yet). A ``ValueError`` says which input is wrong."""
+        Every input is checked before anything changes: :func:`check_resume_file` (format, model, dataset,
+        config, best checkpoint), the data (:func:`check_data_fingerprint`), and the number of processes that
+        wrote it. A ``ValueError`` says which input is wrong."""
         # on the CPU: random generator states must stay CPU tensors (mapped to a GPU, resuming there failed);
         # load_state_dict moves weights and optimiser state to the model's device
-        checkpoint = load_checkpoint(path)
-        if "best_model_file" not in checkpoint:
-            raise ValueError(f"{path} is not a '-last.pth' file written by LetterTrainer (best checkpoints "
-                             f"cannot be resumed: evaluate them with --checkpoint)")
-        self._check_resumable(checkpoint, path)
+        checkpoint = check_resume_file(self.config, path, load_checkpoint(path))
         if self.data_fingerprint is not None:
             check_data_fingerprint(checkpoint.get("data"), self.data_fingerprint, path)
         rng = self._own_rng_state(checkpoint["rng"], path)
-        self._check_best_checkpoint(checkpoint, path)
         self.model.load_state_dict(checkpoint["state_dict"])
         self.model.load_other_parameter(decode_other_parameter(self.model, checkpoint.get("other_parameter")))
         self.optimizer.load_state_dict(checkpoint["optimizer"])
@@ -581,36 +641,6 @@ class LetterTrainer(SafeCheckpoints, Trainer):
         self.resumed = {"scheduler_steps": checkpoint["scheduler_steps"], "loader_generator": rng["loader_generator"]}
         self.logger.info(f"resumed run {self.run_id} from {path}: epoch {self.start_epoch} next, best checkpoint "
                          f"{self.saved_model_file}")
-
-    def _check_resumable(self, checkpoint, path):
-        """The ``-last.pth`` file's model, dataset and config are this run's (``RUN_PLACEMENT_KEYS`` aside)."""
-        stored = checkpoint["config"]
-        for key in ("model", "dataset"):
-            if stored.get(key) != self.config[key]:
-                raise ValueError(f"{path} belongs to {key} {stored.get(key)!r}, not {self.config[key]!r}")
-        current = config_values(self.config)
-        differing = sorted(key for key in set(stored) | set(current)
-                           if key not in RUN_PLACEMENT_KEYS and stored.get(key) != current.get(key))
-        if differing:
-            shown = "; ".join(f"{key}: {stored.get(key)!r} there, {current.get(key)!r} here" for key in differing[:5])
-            more = f" (and {len(differing) - 5} more)" if len(differing) > 5 else ""
-            raise ValueError(f"{path} was written with another config: {shown}{more}. Resume with the run's own "
-                             f"config (same files and --key=value settings)")
-
-    def _check_best_checkpoint(self, checkpoint, path):
-        """The best checkpoint a ``-last.pth`` file names exists and is its run's, unless none was saved yet
-        (the best validation score is still its starting value)."""
-        best = checkpoint["best_model_file"]
-        if math.isinf(checkpoint["best_valid_score"]):
-            self.logger.info(f"{path}: no best checkpoint saved yet (no validation has run); it will be {best}")
-            return
-        if not os.path.isfile(best):
-            raise ValueError(f"{path} continues run {checkpoint['run_id']}, whose best checkpoint {best} does not "
-                             f"exist (moved or deleted?): put it back at that path (relative to the folder the "
-                             f"run started in) before resuming")
-        best_run = load_checkpoint(best, mmap=True).get("run_id")
-        if best_run != checkpoint["run_id"]:
-            raise ValueError(f"{best} belongs to run {best_run!r}, not to run {checkpoint['run_id']!r} of {path}")
 
     def _own_rng_state(self, states, path):
         """This process's random generators from a ``-last.pth`` file's per-process list."""

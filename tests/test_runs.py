@@ -264,3 +264,25 @@ def test_checkpoint_records_its_data_and_refuses_other_data(tiny_dataset, tmp_pa
     monkeypatch.setattr(LetterTrainer, "_train_epoch", lambda *a, **k: pytest.fail("training started"))
     with pytest.raises(ValueError, match="was trained on other data: interactions"):
         quick_start.run("BPR", name, config_dict={**cfg, "data_path": str(moved), "resume_from": last})
+
+
+def test_resume_compares_codes_files_by_content(tiny_dataset, tmp_path, monkeypatch):
+    # before: RUN_PLACEMENT_KEYS left item_codes_file in the compared config: a moved codes file was refused,
+    # while the README said it may point elsewhere
+    name, cfg = tiny_dataset
+    codes = tmp_path / "a" / "codes.index.json"
+    codes.parent.mkdir()
+    codes.write_text('{"1": ["<a_1>"]}')  # BPR does not read it: the file only has to be recorded
+    cfg = {**cfg, **FAST_BPR, "epochs": 2, "item_codes_file": str(codes)}
+    whole = quick_start.run("BPR", name, config_dict=cfg)
+    last = whole["checkpoint"].replace(".pth", "-last.pth")
+    assert len(load_checkpoint(last)["files"]["item_codes_file"]) == 64
+    moved = tmp_path / "b" / "moved.index.json"
+    moved.parent.mkdir()
+    moved.write_text(codes.read_text())
+    resumed = quick_start.run("BPR", name, config_dict={**cfg, "item_codes_file": str(moved), "resume_from": last})
+    assert resumed["run_id"] == whole["run_id"] and resumed["test_result"] == whole["test_result"]
+    moved.write_text('{"1": ["<a_2>"]}')
+    with pytest.raises(ValueError, match=r"another config: item_codes_file: .* \(content sha256 \w{12} there, \w{12} "
+                                         r"here\)"):
+        quick_start.run("BPR", name, config_dict={**cfg, "item_codes_file": str(moved), "resume_from": last})
