@@ -4,7 +4,7 @@ The base owns everything that is the same for both generators:
 
 * the tokenizer hook: ``tokenize(config, dataset)`` (a class method: the training split -> unique
   ``ItemCodes``), which the pipeline (``quick_start.build_model``) calls once before it builds the model;
-  ``__init__`` only receives the codes and keeps them in its state (buffers ``item_codes``,
+  ``__init__`` only receives the codes and keeps them in its state (buffers ``item_codes_table``,
   ``codebook_sizes``), so every checkpoint carries the codes it was trained on;
 * the token layout: ``item_code_tokens`` buffer ``[n_items, T]`` (see
   ``recbole_letter.generation.trie.item_code_token_table``) and the ``CodeTrie`` built from it
@@ -37,9 +37,9 @@ pad = 0, eos = 1, codes from 2 (``vocab_size`` = 2 + sum of codebook sizes). ``s
 Config keys read here: ``tau`` (loss temperature), ``beam_size`` (>= max ``topk``), ``enable_amp`` /
 ``amp_dtype`` (decoding autocasts as training does), ``beam_batch_size`` (users decoded at once in
 ``full_sort_predict``), ``exclude_seen_items`` (beam search skips the items a user met in the training
-split and history, see ``recbole_letter.model.seen_items``), ``length_buckets`` (training batches run as this many sub-batches of similar
-history length, each padded only to its own longest history: the same loss and gradients for less
-padding; ``~`` = ``default_length_buckets``), ``item_codes_file`` and the tokenizer's keys (through
+split and history, see ``recbole_letter.model.seen_items``), ``length_buckets`` (training batches run as
+this many sub-batches of similar history length, each padded only to its own longest history: the same
+loss and gradients for less padding; ``~`` = ``default_length_buckets``), ``item_codes_file`` and the tokenizer's keys (through
 ``get_item_codes``).
 """
 
