@@ -28,9 +28,8 @@ from recbole_letter.data.atomic_check import check_atomic_files_rows
 from recbole_letter.model import PROPERTY_BASE, canonical_name, get_model_class, is_generative
 from recbole_letter.tokenizer.cache import file_sha256
 from recbole_letter.tokenizer.trainer import tokenize_only
-from recbole_letter.trainer import (LetterTrainer, SafeCheckpoints, check_data_fingerprint, config_digest, config_values,
-                                    load_checkpoint,
-                                    new_run_id)
+from recbole_letter.trainer import (LetterTrainer, SafeCheckpoints, check_data_fingerprint, check_resume_file,
+                                    config_digest, config_values, load_checkpoint, new_run_id)
 
 EMBEDDED_DATASETS = ("ml-100k",)  # ship inside the recbole package
 DISTRIBUTED_KEYS = ("nproc", "world_size", "ip", "port", "offset")
@@ -230,7 +229,23 @@ def data_fingerprint(config, full_dataset):
 
 def prepare(model, dataset, config_files=None, config_dict=None):
     """Config, filtered dataset and the three loaders of one (model, dataset) pair (:func:`load_data`)."""
-    config = build_config(model, dataset, config_files, config_dict)
+    return _prepare_data(build_config(model, dataset, config_files, config_dict))
+
+
+def check_resume_from(config):
+    """When ``resume_from`` is set, check that file against this run right after the config is built, before
+    the data loads and the tokenizer stage runs (each may take long): a ``-last.pth`` of the same model,
+    dataset and config whose best checkpoint exists (``trainer.check_resume_file``), for a model whose
+    trainer can resume. The data is compared once it is loaded (``LetterTrainer.resume_checkpoint``)."""
+    if not config["resume_from"]:
+        return
+    trainer_class = get_trainer(config["MODEL_TYPE"], config["model"])
+    if trainer_class is not Trainer:
+        raise ValueError(f"resume_from: {config['model']} is trained by {trainer_class.__name__}, which cannot resume")
+    check_resume_file(config, config["resume_from"], before_data=True)
+
+
+def _prepare_data(config):
     init_seed(config["seed"], config["reproducibility"])
     init_logger(config)
     full_dataset, train_data, valid_data, test_data = load_data(config)
@@ -311,7 +326,9 @@ def show_plan(config, full_dataset, train_data, valid_data, test_data):
 
 
 def _run_single(model, dataset, config_files=None, config_dict=None, saved=True, queue=None, before_fit=None):
-    config, full_dataset, train_data, valid_data, test_data = prepare(model, dataset, config_files, config_dict)
+    config = build_config(model, dataset, config_files, config_dict)
+    check_resume_from(config)
+    config, full_dataset, train_data, valid_data, test_data = _prepare_data(config)
     logger = getLogger()
     show_plan(config, full_dataset, train_data, valid_data, test_data)
     if config["tokenize_only"] and is_generative(model):

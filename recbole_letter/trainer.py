@@ -104,14 +104,15 @@ def file_hashes(config):
     return hashes
 
 
-def check_resume_file(config, path, checkpoint=None):
+def check_resume_file(config, path, checkpoint=None, before_data=False):
     """Check a ``-last.pth`` file against the run that would continue it, before anything else is done:
     a ``-last.pth`` of this format, of the same model and dataset, with the same config (keys outside
     ``RUN_PLACEMENT_KEYS``; ``FILE_KEYS`` by content, so a moved codes file with the same content is fine),
     and the best checkpoint it names exists and belongs to the same run (unless none was saved yet).
     ``quick_start`` runs it right after building the config (before the data loads and the tokenizer stage);
     :meth:`LetterTrainer.resume_checkpoint` again. A ``ValueError`` says which input is wrong. Returns the
-    checkpoint (memory-mapped when not given)."""
+    checkpoint (memory-mapped when not given). ``before_data``: keys the run sets only while loading data or
+    building the model (RecBole's data transforms set ``MASK_INDEX`` and such) are not compared yet."""
     checkpoint = checkpoint if checkpoint is not None else load_checkpoint(path, mmap=True)
     if "best_model_file" not in checkpoint:
         raise ValueError(f"{path} is not a '-last.pth' file written by LetterTrainer (best checkpoints "
@@ -123,7 +124,8 @@ def check_resume_file(config, path, checkpoint=None):
     current = config_values(config)
     stored_files, current_files = checkpoint.get("files") or {}, file_hashes(config)
     same_content = {key for key in FILE_KEYS if key in stored_files and stored_files[key] == current_files.get(key)}
-    differing = sorted(key for key in set(stored) | set(current)
+    compared = set(current) if before_data else set(stored) | set(current)
+    differing = sorted(key for key in compared
                        if key not in RUN_PLACEMENT_KEYS and key not in same_content and stored.get(key) != current.get(key))
     if differing:
         def shown(key):

@@ -286,3 +286,42 @@ def test_resume_compares_codes_files_by_content(tiny_dataset, tmp_path, monkeypa
     with pytest.raises(ValueError, match=r"another config: item_codes_file: .* \(content sha256 \w{12} there, \w{12} "
                                          r"here\)"):
         quick_start.run("BPR", name, config_dict={**cfg, "item_codes_file": str(moved), "resume_from": last})
+
+
+def test_resume_file_is_checked_before_the_data_loads(tiny_dataset, tmp_path, monkeypatch):
+    # before: --resume_from was checked only after data loading and the tokenizer stage (which may take hours)
+    name, cfg = tiny_dataset
+    cfg = {**cfg, **FAST_BPR, "epochs": 2}
+    whole = quick_start.run("BPR", name, config_dict=cfg)
+    last = whole["checkpoint"].replace(".pth", "-last.pth")
+    monkeypatch.setattr(quick_start, "load_data", lambda config: pytest.fail("the data loaded first"))
+    for overrides, message in (({"learning_rate": 0.01}, r"another config: learning_rate: 0\.001 there, 0\.01 here"),
+                               ({"resume_from": whole["checkpoint"]}, "is not a '-last.pth' file"),
+                               ({"resume_from": str(tmp_path / "none.pth")}, "does not exist")):
+        with pytest.raises((ValueError, FileNotFoundError), match=message):
+            quick_start.run("BPR", name, config_dict={**cfg, "resume_from": last, **overrides})
+    with pytest.raises(ValueError, match="belongs to model 'BPR', not 'NeuMF'"):
+        quick_start.run("NeuMF", name, config_dict={**cfg, "resume_from": last})
+    with pytest.raises(ValueError, match="resume_from: Pop is trained by TraditionalTrainer, which cannot resume"):
+        quick_start.run("Pop", name, config_dict={**cfg, "resume_from": last})
+    os.remove(whole["checkpoint"])
+    with pytest.raises(ValueError, match="whose best checkpoint .* does not exist"):
+        quick_start.run("BPR", name, config_dict={**cfg, "resume_from": last})
+
+
+def test_early_resume_check_ignores_keys_the_data_loading_sets(tmp_path):
+    # RecBole's data transforms (BERT4Rec's mask) add config keys while the data loads: not there yet early
+    from recbole_letter.trainer import CHECKPOINT_FORMAT, check_resume_file
+
+    config = {"model": "BERT4Rec", "dataset": "d", "learning_rate": 0.001, "item_codes_file": None,
+              "cf_emb_file": None}
+    path = tmp_path / "run-last.pth"
+    torch.save({"format": CHECKPOINT_FORMAT, "run_id": "r", "best_model_file": "x.pth", "best_valid_score": -float("inf"),
+                "config": {**config, "MASK_INDEX": "MASK_INDEX"}}, path)
+
+    class Values(dict):
+        final_config_dict = property(lambda self: self)
+
+    check_resume_file(Values(config), path, before_data=True)
+    with pytest.raises(ValueError, match="another config: MASK_INDEX: 'MASK_INDEX' there, None here"):
+        check_resume_file(Values(config), path)
