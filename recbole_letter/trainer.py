@@ -241,6 +241,11 @@ def load_checkpoint(path, device="cpu", mmap=False):
         found = checkpoint.get("format") if isinstance(checkpoint, dict) else type(checkpoint).__name__
         raise ValueError(f"{path} is not a recbole_letter checkpoint (format {found!r}, expected "
                          f"{CHECKPOINT_FORMAT!r}): train again, or evaluate it with the program that wrote it")
+    kinds = {"run_id": str, "config": dict, "state_dict": dict}  # what every checkpoint written here holds
+    wrong = [key for key, kind in kinds.items() if not isinstance(checkpoint.get(key), kind)]
+    if wrong:
+        raise ValueError(f"{path} has the recbole_letter format mark but lacks {', '.join(wrong)} (or holds "
+                         f"something else there): not a whole checkpoint of this package; train again")
     return checkpoint
 
 
@@ -391,7 +396,12 @@ class SafeCheckpoints:
             self.logger.info(set_color("Saving current", "blue") + f": {saved_model_file}")
 
     def save_pretrained_model(self, epoch, saved_model_file):
-        """RecBole's ``PretrainTrainer`` checkpoint (S3Rec, RaCT pre-training), as tensors and plain values."""
+        """RecBole's ``PretrainTrainer`` checkpoint (S3Rec, RaCT pre-training), as tensors and plain values, named
+        by the run id (``<checkpoint_dir>/<run id>-pretrain-<epoch>.pth``): RecBole's ``<model>-<dataset>-<epoch>
+        .pth`` is the same for every run of the pair, so two runs would overwrite each other's."""
+        saved_model_file = os.path.join(self.checkpoint_dir, f"{self.run_id}-pretrain-{epoch + 1}.pth")
+        self.logger.info(f"pre-trained model of epoch {epoch + 1}: {saved_model_file} (set pre_model_path to it "
+                         f"to fine-tune)")
         state = {
             **self.checkpoint_header(),
             "epoch": epoch,

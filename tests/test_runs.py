@@ -317,7 +317,7 @@ def test_early_resume_check_ignores_keys_the_data_loading_sets(tmp_path):
               "cf_emb_file": None}
     path = tmp_path / "run-last.pth"
     torch.save({"format": CHECKPOINT_FORMAT, "run_id": "r", "best_model_file": "x.pth", "best_valid_score": -float("inf"),
-                "config": {**config, "MASK_INDEX": "MASK_INDEX"}}, path)
+                "state_dict": {}, "config": {**config, "MASK_INDEX": "MASK_INDEX"}}, path)
 
     class Values(dict):
         final_config_dict = property(lambda self: self)
@@ -325,3 +325,65 @@ def test_early_resume_check_ignores_keys_the_data_loading_sets(tmp_path):
     check_resume_file(Values(config), path, before_data=True)
     with pytest.raises(ValueError, match="another config: MASK_INDEX: 'MASK_INDEX' there, None here"):
         check_resume_file(Values(config), path)
+
+
+def test_a_checkpoint_with_the_mark_but_not_its_keys_is_refused(tmp_path):
+    # before: load_checkpoint returned it, and the caller failed later with a KeyError
+    for state, missing in (({"format": CHECKPOINT_FORMAT}, "run_id, config, state_dict"),
+                           ({"format": CHECKPOINT_FORMAT, "run_id": "r", "config": [], "state_dict": {}}, "config")):
+        torch.save(state, tmp_path / "part.pth")
+        with pytest.raises(ValueError, match=f"has the recbole_letter format mark but lacks {missing} "):
+            load_checkpoint(tmp_path / "part.pth")
+
+
+def test_pretrained_checkpoints_are_named_by_the_run_id(tmp_path):
+    # before: RecBole's <model>-<dataset>-<epoch>.pth, the same file for every run of S3Rec / RaCT on a dataset
+    import logging
+    import types
+
+    from recbole_letter.trainer import SafeCheckpoints
+
+    model = torch.nn.Linear(2, 2)
+    model.other_parameter = lambda: None
+    trainer = types.SimpleNamespace(
+        checkpoint_dir=str(tmp_path), run_id="S3Rec-d-20250101-120000-abcdef", model=model,
+        optimizer=torch.optim.SGD(model.parameters(), lr=0.1), logger=logging.getLogger("test"),
+        checkpoint_header=lambda: {"format": CHECKPOINT_FORMAT, "run_id": "S3Rec-d-20250101-120000-abcdef",
+                                   "config": {}})
+    SafeCheckpoints.save_pretrained_model(trainer, 4, str(tmp_path / "S3Rec-d-5.pth"))
+    expected = tmp_path / "S3Rec-d-20250101-120000-abcdef-pretrain-5.pth"
+    assert trainer.saved_model_file == str(expected) and not (tmp_path / "S3Rec-d-5.pth").exists()
+    assert load_checkpoint(expected)["epoch"] == 4
+
+
+def test_figures_are_written_atomically(tmp_path, monkeypatch):
+    # before: savefig wrote the final path directly; a crash mid-write left half a PNG
+    import matplotlib.figure
+
+    from recbole_letter.tokenizer.report import write_plots
+
+    report = {"collision_rate_before": 0.1, "collision_rate_after_sinkhorn": 0.05, "collision_rate_after": 0.0,
+              "num_levels": 2, "codes_used_per_level": [4, 4], "entropy_per_level": [2.0, 2.0],
+              "max_entropy_per_level": [2.0, 2.0], "level1_group_counts": [3, 1]}
+    paths = write_plots(report, str(tmp_path))
+    whole = {key: open(path, "rb").read() for key, path in paths.items()}
+    real_savefig = matplotlib.figure.Figure.savefig
+
+    def crash_midway(self, fname, **kwargs):
+        with open(fname, "wb") as f:
+            f.write(b"\x89PNG half")
+        raise OSError("disk full")
+
+    monkeypatch.setattr(matplotlib.figure.Figure, "savefig", crash_midway)
+    with pytest.raises(OSError, match="disk full"):
+        write_plots(report, str(tmp_path))
+    metrics = {m: 0.1 for m in benchmark.METRIC_ORDER}
+    monkeypatch.setattr(quick_start, "run", lambda model, dataset, *a, **k: {
+        "model": model, "dataset": dataset, "test_result": metrics, "best_valid_result": metrics,
+        "best_valid_score": 0.1})
+    with pytest.raises(OSError, match="disk full"):
+        benchmark.sweep("Beauty", "tau", [0.7], out_dir=tmp_path)
+    monkeypatch.setattr(matplotlib.figure.Figure, "savefig", real_savefig)
+    assert {key: open(path, "rb").read() for key, path in paths.items()} == whole
+    assert not (tmp_path / "sweep-tau-Beauty.png").exists()
+    assert not [p for p in os.listdir(tmp_path) if ".tmp" in p]

@@ -10,6 +10,7 @@ from recbole.trainer import HyperTuning
 
 from recbole_letter.benchmark.results import test_rows, write_table
 from recbole_letter.benchmark.runners import QUICK_OVERRIDES, run_cached
+from recbole_letter.files import write_atomic
 
 SWEEP_VALUES = {  # paper Fig. 8 / Sec. 4.1 search ranges
     "tau": [0.6, 0.7, 0.8, 0.9, 1.0, 1.1, 1.2],
@@ -124,7 +125,7 @@ def sweep(dataset, param, values=None, config_files=None, overrides=None, out_di
         ax.set_ylabel(metric)
     fig.suptitle(f"LETTER-TIGER on {dataset}")
     fig.tight_layout()
-    fig.savefig(Path(out_dir) / f"{name}.png", dpi=120)
+    write_atomic(Path(out_dir) / f"{name}.png", lambda tmp: fig.savefig(tmp, dpi=120))  # never half a figure
     plt.close(fig)
     return markdown
 

@@ -21,6 +21,7 @@ import os
 import numpy as np
 import torch
 
+from recbole_letter.files import write_atomic
 from recbole_letter.tokenizer.cache import save_json
 
 FIG6_GROUP_SIZE = 15
@@ -194,7 +195,7 @@ def write_plots(report, out_dir):
     axes[2].legend()
     fig.tight_layout()
     paths["summary_png"] = os.path.join(out_dir, "report_summary.png")
-    fig.savefig(paths["summary_png"], dpi=90)
+    write_atomic(paths["summary_png"], lambda tmp: fig.savefig(tmp, dpi=90))  # a crash leaves the old figure
     plt.close(fig)
 
     fig, ax = plt.subplots(figsize=(7, 3.5))
@@ -205,7 +206,7 @@ def write_plots(report, out_dir):
     ax.set_title(f"level-1 code assignment ({report['codes_used_per_level'][0]} codes used)")
     fig.tight_layout()
     paths["level1_png"] = os.path.join(out_dir, "report_level1_histogram.png")
-    fig.savefig(paths["level1_png"], dpi=90)
+    write_atomic(paths["level1_png"], lambda tmp: fig.savefig(tmp, dpi=90))
     plt.close(fig)
     return paths
 
