@@ -424,6 +424,17 @@ def check_values(values, source="--"):
     return {key: check_value(key, value, source) for key, value in values.items()}
 
 
+# keys RecBole itself sets while a run loads its data or builds its model (the sequence transforms, FM-style
+# models): a checkpoint's stored config holds them, a user's config does not
+RUNTIME_KEYS = frozenset({"MASK_INDEX", "MASK_ITEM_SEQ", "POS_ITEMS", "NEG_ITEMS", "INVERSE_ITEM_SEQ", "CROP_ITEM_SEQ",
+                          "CROP_ITEM_SEQ_LEN", "REORDER_ITEM_SEQ", "feature_num"})
+
+
+def check_stored_config(values, source):
+    """:func:`check_value` over a checkpoint's stored config (its final values), ``RUNTIME_KEYS`` aside."""
+    return check_values({key: value for key, value in values.items() if key not in RUNTIME_KEYS}, source)
+
+
 def check_beam_size(config, model):
     """``beam_size >= max(topk)`` for a generative model. The model itself checks it when it is built
     (after the data is loaded); the command line checks it up front."""

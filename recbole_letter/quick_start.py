@@ -440,7 +440,7 @@ def evaluate_checkpoint(path, config_dict=None):
     """
     checkpoint = load_checkpoint(path)
     # the stored config passes the checks a user's config does (no key that would unpickle a file, ranges, ...)
-    config_check.check_values(checkpoint["config"], source=f"checkpoint {path}: stored config: ")
+    config_check.check_stored_config(checkpoint["config"], source=f"checkpoint {path}: stored config: ")
     config_dict = config_check.check_values(dict(config_dict or {}))
     config = config_from_values(checkpoint["config"])
     for key, value in config_dict.items():
