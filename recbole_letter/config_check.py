@@ -351,6 +351,8 @@ RULES = {
     "port": _port,
     "metrics": _metrics,
     "eval_args": _eval_args,
+    # RecBole's KD_DAGFM eval()s this text to pick its teacher network class: only those classes' names pass
+    "teacher": _one_of("CrossNet", "CIN"),
 }
 
 # RecBole keys that save the filtered dataset / split loaders with pickle and load them back with pickle.load

@@ -151,3 +151,12 @@ def test_command_line_in_a_subprocess(tmp_path):
         assert proc.returncode == 2, (arg, err)
         assert len(lines) == 1 and lines[0].startswith("error: ") and runs[arg] in lines[0], (arg, err)
     assert not (tmp_path / "PWNED").exists()
+
+
+def test_kd_dagfm_teacher_is_a_class_name_not_code(tmp_path):
+    # before: RecBole's KD_DAGFM eval()'d config["teacher"] when the model was built
+    assert config_check.check_value("teacher", "CrossNet") == "CrossNet"
+    marker = tmp_path / "PWNED"
+    with pytest.raises(ConfigError, match="teacher must be one of CrossNet, CIN, got"):
+        quick_start.build_config("KD_DAGFM", "ml-100k", config_dict={"teacher": f"__import__('os').system('touch {marker}')"})
+    assert not marker.exists()
