@@ -3,7 +3,8 @@
     python benchmarks/decoder_ab.py --base=81a1a76 --dataset=Beauty --data_path=../shared/data --threads=2
 
 Same LETTER_TIGER weights (release architecture, random init), same users (the first --users test users),
-``generate_items`` timed with ``_T5BeamDecoder`` (and the CPU feed-forward's activation) of ``--base``
+``generate_items`` timed with the T5 decoder (``generation/t5_decoder.py``'s ``T5BeamDecoder``; before it moved
+there, ``model/letter_tiger.py``'s ``_T5BeamDecoder``) and the CPU feed-forward's activation of ``--base``
 (loaded from ``git show``) and of the working tree, alternating over --rounds, the first round untimed.
 Prints both rates, the ratio, and whether the two decoders gave the same lists.
 """
@@ -24,8 +25,11 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 
 def module_at(rev, path, name, folder):
-    """The file ``path`` of commit ``rev`` imported as module ``name``."""
-    source = subprocess.run(["git", "-C", REPO, "show", f"{rev}:{path}"], capture_output=True, text=True, check=True).stdout
+    """The file ``path`` of commit ``rev`` imported as module ``name`` (``None`` if the commit has no such file)."""
+    shown = subprocess.run(["git", "-C", REPO, "show", f"{rev}:{path}"], capture_output=True, text=True)
+    if shown.returncode:
+        return None
+    source = shown.stdout
     file = os.path.join(folder, f"{name}.py")
     with open(file, "w") as f:
         f.write(source)
@@ -49,7 +53,12 @@ def main():
         torch.set_num_threads(args.threads)
     data_path = os.path.abspath(args.data_path)
     work = tempfile.mkdtemp(prefix="decoder_ab_")
-    old_tiger = module_at(args.base, "recbole_letter/model/letter_tiger.py", "base_letter_tiger", work)
+    old_decoder = module_at(args.base, "recbole_letter/generation/t5_decoder.py", "base_t5_decoder", work)
+    if old_decoder is None:
+        old_tiger = module_at(args.base, "recbole_letter/model/letter_tiger.py", "base_letter_tiger", work)
+        old_decoder_class = old_tiger._T5BeamDecoder
+    else:
+        old_decoder_class = old_decoder.T5BeamDecoder
     old_cpu = module_at(args.base, "recbole_letter/model/t5_cpu.py", "base_t5_cpu", work)
     os.chdir(work)  # RecBole writes ./log*, ./saved
 
@@ -67,7 +76,7 @@ def main():
 
     def base_step_fn(self, seq, seq_len, workspace=None):
         tokens, mask = self._trim(*self.history_code_tokens(seq, seq_len))
-        return old_tiger._T5BeamDecoder(self.t5, tokens, mask, self.pad_token_id, max_steps=self.code_len)
+        return old_decoder_class(self.t5, tokens, mask, self.pad_token_id, max_steps=self.code_len)
 
     sides = {"base": (base_step_fn, getattr(old_cpu.FeedForward, "_activation", None)),
              "this": (LETTER_TIGER.build_step_fn, t5_cpu.FeedForward._activation)}

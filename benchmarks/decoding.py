@@ -6,7 +6,7 @@
 Same LETTER_TIGER weights (release architecture, random init unless --checkpoint), same user histories
 (the first --users test users of RecBole's leave-one-out split), beam 20, top-20 lists:
 
-* ours: ``GenerativeRecommender.generate_items`` (``constrained_beam_search`` + ``_T5BeamDecoder``);
+* ours: ``GenerativeRecommender.generate_items`` (``constrained_beam_search`` + ``T5BeamDecoder``);
 * release: ``T5ForConditionalGeneration.generate(num_beams=20, num_return_sequences=20,
   prefix_allowed_tokens_fn=...)`` over a Python dict trie ``prefix tuple -> allowed tokens``, timed at
   each ``--release_batch`` size; the speedup is against the fastest.

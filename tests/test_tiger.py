@@ -11,8 +11,13 @@ import pytest
 import torch
 from transformers import T5Config, T5ForConditionalGeneration
 
-from recbole_letter.generation import CodeTrie, constrained_beam_search, item_code_token_table
-from recbole_letter.model.letter_tiger import _T5BeamDecoder
+from recbole_letter.generation import (
+    CodeTrie,
+    T5BeamDecoder,
+    constrained_beam_search,
+    item_code_token_table,
+    t5_cache_step_fn,
+)
 from numerics import EPS32, assert_as_accurate_as, float32_tolerance, max_error
 from test_generation import random_codes
 
@@ -79,9 +84,19 @@ def decoding_case(seed, n_items, n_users):
     return item_tokens, tiny_t5(vocab, seed=seed), *histories(n_users, vocab, seed=seed)
 
 
-def test_t5_beam_decoder_is_exact_against_brute_force():
+# the two step functions of a T5 (recbole_letter/generation/t5_decoder.py): the hand-written decoder that
+# decoding uses, and the T5's own forward on transformers' KV cache (the reference it is timed against)
+STEP_FUNCTIONS = {
+    "hand-written": lambda t5, tokens, mask: T5BeamDecoder(t5, tokens, mask, decoder_start_token_id=0,
+                                                           max_steps=len(SIZES)),
+    "transformers-cache": lambda t5, tokens, mask: t5_cache_step_fn(t5, tokens, mask, decoder_start_token_id=0),
+}
+
+
+@pytest.mark.parametrize("decoder", STEP_FUNCTIONS)
+def test_t5_step_functions_are_exact_against_brute_force(decoder):
     item_tokens, t5, tokens, mask = decoding_case(0, n_items=40, n_users=3)
-    step_fn = _T5BeamDecoder(t5, tokens, mask, decoder_start_token_id=0, max_steps=len(SIZES))
+    step_fn = STEP_FUNCTIONS[decoder](t5, tokens, mask)
     with torch.no_grad():
         item_ids, scores = constrained_beam_search(step_fn, CodeTrie(item_tokens), 3, beam_size=40)
     brute = teacher_forced_scores(t5, tokens, mask, item_tokens)  # [3, 40]
@@ -97,7 +112,8 @@ def test_t5_beam_decoder_is_exact_against_brute_force():
         assert (scores[user].double() - ranked).abs().max() <= 4 * error
 
 
-def test_same_lists_as_transformers_generate_with_prefix_trie():
+@pytest.mark.parametrize("decoder", STEP_FUNCTIONS)
+def test_same_lists_as_transformers_generate_with_prefix_trie(decoder):
     """The release's decoding: generate(num_beams, prefix_allowed_tokens_fn) over a dict trie."""
     item_tokens, t5, tokens, mask = decoding_case(1, n_items=50, n_users=4)
     beam = 6
@@ -111,7 +127,7 @@ def test_same_lists_as_transformers_generate_with_prefix_trie():
                                 num_return_sequences=beam, max_new_tokens=len(SIZES), do_sample=False,
                                 length_penalty=0.0, early_stopping=True,
                                 prefix_allowed_tokens_fn=lambda b, sent: sorted(allowed[tuple(sent.tolist())]))
-        ours, _ = constrained_beam_search(_T5BeamDecoder(t5, tokens, mask, 0, len(SIZES)), CodeTrie(item_tokens), 4, beam)
+        ours, _ = constrained_beam_search(STEP_FUNCTIONS[decoder](t5, tokens, mask), CodeTrie(item_tokens), 4, beam)
     theirs = torch.tensor([sequence_to_item[tuple(seq[1:])] for seq in generated.tolist()]).view(ours.shape)
     # the same lists, but where two items' exact scores are closer than float32 can tell apart: there either
     # computation may rank (or keep) either one first. Float32's error on this saturated model (|scores| up
@@ -125,6 +141,31 @@ def test_same_lists_as_transformers_generate_with_prefix_trie():
             assert a == b or abs(exact[user, a - 1] - exact[user, b - 1]) <= tolerance, (user, a, b)
 
 
+@pytest.mark.parametrize("feed_forward", ["relu", "gated-gelu"])
+def test_t5_beam_decoder_gives_the_logits_of_transformers_cache_at_every_step(feed_forward):
+    """Pinned against the installed transformers' T5: along a real beam search (beam_origin reordering,
+    B -> B * k rows, a shorter history), the hand-written decoder's logits at every call are those of
+    T5ForConditionalGeneration's own forward on its KV cache, to float32 rounding."""
+    item_tokens, _, tokens, mask = decoding_case(3, n_items=60, n_users=4)
+    torch.manual_seed(3)
+    config = T5Config(vocab_size=2 + sum(SIZES), d_model=32, d_ff=64, d_kv=8, num_heads=4, num_layers=2,
+                      num_decoder_layers=3, feed_forward_proj=feed_forward, pad_token_id=0, eos_token_id=1,
+                      decoder_start_token_id=0)
+    t5 = T5ForConditionalGeneration(config).eval()
+    hand, reference = STEP_FUNCTIONS["hand-written"](t5, tokens, mask), STEP_FUNCTIONS["transformers-cache"](t5, tokens, mask)
+    calls = []
+
+    def both(last_tokens, beam_origin):
+        ours, theirs = hand(last_tokens, beam_origin), reference(last_tokens, beam_origin)
+        calls.append(ours.shape[0])
+        torch.testing.assert_close(ours, theirs, rtol=1e-5, atol=1e-5 * theirs.abs().max().item())
+        return theirs
+
+    with torch.no_grad():
+        constrained_beam_search(both, CodeTrie(item_tokens), 4, beam_size=7)
+    assert calls == [4, 16, 28]  # 4 first codes: 4 beams per user, then 7 (the rows grow twice)
+
+
 def test_decoders_sharing_a_workspace_reuse_its_buffers_and_decode_the_same():
     # generate_items' chunks: the second, smaller chunk decodes in the first one's cache buffers
     item_tokens, t5, tokens, mask = decoding_case(2, n_items=40, n_users=5)
@@ -133,10 +174,10 @@ def test_decoders_sharing_a_workspace_reuse_its_buffers_and_decode_the_same():
     workspace, pointers = {}, []
     with torch.no_grad():
         for rows in chunks:
-            alone = constrained_beam_search(_T5BeamDecoder(t5, tokens[rows], mask[rows], 0, trie.depth), trie,
+            alone = constrained_beam_search(T5BeamDecoder(t5, tokens[rows], mask[rows], 0, trie.depth), trie,
                                             len(rows), 6)
-            shared = constrained_beam_search(_T5BeamDecoder(t5, tokens[rows], mask[rows], 0, trie.depth,
-                                                            workspace=workspace), trie, len(rows), 6)
+            shared = constrained_beam_search(T5BeamDecoder(t5, tokens[rows], mask[rows], 0, trie.depth,
+                                                           workspace=workspace), trie, len(rows), 6)
             pointers.append({name: buffer.data_ptr() for name, buffer in workspace.items()})
             assert torch.equal(shared[0], alone[0]) and torch.equal(shared[1], alone[1])
     assert set(pointers[0]) == {"self_cache_a", "self_cache_b"} and pointers[1] == pointers[0]
@@ -145,7 +186,7 @@ def test_decoders_sharing_a_workspace_reuse_its_buffers_and_decode_the_same():
 def test_rms_norm_is_t5_layer_norm():
     from transformers.models.t5.modeling_t5 import T5LayerNorm
 
-    from recbole_letter.model.letter_tiger import rms_norm
+    from recbole_letter.generation.t5_decoder import rms_norm
 
     norm = T5LayerNorm(16, eps=1e-6)
     torch.nn.init.normal_(norm.weight)

@@ -1,6 +1,8 @@
-"""Trie-constrained generation shared by the generative recommenders (TIGER, LC-Rec)."""
+"""Trie-constrained generation shared by the generative recommenders (TIGER, LC-Rec), and the T5's
+beam-search step functions (``t5_decoder.py``)."""
 
 from recbole_letter.generation.beam_search import constrained_beam_search
+from recbole_letter.generation.t5_decoder import T5BeamDecoder, t5_cache_step_fn
 from recbole_letter.generation.trie import (
     EOS_TOKEN_ID,
     FIRST_CODE_TOKEN,
@@ -12,6 +14,8 @@ from recbole_letter.generation.trie import (
 __all__ = [
     "CodeTrie",
     "constrained_beam_search",
+    "T5BeamDecoder",
+    "t5_cache_step_fn",
     "item_code_token_table",
     "PAD_TOKEN_ID",
     "EOS_TOKEN_ID",
