@@ -235,6 +235,30 @@ def format_plan(title, stages):
     return "\n".join(lines)
 
 
+def busy_cpu_warning(device, threads=None, load=None, cores=None):
+    """A line of advice when other processes keep the CPU busy and this run uses several threads, else None.
+
+    With ``threads`` > 1, each of a small model's many parallel regions waits for all its threads; when
+    another process holds a core, that wait can make a step many times slower (docs/results.md, "The main
+    job on ml-100k"), while one thread only shares the core. ``load`` is the 1-minute load average, of
+    which this process's own work (one core while the data loads) is taken off.
+    """
+    if torch.device(device).type != "cpu":
+        return None
+    threads = torch.get_num_threads() if threads is None else threads
+    if load is None:
+        if not hasattr(os, "getloadavg"):  # Windows has no load average
+            return None
+        load = os.getloadavg()[0]
+    cores = os.cpu_count() if cores is None else cores
+    others = load - 1.0
+    if threads < 2 or others < 0.8 * max(1, cores - 1):
+        return None
+    return (f"note: the load average is {load:.1f} on {cores} cores, so other processes are running; with "
+            f"{threads} threads a step can be many times slower than the plan says. OMP_NUM_THREADS=1 is "
+            f"safer on a busy machine.")
+
+
 def _duration(seconds):
     if seconds < 60:
         return f"{seconds:.0f} s"

@@ -321,8 +321,11 @@ def show_plan(config, full_dataset, train_data, valid_data, test_data):
     """Print the run's stages with a probe's estimate each (``show_plan``; rank 0 only)."""
     if not config["show_plan"] or config["local_rank"] != 0:
         return
+    busy = plan.busy_cpu_warning(config["device"])  # the load before the probes add their own
     stages = plan.run_stages(config, get_model_class(config["model"]), train_data, valid_data, test_data)
     print(plan.format_plan(plan.plan_title(config, full_dataset), stages), flush=True)
+    if busy:
+        print(busy, flush=True)
 
 
 def _run_single(model, dataset, config_files=None, config_dict=None, saved=True, queue=None, before_fit=None):

@@ -99,3 +99,12 @@ def test_the_plan_counts_the_same_interactions_for_sequential_and_general_models
         config, full_dataset, *_ = quick_start.prepare(model, name, config_dict=cfg)
         titles.append(plan.plan_title(config, full_dataset).split("(")[1])
     assert titles[0] == titles[1]  # users, items, interactions
+
+
+def test_a_busy_cpu_gets_a_line_of_advice_only_with_several_threads():
+    assert plan.busy_cpu_warning("cpu", threads=2, load=2.9, cores=2).startswith("note: the load average is 2.9")
+    assert "OMP_NUM_THREADS=1" in plan.busy_cpu_warning("cpu", threads=2, load=2.9, cores=2)
+    assert plan.busy_cpu_warning("cpu", threads=2, load=1.1, cores=2) is None  # only this process's own work
+    assert plan.busy_cpu_warning("cpu", threads=1, load=5.0, cores=2) is None  # one thread only shares a core
+    assert plan.busy_cpu_warning("cpu", threads=8, load=4.0, cores=16) is None  # cores to spare
+    assert plan.busy_cpu_warning("cuda", threads=2, load=9.0, cores=2) is None
