@@ -471,7 +471,7 @@ class LetterTrainer(SafeCheckpoints, Trainer):
             config["single_spec"] = False
             self.distributed_model = DistributedDataParallel(self.model)
         self.lr_scheduler_name = config["lr_scheduler"]
-        self.warmup_ratio = config["warmup_ratio"] if config["warmup_ratio"] is not None else 0.01
+        self.warmup_ratio = config["warmup_ratio"]
         self.scheduler = None
         self.train_batches_per_epoch = config["train_batches_per_epoch"]
         if self.train_batches_per_epoch is not None and int(self.train_batches_per_epoch) < 1:

@@ -69,9 +69,9 @@ class GenerativeRecommender(SequentialRecommender):
                             f"build it with recbole_letter.quick_start.build_model, which runs the tokenizer stage "
                             f"({type(self).__name__}.tokenize) first")
         super().__init__(config, dataset)
-        self.tau = float(config["tau"] if config["tau"] is not None else 1.0)
-        self.beam_size = int(config["beam_size"] or 20)
-        self.beam_batch_size = int(config["beam_batch_size"] or 64)
+        self.tau = float(config["tau"])
+        self.beam_size = int(config["beam_size"])
+        self.beam_batch_size = int(config["beam_batch_size"])
         self.length_buckets = int(config["length_buckets"] or self.default_length_buckets(config["device"]))
         # the trainer autocasts calculate_loss to amp_dtype under enable_amp; decoding follows the same switch
         self.enable_amp = bool(config["enable_amp"])
