@@ -32,7 +32,7 @@ def torch_dtype(name, key, choices=DTYPES):
 
 def amp_dtype(config):
     """The ``amp_dtype`` key as a torch dtype: what ``enable_amp`` autocasts to, in training and decoding."""
-    return torch_dtype(config["amp_dtype"], "amp_dtype", AMP_DTYPES)
+    return torch_dtype(config["amp_dtype"] or "bfloat16", "amp_dtype", AMP_DTYPES)  # ~ = bfloat16 (config_check allows it)
 
 
 # ---- code tokens: level l's code c is named <{a+l}_{c}> (the LETTER / LC-Rec releases' layout) ----

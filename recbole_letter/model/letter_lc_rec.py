@@ -145,7 +145,7 @@ def load_causal_lm(config):
     from transformers import AutoModelForCausalLM
 
     path = _checked_llm_path(config)
-    dtype_name = config["llm_dtype"]
+    dtype_name = config["llm_dtype"] or "float32"  # ~ = float32 (config_check allows it)
     if dtype_name not in DTYPES:
         raise ValueError(f"llm_dtype must be one of {sorted(DTYPES)}, got {dtype_name!r}")
     kwargs = {"dtype": DTYPES[dtype_name], **_gguf_kwargs(config)}
