@@ -277,7 +277,7 @@ def assign_codes(model, semantic_emb, max_resolve_rounds):
     if max_resolve_rounds and ItemCodes(resolved).collision_groups():
         last_residual = model(semantic, use_sinkhorn=False)["residuals"][:, -1]  # [n, d]: the last level's input
         distances = torch.cdist(last_residual, model.quantizer.codebooks[-1]).pow(2).numpy()  # [n, N]
-        resolved = take_free_last_codes(resolved, np.concatenate([distances[:1] * 0, distances]))
+        resolved = take_free_last_codes(resolved, np.concatenate([np.zeros_like(distances[:1]), distances]))  # row 0: padding
     z_hat_table = np.zeros((len(semantic_emb), z_hat.shape[1]), dtype=np.float32)
     z_hat_table[1:] = z_hat.numpy()
     return before, resolved, z_hat_table
