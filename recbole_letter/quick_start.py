@@ -130,7 +130,17 @@ def build_config(model, dataset, config_files=None, config_dict=None):
 
     The model name must match exactly; keys and values of ``config_files`` and ``config_dict`` are checked
     (``config_check``: known key, type, range; a ``ConfigError`` otherwise). String values of
-    ``config_dict`` are parsed as literals (``config_check.parse_value``) where RecBole would ``eval`` them."""
+    ``config_dict`` are parsed as literals (``config_check.parse_value``) where RecBole would ``eval`` them.
+
+    Args:
+        model: a model name, exactly as spelled in ``properties/model/`` or by RecBole (``"SASRec"``).
+        dataset: a dataset name; its folder lies under ``data_path`` (ml-100k ships with recbole).
+        config_files: more YAML files, applied in order after the shipped ones.
+        config_dict: the last layer: key -> value, or key -> string to parse as a literal.
+
+    Returns:
+        A RecBole ``Config`` (:class:`LetterConfig`), its device and seeds set up.
+    """
     config_check.check_model_name(model)
     for path in config_files or []:
         if not os.path.isfile(path):
@@ -202,7 +212,14 @@ def load_data(config):
     (:func:`prepare`) and for ``--checkpoint`` (:func:`evaluate_checkpoint`). The atomic files are checked
     first, their columns and then row by row (RecBole would fill or drop a bad row quietly); the dataset is
     built from them (``compat.create_dataset``: never a pickled one), and what each of RecBole's filters
-    removed is logged (a warning above 1 % of the interactions)."""
+    removed is logged (a warning above 1 % of the interactions).
+
+    Args:
+        config: a config from :func:`build_config`.
+
+    Returns:
+        ``(full_dataset, train_data, valid_data, test_data)``: RecBole's dataset and its three loaders.
+    """
     check_atomic_files(config)
     check_atomic_files_rows(config)
     with filter_report.recording_filters() as filter_steps:
@@ -265,6 +282,14 @@ def tokenizer_stage(config, model_class, train_dataset):
     Calls the model class's hook (``GenerativeRecommender.tokenize``) on the training split. Under DDP
     rank 0 builds (or loads) the codes while the other ranks wait at a barrier, then read them from the
     cache rank 0 wrote.
+
+    Args:
+        config: the run's config.
+        model_class: a :class:`GenerativeRecommender` subclass (``LETTER_TIGER``, ``TIGER``, ...).
+        train_dataset: the training split (``train_data.dataset``); the tokenizer never sees valid or test.
+
+    Returns:
+        An ``ItemCodes``: each item's code tuple, the codebook sizes and where they came from.
     """
     distributed = torch.distributed.is_available() and torch.distributed.is_initialized()
     if distributed and torch.distributed.get_rank() != 0:
@@ -281,6 +306,14 @@ def build_model(config, train_dataset, item_codes=None):
 
     A generator gets ``item_codes``, or those of the tokenizer stage (:func:`tokenizer_stage`) when none
     are given; its constructor only receives them.
+
+    Args:
+        config: the run's config.
+        train_dataset: the training split.
+        item_codes: ``ItemCodes`` to use (e.g. read from a checkpoint), or ``None`` for the tokenizer stage.
+
+    Returns:
+        The model, on ``config["device"]``.
     """
     model_class = get_model_class(config["model"])
     if not is_generative(config["model"]):
@@ -294,7 +327,16 @@ def build_trainer(config, model, train_dataset=None):
     """The trainer RecBole would pick for the model, with checkpoints that load with ``weights_only=True``:
     ``LetterTrainer`` in place of RecBole's plain ``Trainer``, and every other ``Trainer`` subclass
     (``TraditionalTrainer`` for Pop / ItemKNN, ``KGTrainer``, ...) with :class:`SafeCheckpoints`.
-    ``train_dataset`` (the training split) is needed by ``exclude_seen_items`` for sequential models."""
+    ``train_dataset`` (the training split) is needed by ``exclude_seen_items`` for sequential models.
+
+    Args:
+        config: the run's config.
+        model: the model from :func:`build_model`.
+        train_dataset: the training split, or ``None`` when no seen items are to be removed.
+
+    Returns:
+        The trainer, with a run id (``trainer.run_id``) naming its checkpoints and learning curve.
+    """
     trainer_class = get_trainer(config["MODEL_TYPE"], config["model"])
     if trainer_class is Trainer:
         trainer_class = LetterTrainer
@@ -380,6 +422,7 @@ def _run_single(model, dataset, config_files=None, config_dict=None, saved=True,
         "seconds_per_epoch": train_seconds / max(1, epochs - first_epoch),
         "test_seconds": test_seconds,
         "checkpoint": trainer.saved_model_file if saved else None,
+        "learning_curve": trainer.curve.path if saved and trainer.curve.points else None,
         **(extra or {}),
     }
     logger.info(f"best valid: {result['best_valid_result']}")
@@ -407,6 +450,19 @@ def run(model, dataset, config_files=None, config_dict=None, saved=True, before_
 
     ``before_fit(config, model, trainer, train_data, valid_data, test_data)`` (single process only) runs
     once the trainer is built, e.g. to set ``trainer.epochs``; a dict it returns joins the result.
+
+    Args:
+        model: a model name (see :func:`build_config`).
+        dataset: a dataset name.
+        config_files: more YAML files, after the shipped ones.
+        config_dict: overrides, the last layer.
+        saved: write checkpoints and the learning curve (``checkpoint_dir``).
+        before_fit: see above, or ``None``.
+
+    Returns:
+        A dict: ``run_id``, ``model``, ``dataset``, ``best_valid_result``, ``test_result`` (metric -> float),
+        ``epochs``, ``train_seconds``, ``seconds_per_epoch``, ``test_seconds``, ``checkpoint`` and
+        ``learning_curve`` (paths, or ``None`` when not saved). Under DDP rank 0's dict, or ``None``.
     """
     config_dict = dict(config_dict or {})
     nproc = int(config_dict.get("nproc", 1))
@@ -440,6 +496,13 @@ def evaluate_checkpoint(path, config_dict=None):
     ``data_path`` as for training). It runs in one process on this machine's device.
     Useful after a run was stopped: its best-so-far checkpoint is in ``checkpoint_dir``.
     The result names the run the checkpoint belongs to (``run_id``).
+
+    Args:
+        path: a ``<run id>.pth`` or ``<run id>-last.pth`` file written by this package.
+        config_dict: keys that may differ from the stored config, or ``None``.
+
+    Returns:
+        A dict like :func:`run`'s, with ``mode`` ``"evaluate"``: valid and test metrics of the checkpoint.
     """
     checkpoint = load_checkpoint(path)
     # the stored config passes the checks a user's config does (no key that would unpickle a file, ranges, ...)
@@ -479,5 +542,13 @@ def evaluate_checkpoint(path, config_dict=None):
 
 
 def run_models(models, dataset, config_files=None, config_dict=None, saved=True):
-    """Run each model on the same split (same dataset, filters and seed); a list of result dicts."""
+    """Run each model on the same split (same dataset, filters and seed).
+
+    Args:
+        models: model names.
+        dataset, config_files, config_dict, saved: as for :func:`run`, the same for every model.
+
+    Returns:
+        One result dict per model, in order (see :func:`run`).
+    """
     return [run(model, dataset, config_files, config_dict, saved) for model in models]

@@ -34,6 +34,7 @@ from tqdm import tqdm
 
 from recbole_letter.common import amp_dtype
 from recbole_letter.files import write_atomic
+from recbole_letter.learning_curve import LearningCurve, plot_curves
 from recbole_letter.model.seen_items import SeenItems
 
 NAN_CHECK_INTERVAL = 100  # batches between the loss's NaN checks off a CPU: each one waits for the device
@@ -485,6 +486,10 @@ class LetterTrainer(SafeCheckpoints, Trainer):
         self.nan_check_interval = 1 if self.device.type == "cpu" else NAN_CHECK_INTERVAL
         self._fit_started = None  # when this process's first epoch began (the progress bar's time left)
         self.seen_items = getattr(model, "seen_items", None)  # exclude_seen_items: see set_seen_items
+        # valid metric against wall-clock minutes, <run id>.curve.csv / .png beside the checkpoint (saved runs)
+        self.curve = LearningCurve(os.path.splitext(self.saved_model_file)[0] + ".curve.csv", self.valid_metric)
+        self._curve_clock = None  # (perf_counter at fit's start, minutes that earlier processes trained)
+        self._epoch_trained = None
 
     def set_seen_items(self, train_dataset):
         """``exclude_seen_items``: remove each user's training-split items from a sequential model's ranking,
@@ -520,9 +525,24 @@ class LetterTrainer(SafeCheckpoints, Trainer):
             # one scheduler step after every optimiser step, without copying RecBole's epoch loop
             self.optimizer.register_step_post_hook(lambda *_: self.scheduler.step())
         self.save_last = saved
+        self._curve_clock = (time.perf_counter(), (self.resumed or {}).get("curve_minutes") or 0.0)
         return super().fit(train_data, valid_data, verbose, saved, show_progress, callback_fn)
 
+    def curve_minutes(self):
+        """Wall-clock minutes of training and validation so far, resumed runs' earlier processes included."""
+        started, before = self._curve_clock
+        return before + (time.perf_counter() - started) / 60
+
+    def _valid_epoch(self, valid_data, show_progress=False):
+        valid_score, valid_result = super()._valid_epoch(valid_data, show_progress)
+        if self.save_last and self._curve_clock is not None and self.config["local_rank"] == 0:
+            self.curve.add(self._epoch_trained, self.curve_minutes(), valid_score, valid_result)
+            png = os.path.splitext(self.curve.path)[0] + ".png"
+            plot_curves([(self.run_id, self.curve.path)], png, metric=f"valid {self.valid_metric}", title=self.run_id)
+        return valid_score, valid_result
+
     def _train_epoch(self, train_data, epoch_idx, loss_func=None, show_progress=False):
+        self._epoch_trained = epoch_idx
         if self.save_last and epoch_idx > self.start_epoch:  # the previous epoch and its validation are done
             self._save_last(epoch_idx - 1, train_data)
         if epoch_idx == self.epochs - 1 and self.eval_step > 1:
@@ -618,6 +638,8 @@ class LetterTrainer(SafeCheckpoints, Trainer):
             "optimizer": self.optimizer.state_dict(),
             "scheduler_steps": self.scheduler.last_epoch if self.scheduler is not None else None,
             "rng": rng,
+            "curve": self.curve.state(),
+            "curve_minutes": self.curve_minutes() if self._curve_clock is not None else 0.0,
         }  # fmt: skip
         if epoch == self.start_epoch:
             self.logger.info(f"state after every epoch: {self.last_model_file} (continue a stopped run with "
@@ -650,7 +672,10 @@ class LetterTrainer(SafeCheckpoints, Trainer):
         self.last_model_file = str(path)
         self.run_id = self.config["run_id"] = checkpoint["run_id"]  # the same run goes on
         set_random_state(rng, self.device)  # the loader's generator: in fit(), once the loader is known
-        self.resumed = {"scheduler_steps": checkpoint["scheduler_steps"], "loader_generator": rng["loader_generator"]}
+        self.resumed = {"scheduler_steps": checkpoint["scheduler_steps"], "loader_generator": rng["loader_generator"],
+                        "curve_minutes": checkpoint.get("curve_minutes", 0.0)}
+        self.curve = LearningCurve(os.path.splitext(self.saved_model_file)[0] + ".curve.csv", self.valid_metric,
+                                   checkpoint.get("curve", ()))
         self.logger.info(f"resumed run {self.run_id} from {path}: epoch {self.start_epoch} next, best checkpoint "
                          f"{self.saved_model_file}")
 

@@ -12,6 +12,7 @@ import pytest
 import torch
 
 from recbole_letter import quick_start
+from recbole_letter.learning_curve import read_curve
 from recbole_letter.model import get_model_class
 from recbole_letter.trainer import load_checkpoint
 
@@ -354,6 +355,7 @@ def test_resume_from_last_checkpoint_continues_the_same_run(tiny_dataset, monkey
     name, cfg = tiny_dataset
     cfg = {**cfg, **TINY_SEQ, "epochs": 4, "train_batch_size": 256, "lr_scheduler": "cosine", "warmup_ratio": 0.2}
     whole = quick_start.run("SASRec", name, config_dict=cfg)
+    whole_curve = read_curve(whole["learning_curve"])  # a relative path: read before the chdir is undone
 
     # the same run, killed during its third epoch: epochs 0 and 1 (and their validation) are done
     train_batches = LetterTrainer._train_batches
@@ -376,6 +378,15 @@ def test_resume_from_last_checkpoint_continues_the_same_run(tiny_dataset, monkey
     # same weights, schedule, early-stopping state and random streams: the very same run
     assert resumed["best_valid_result"] == whole["best_valid_result"]
     assert resumed["test_result"] == whole["test_result"]
+    # the learning curve goes on where the stopped process left it: every validation once, same scores,
+    # wall-clock minutes that keep growing across the two processes
+    resumed_curve = read_curve(resumed["learning_curve"])
+    assert resumed["learning_curve"] == str(last).replace("-last.pth", ".curve.csv")
+    assert [p[0] for p in resumed_curve] == [p[0] for p in whole_curve] and len(whole_curve) >= 3
+    assert [p[2] for p in resumed_curve] == [p[2] for p in whole_curve]
+    minutes = [p[1] for p in resumed_curve]
+    assert minutes[0] > 0 and all(b > a for a, b in zip(minutes, minutes[1:]))
+    assert os.path.isfile(resumed["learning_curve"].replace(".csv", ".png"))
     with pytest.raises(ValueError, match="not a '-last.pth' file"):
         quick_start.run("SASRec", name, config_dict={**cfg, "resume_from": resumed["checkpoint"]})
     # the CPU half of test_resume_across_devices, which CI cannot run: a GPU run's file (its saved config

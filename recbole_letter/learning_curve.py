@@ -1,0 +1,76 @@
+"""A run's learning curve: the validation metric against wall-clock minutes since training began.
+
+The trainer adds a point after every validation and rewrites ``<run id>.curve.csv`` at once (atomically,
+so a crash keeps every point so far); ``plot_curves`` draws one or several such files on shared axes.
+"""
+
+import csv
+
+from recbole_letter.files import atomic_open, write_atomic
+
+COLUMNS = ("epoch", "minutes", "valid_score")
+
+
+class LearningCurve:
+    """Points ``(epoch, minutes, valid_score, {metric: value})`` of one run, written to ``path`` (CSV)."""
+
+    def __init__(self, path, metric, points=()):
+        self.path = path
+        self.metric = metric
+        self.points = [tuple(p) for p in points]
+
+    def add(self, epoch, minutes, valid_score, valid_result):
+        self.points.append((epoch, minutes, float(valid_score), {k: float(v) for k, v in valid_result.items()}))
+        self.write()
+
+    def write(self):
+        metrics = sorted({k for *_, result in self.points for k in result})
+        with atomic_open(self.path) as f:
+            out = csv.writer(f)
+            out.writerow([*COLUMNS, *metrics])
+            for epoch, minutes, score, result in self.points:
+                out.writerow([epoch, f"{minutes:.3f}", f"{score:.6f}", *(f"{result.get(k, float('nan')):.6f}" for k in metrics)])
+
+    def state(self):
+        """Plain values for a ``-last.pth`` checkpoint: a resumed run continues the same curve."""
+        return [[epoch, minutes, score, result] for epoch, minutes, score, result in self.points]
+
+
+def read_curve(path):
+    """``[(epoch, minutes, valid_score), ...]`` from a ``.curve.csv`` file."""
+    with open(path, newline="", encoding="utf-8") as f:
+        return [(int(row["epoch"]), float(row["minutes"]), float(row["valid_score"])) for row in csv.DictReader(f)]
+
+
+def plot_curves(curves, path, metric="valid NDCG@10", title=None):
+    """One line per ``(label, csv path)`` in ``curves``: the validation metric against wall-clock minutes,
+    written as a PNG to ``path``.
+
+    Args:
+        curves: ``[(label, csv_path), ...]``, each a file written by :class:`LearningCurve`.
+        path: the PNG to write (atomically).
+        metric: the y-axis label.
+        title: the figure's title, or ``None``.
+
+    Returns:
+        ``path``.
+    """
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 4.2))
+    for label, csv_path in curves:
+        points = read_curve(csv_path)
+        ax.plot([p[1] for p in points], [p[2] for p in points], marker="o", markersize=3, label=label)
+    ax.set_xlabel("wall-clock minutes since training began")
+    ax.set_ylabel(metric)
+    if title:
+        ax.set_title(title)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    write_atomic(path, lambda tmp: fig.savefig(tmp, dpi=120, format="png"), suffix=".png")
+    plt.close(fig)
+    return path
