@@ -341,6 +341,7 @@ RULES = {
     "text_encoder_dtype": _one_of("float32", "float16", "bfloat16"),
     "llm_dtype": _one_of("float32", "bfloat16", "float16", None),
     "cf_loss_type": _one_of("CE", "BCE", "BPR", case=False),
+    "cf_valid_metric": _one_of("ndcg@10", "recall@10", "loss", case=False),
     "tokenizer_lr_scheduler": _one_of("constant", "cosine"),
     "lr_scheduler": _one_of(None, "cosine"),
     "state": _one_of("INFO", "DEBUG", "WARNING", "ERROR", "CRITICAL", None, case=False),

@@ -370,6 +370,34 @@ class SafeCheckpoints:
         self.saved_model_file = os.path.join(self.checkpoint_dir, f"{run_id}.pth")
         self.data_fingerprint = None  # quick_start sets it (quick_start.data_fingerprint) once the data is loaded
         self.file_hashes = file_hashes(config)
+        # the valid metric against wall-clock minutes: <run id>.curve.csv and .png beside the checkpoint
+        self.curve = LearningCurve(os.path.splitext(self.saved_model_file)[0] + ".curve.csv", self.valid_metric)
+        self.write_curve = False  # fit(saved=True) turns it on
+        self.curve_clock = (time.perf_counter(), 0.0)  # (when this process's fit began, minutes of earlier ones)
+        self.epoch_trained = None  # the epoch a validation follows
+
+    def fit(self, train_data, valid_data=None, verbose=True, saved=True, show_progress=False, callback_fn=None):
+        self.write_curve = saved and self.config["local_rank"] in (0, None)
+        resumed = getattr(self, "resumed", None) or {}
+        self.curve_clock = (time.perf_counter(), resumed.get("curve_minutes") or 0.0)
+        return super().fit(train_data, valid_data, verbose, saved, show_progress, callback_fn)
+
+    def _train_epoch(self, train_data, epoch_idx, *args, **kwargs):
+        self.epoch_trained = epoch_idx
+        return super()._train_epoch(train_data, epoch_idx, *args, **kwargs)
+
+    def curve_minutes(self):
+        """Wall-clock minutes of training and validation so far, earlier processes of a resumed run included."""
+        started, before = self.curve_clock
+        return before + (time.perf_counter() - started) / 60
+
+    def _valid_epoch(self, valid_data, show_progress=False):
+        valid_score, valid_result = super()._valid_epoch(valid_data, show_progress)
+        if self.write_curve:
+            self.curve.add(self.epoch_trained, self.curve_minutes(), valid_score, valid_result)
+            png = os.path.splitext(self.curve.path)[0] + ".png"
+            plot_curves([(self.run_id, self.curve.path)], png, metric=f"valid {self.valid_metric}", title=self.run_id)
+        return valid_score, valid_result
 
     def checkpoint_header(self):
         """What every checkpoint of this run starts with: format mark, run id, the config's plain values, the
@@ -486,10 +514,6 @@ class LetterTrainer(SafeCheckpoints, Trainer):
         self.nan_check_interval = 1 if self.device.type == "cpu" else NAN_CHECK_INTERVAL
         self._fit_started = None  # when this process's first epoch began (the progress bar's time left)
         self.seen_items = getattr(model, "seen_items", None)  # exclude_seen_items: see set_seen_items
-        # valid metric against wall-clock minutes, <run id>.curve.csv / .png beside the checkpoint (saved runs)
-        self.curve = LearningCurve(os.path.splitext(self.saved_model_file)[0] + ".curve.csv", self.valid_metric)
-        self._curve_clock = None  # (perf_counter at fit's start, minutes that earlier processes trained)
-        self._epoch_trained = None
 
     def set_seen_items(self, train_dataset):
         """``exclude_seen_items``: remove each user's training-split items from a sequential model's ranking,
@@ -525,24 +549,10 @@ class LetterTrainer(SafeCheckpoints, Trainer):
             # one scheduler step after every optimiser step, without copying RecBole's epoch loop
             self.optimizer.register_step_post_hook(lambda *_: self.scheduler.step())
         self.save_last = saved
-        self._curve_clock = (time.perf_counter(), (self.resumed or {}).get("curve_minutes") or 0.0)
         return super().fit(train_data, valid_data, verbose, saved, show_progress, callback_fn)
 
-    def curve_minutes(self):
-        """Wall-clock minutes of training and validation so far, resumed runs' earlier processes included."""
-        started, before = self._curve_clock
-        return before + (time.perf_counter() - started) / 60
-
-    def _valid_epoch(self, valid_data, show_progress=False):
-        valid_score, valid_result = super()._valid_epoch(valid_data, show_progress)
-        if self.save_last and self._curve_clock is not None and self.config["local_rank"] == 0:
-            self.curve.add(self._epoch_trained, self.curve_minutes(), valid_score, valid_result)
-            png = os.path.splitext(self.curve.path)[0] + ".png"
-            plot_curves([(self.run_id, self.curve.path)], png, metric=f"valid {self.valid_metric}", title=self.run_id)
-        return valid_score, valid_result
-
     def _train_epoch(self, train_data, epoch_idx, loss_func=None, show_progress=False):
-        self._epoch_trained = epoch_idx
+        self.epoch_trained = epoch_idx
         if self.save_last and epoch_idx > self.start_epoch:  # the previous epoch and its validation are done
             self._save_last(epoch_idx - 1, train_data)
         if epoch_idx == self.epochs - 1 and self.eval_step > 1:
@@ -639,7 +649,7 @@ class LetterTrainer(SafeCheckpoints, Trainer):
             "scheduler_steps": self.scheduler.last_epoch if self.scheduler is not None else None,
             "rng": rng,
             "curve": self.curve.state(),
-            "curve_minutes": self.curve_minutes() if self._curve_clock is not None else 0.0,
+            "curve_minutes": self.curve_minutes(),
         }  # fmt: skip
         if epoch == self.start_epoch:
             self.logger.info(f"state after every epoch: {self.last_model_file} (continue a stopped run with "

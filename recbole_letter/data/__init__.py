@@ -20,7 +20,20 @@ CONVERTERS = {
 
 
 def convert(format, input, output_dir="dataset", name=None, overwrite=False, **options):
-    """Run the converter for ``format`` (a key of ``CONVERTERS``); returns ``DatasetStats``."""
+    """Convert a released or raw dataset into RecBole atomic files (docs/data.md).
+
+    Args:
+        format: a key of ``CONVERTERS`` (``letter_json`` for LETTER's and LC-Rec's JSON, ``amazon2014``,
+            ``amazon2018``, ``yelp``).
+        input: the source folder, or the ``*.inter.json`` file for ``letter_json``.
+        output_dir: where ``<name>/<name>.inter`` and ``.item`` are written.
+        name: the dataset's name (required: a ``ConversionError`` without it).
+        overwrite: replace an existing dataset folder instead of refusing.
+        **options: the format's own keys (``category``, ``kcore``, ``timestamp``, ...).
+
+    Returns:
+        ``DatasetStats``: users, items and interactions written.
+    """
     if format not in CONVERTERS:
         raise ConversionError(f"unknown format {format!r}; known: {', '.join(CONVERTERS)}")
     if not name:

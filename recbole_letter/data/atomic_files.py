@@ -6,7 +6,6 @@ Only when all files are complete does the staging folder take the target's place
 point leaves either the previous dataset folder untouched or no folder at all; never a half file.
 """
 
-import json
 import os
 import shutil
 from contextlib import contextmanager
@@ -98,10 +97,6 @@ class DatasetWriter:
             f.write("\t".join(header) + "\n")
             for row in tqdm(rows, total=n_rows, desc=f"write {self.name}{suffix}", unit="rows", disable=None):
                 f.write("\t".join(format_number(v) if isinstance(v, float) else str(v) for v in row) + "\n")
-
-    def write_json(self, suffix, obj):
-        with atomic_open(self._path(suffix)) as f:
-            json.dump(obj, f)
 
     def copy_file(self, suffix, source):
         with atomic_open(self._path(suffix)) as f, open(source, encoding="utf-8") as src:

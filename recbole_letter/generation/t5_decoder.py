@@ -33,6 +33,18 @@ class T5BeamDecoder:
     two buffers for the next decoder of the same ``generate_items`` call: large buffers that the CPU
     allocator would otherwise map afresh from the operating system for every chunk and fault in page by
     page (docs/generation.md, "How TIGER decodes").
+
+    Args:
+        t5: the ``T5ForConditionalGeneration`` (eval mode).
+        input_ids: LongTensor ``[B, S]``, the users' histories as tokens.
+        attention_mask: ``[B, S]``, 1 on real tokens.
+        decoder_start_token_id: the first decoder input.
+        max_steps: the most decoder steps a call sequence will take (the cache's length).
+        workspace: a dict shared by the decoders of one ``generate_items`` call, or ``None``.
+
+    Called as ``step(last_tokens, beam_origin)`` (``None, None`` first), it returns the next token's
+    logits, ``[B, V]`` on the first call and ``[B * k, V]`` after: the ``step_fn`` of
+    ``constrained_beam_search``.
     """
 
     def __init__(self, t5, input_ids, attention_mask, decoder_start_token_id, max_steps, workspace=None):
@@ -43,7 +55,7 @@ class T5BeamDecoder:
         self.max_steps = max_steps
         self.workspace = {} if workspace is None else workspace
         self.scale = t5.config.d_model ** -0.5 if getattr(t5.config, "scale_decoder_outputs", True) else 1.0
-        encoded = t5.encoder(input_ids=input_ids, attention_mask=attention_mask.long()).last_hidden_state
+        encoded = encode(t5, input_ids, attention_mask)
         self.batch_size, source_len, _ = encoded.shape  # [B, S, d]
         self.cross_kv = []  # per decoder layer: (keys^T, values), shared by a user's beams
         self.qkv_weight = []  # per decoder layer: self-attention q, k, v projections fused [3 * H * d_kv, d]
@@ -139,6 +151,33 @@ class T5BeamDecoder:
         self.cache_names.reverse()
 
 
+def encode(t5, input_ids, attention_mask):
+    """The T5 encoder's last hidden states ``[B, S, d]`` of ``input_ids [B, S]`` (``attention_mask``: 1 on real
+    tokens), as ``t5.encoder`` computes them in eval mode, with fewer passes over memory: q/k/v as one fused
+    matmul, the relative position bias and the padding mask added once (all layers share them, as in T5) and
+    attention as one fused ``scaled_dot_product_attention`` (unscaled, as T5), so no ``[B, H, S, S]`` scores
+    are written and read back per layer."""
+    encoder = t5.encoder
+    batch_size, source_len = input_ids.shape
+    n_heads, d_kv = t5.config.num_heads, t5.config.d_kv
+    hidden = encoder.embed_tokens(input_ids)  # [B, S, d]
+    position_bias = encoder.block[0].layer[0].SelfAttention.compute_bias(source_len, source_len, device=hidden.device)
+    neg = torch.finfo(hidden.dtype).min
+    padding = torch.zeros(attention_mask.shape, dtype=hidden.dtype, device=hidden.device)
+    padding = padding.masked_fill(~attention_mask.bool(), neg)[:, None, None, :]  # [B, 1, 1, S]
+    bias = (position_bias.to(hidden.dtype) + padding).contiguous()  # [B, H, S, S]
+    for block in encoder.block:
+        attention = block.layer[0].SelfAttention
+        qkv_weight = torch.cat([attention.q.weight, attention.k.weight, attention.v.weight])
+        qkv = F.linear(rms_norm(block.layer[0].layer_norm, hidden), qkv_weight)
+        query, key, value = qkv.view(batch_size, source_len, 3, n_heads, d_kv).transpose(1, 3).unbind(2)  # [B, H, S, d_kv]
+        attended = F.scaled_dot_product_attention(query, key, value, attn_mask=bias.to(query.dtype), scale=1.0)
+        hidden = hidden + attention.o(attended.transpose(1, 2).reshape(batch_size, source_len, -1))
+        feed_forward = block.layer[1]
+        hidden = hidden + feed_forward.DenseReluDense(rms_norm(feed_forward.layer_norm, hidden))
+    return rms_norm(encoder.final_layer_norm, hidden)
+
+
 def rms_norm(norm, hidden):
     """``T5LayerNorm`` ``norm`` applied to ``hidden``: one fused ``F.rms_norm`` (the same root mean square
     scaling, fewer passes over memory) when ``hidden`` has the weight's dtype, else the module (with T5's casts)."""
@@ -164,7 +203,16 @@ def t5_cache_step_fn(t5, input_ids, attention_mask, decoder_start_token_id):
     the self-attention cache by ``beam_origin`` and feeds the chosen tokens. The cross-attention keys/values
     and the encoder outputs expand with the beams (``B`` -> ``B * k`` rows after call 0) and are otherwise
     left alone: all of a user's rows hold the same, so reordering them (as ``generate`` does) copies
-    ``[B * k, H, S, d_kv]`` per layer per step for nothing."""
+    ``[B * k, H, S, d_kv]`` per layer per step for nothing.
+
+    Args:
+        t5: the ``T5ForConditionalGeneration`` (eval mode).
+        input_ids: LongTensor ``[B, S]``; attention_mask: ``[B, S]``, 1 on real tokens.
+        decoder_start_token_id: the first decoder input.
+
+    Returns:
+        ``step(last_tokens, beam_origin)``, the same ``step_fn`` interface as :class:`T5BeamDecoder`.
+    """
     cache_kwarg = "cache" if "cache" in inspect.signature(type(t5).forward).parameters else "past_key_values"
     batch_size = input_ids.shape[0]
     state = {}

@@ -39,6 +39,15 @@ def item_code_token_table(codes, codebook_sizes, first_code_token=FIRST_CODE_TOK
 
     Row 0 (RecBole's padding item) becomes all ``pad``. Raises on a real item with no code, on a
     ``-1`` before a code, or on a code outside its codebook.
+
+    Args:
+        codes: int array ``[n_items, L]``, item ``i``'s code at each level (``ItemCodes.codes``).
+        codebook_sizes: ``L`` ints; level ``l``'s codes become tokens after those of levels ``< l``.
+        first_code_token, eos_token_id, pad_token_id: the vocabulary's layout.
+
+    Returns:
+        LongTensor ``[n_items, T]``: the code tokens; when depths differ, one more column, where ``eos``
+        ends each item and ``pad`` fills the rest.
     """
     codes = np.asarray(codes, dtype=np.int64)
     if codes.ndim != 2 or codes.shape[0] < 2:

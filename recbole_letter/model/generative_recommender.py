@@ -106,7 +106,16 @@ class GenerativeRecommender(SequentialRecommender):
     @classmethod
     def tokenize(cls, config, dataset):
         """The tokenizer hook: unique item codes for ``dataset`` (the training split), from
-        ``item_codes_file`` or the LETTER tokenizer (trained, or read back from its cache)."""
+        ``item_codes_file`` or the LETTER tokenizer (trained, or read back from its cache).
+        ``quick_start.tokenizer_stage`` calls it once per run, before the model is built.
+
+        Args:
+            config: the run's config (the tokenizer's keys: ``properties/tokenizer.yaml``).
+            dataset: the training split.
+
+        Returns:
+            An ``ItemCodes`` for every item id of ``dataset`` (the padding id 0 included).
+        """
         return get_item_codes(config, dataset)
 
     @staticmethod
@@ -116,8 +125,8 @@ class GenerativeRecommender(SequentialRecommender):
 
     @staticmethod
     def default_length_buckets(device):
-        """``length_buckets: ~``: 8 on a CPU (5.5x faster TIGER training on Beauty), 1 on a GPU, where the
-        padded batch is no slower (launch-bound: 1.01x at 4 buckets, 0.69x at 8 on an H200)."""
+        """``length_buckets: ~``: 8 on a CPU, where padding costs arithmetic, 1 on a GPU, where a padded batch
+        is no slower (launch-bound); the figures are in docs/generation.md."""
         return 1 if device is not None and torch.device(device).type == "cuda" else 8
 
     @staticmethod

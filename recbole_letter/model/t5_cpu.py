@@ -19,10 +19,9 @@ that are not the model's arithmetic:
 
 :func:`use_cpu_kernels` swaps these modules in place: parameter names, ``state_dict`` keys and
 checkpoints stay those of ``T5ForConditionalGeneration``; in eval mode the outputs equal the original's up
-to float rounding, in training mode only the random dropout masks differ. A release-size training step
-on Beauty batches is ~2x faster under bfloat16 autocast (2.01x; the rounds: 1.30x, then 1.11x, then
-1.28-1.41x) and was 1.28x in float32 after the first round (``benchmarks/training.py --cpu_kernels=0,1``,
-docs/generation.md). On other devices :func:`fast_dropout` is ``torch.nn.functional.dropout``.
+to float rounding, in training mode only the random dropout masks differ. Their speed is measured in
+docs/generation.md ("CPU kernels", ``benchmarks/training.py --cpu_kernels=0,1``). On other devices
+:func:`fast_dropout` is ``torch.nn.functional.dropout``.
 
 The dropout is not T5-specific: LETTER-LC-Rec's ``llm_cpu_kernels`` puts it into the LoRA layers
 (:func:`use_fast_dropout`).

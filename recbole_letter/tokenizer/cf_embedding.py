@@ -164,9 +164,7 @@ def train_cf_model(config, train_dataset, partial_path=None, show_progress=True)
     device = cf_config["device"]
     max_epochs = int(config["cf_epochs"])
     stopping_step = config["cf_stopping_step"]
-    metric = str(config["cf_valid_metric"] or "ndcg@10").lower()
-    if metric not in ("ndcg@10", "recall@10", "loss"):
-        raise ValueError(f"cf_valid_metric must be ndcg@10, recall@10 or loss, got {config['cf_valid_metric']!r}")
+    metric = str(config["cf_valid_metric"]).lower()  # config_check: ndcg@10, recall@10 or loss
     if stopping_step is not None:
         fit_rows, held_rows = holdout_rows(train_dataset)
         fit_dataset = train_dataset.copy(train_dataset.inter_feat[fit_rows])

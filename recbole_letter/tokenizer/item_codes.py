@@ -19,6 +19,15 @@ PAD_CODE = -1
 
 
 class ItemCodes:
+    """One code sequence per item (see the module docstring).
+
+    Args:
+        codes: int array ``[n_items, n_levels]`` by RecBole item id; row 0 (padding) is ignored.
+        codebook_sizes: the size of each level's codebook, or ``None`` for each level's largest code + 1.
+
+    A real item with a missing code, or a code outside its codebook, is a ``ValueError``.
+    """
+
     def __init__(self, codes, codebook_sizes=None):
         codes = np.asarray(codes, dtype=np.int64)
         if codes.ndim != 2 or codes.shape[0] < 2:

@@ -87,7 +87,7 @@ def cache_keys(config, dataset):
 
 
 def cache_root(config):
-    return os.path.join(config["checkpoint_dir"] or "saved", "tokenizer")
+    return os.path.join(config["checkpoint_dir"], "tokenizer")
 
 
 # ---- the cached stages -----------------------------------------------------------------------
@@ -151,8 +151,15 @@ def build_tokenizer(config, input_dim):
 def train_tokenizer(config, semantic_emb, cf_emb, show_progress=True):
     """Fit the RQ-VAE with L_sem + alpha L_CF + beta L_div on all real items (rows 1..).
 
-    Returns ``(model, history)``; the model holds the weights with the lowest collision rate seen at an
-    evaluation (ties: the later one), as the release selects its checkpoint.
+    Args:
+        config: the tokenizer's keys (``properties/tokenizer.yaml``).
+        semantic_emb: float array ``[n_items, d_text]``, row 0 the padding item.
+        cf_emb: float array ``[n_items, d_cf]``, L_CF's collaborative targets, row 0 the padding item.
+        show_progress: a bar with the time left.
+
+    Returns:
+        ``(model, history)``: the RQ-VAE with the weights of the lowest collision rate seen at an evaluation
+        (ties: the later one), as the release selects its checkpoint, and the per-epoch losses and rates.
     """
     alpha, beta = float(config["alpha"]), float(config["beta"])
     semantic = torch.from_numpy(semantic_emb[1:]).float()  # [n, D]
@@ -174,7 +181,7 @@ def train_tokenizer(config, semantic_emb, cf_emb, show_progress=True):
     optimizer = torch.optim.AdamW(model.parameters(), lr=float(config["tokenizer_lr"]),
                                   weight_decay=float(config["tokenizer_weight_decay"]))  # fmt: skip
     steps_per_epoch = (n_items + batch_size - 1) // batch_size
-    warmup_steps = int(float(config["tokenizer_warmup_ratio"] or 0.0) * epochs * steps_per_epoch)
+    warmup_steps = int(float(config["tokenizer_warmup_ratio"]) * epochs * steps_per_epoch)
     scheduler = _scheduler(optimizer, config["tokenizer_lr_scheduler"], epochs * steps_per_epoch, warmup_steps)
     eval_interval = max(1, int(config["tokenizer_eval_interval"]))
     stop_rate = config["tokenizer_stop_collision_rate"]
@@ -311,8 +318,15 @@ def _with_padding(codes):
 def load_or_train_item_codes(config, dataset, return_artifacts=False):
     """Unique ``ItemCodes`` for ``dataset`` (the training split), trained or read back from the cache.
 
-    With ``return_artifacts`` also returns a dict (semantic/cf/z_hat tables, codes before and after
-    resolution, the CF model, training history, timings, the cache folder) for the report.
+    Args:
+        config: the run's config (the tokenizer's keys are its cache key).
+        dataset: the training split.
+        return_artifacts: also return what the report needs.
+
+    Returns:
+        ``ItemCodes``; with ``return_artifacts`` ``(ItemCodes, dict)``, the dict holding the semantic / CF /
+        z_hat tables, the codes before and after resolution, the CF model, the training history, timings
+        and the cache folder.
     """
     # the empty-text check before any cache lookup: a hit must not skip it (allow_empty_text is not in the keys)
     text_fields = list(config["text_fields"] or [])
