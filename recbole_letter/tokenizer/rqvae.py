@@ -13,7 +13,6 @@ import numpy as np
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-from k_means_constrained import KMeansConstrained
 
 
 def mlp(dims):
@@ -57,6 +56,10 @@ def balanced_kmeans(points, n_clusters, size_min, size_max, seed, n_init=1, max_
         raise ValueError(
             f"cannot split {len(points)} points into {n_clusters} clusters of size {size_min}..{size_max}"
         )
+    # here, not at the top: it pulls in OR-Tools, which only tokenizer training needs (a run on a given
+    # codes file, e.g. on a GPU machine without it, never imports it)
+    from k_means_constrained import KMeansConstrained
+
     kmeans = KMeansConstrained(
         n_clusters=n_clusters, size_min=size_min, size_max=size_max, n_init=n_init, max_iter=max_iter, random_state=seed
     )
