@@ -359,6 +359,8 @@ def test_items_without_text_are_an_error_or_a_counted_warning(tmp_path):
         item_semantic_embeddings(config, train)
     with pytest.raises(FileNotFoundError, match="no-such-encoder"):  # allowed: on to the encoder
         item_semantic_embeddings({**config, "allow_empty_text": True}, train)
+    with pytest.raises(FileNotFoundError, match="no-such-encoder"):  # checked by the caller (the tokenizer stage)
+        item_semantic_embeddings(config, train, check_texts=False)
     logger = logging.getLogger("test_empty_text")
     lines = Lines()
     logger.addHandler(lines)

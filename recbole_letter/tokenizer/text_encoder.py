@@ -130,12 +130,15 @@ def _encode(texts, tokenizer, model, batch_size, device, max_length, desc):
     return embeddings
 
 
-def item_semantic_embeddings(config, dataset):
-    """``[item_num, hidden]`` float32 semantic embeddings of the dataset's items (row 0 = zeros)."""
+def item_semantic_embeddings(config, dataset, check_texts=True):
+    """``[item_num, hidden]`` float32 semantic embeddings of the dataset's items (row 0 = zeros).
+    ``check_texts``: :func:`check_item_texts` first (``False`` where the caller has, so that its warnings
+    are given once)."""
     text_fields = list(config["text_fields"] or [])
     texts_per_field = item_texts(dataset, text_fields)
-    check_item_texts(dataset, text_fields, texts_per_field, bool(config["allow_empty_text"]),
-                     bool(config["encode_fields_separately"]))  # before the encoder loads: fail fast
+    if check_texts:  # before the encoder loads: fail fast
+        check_item_texts(dataset, text_fields, texts_per_field, bool(config["allow_empty_text"]),
+                         bool(config["encode_fields_separately"]))
     encoder_path = resolve_encoder_path(config["text_encoder"])
     kwargs = dict(
         encoder_path=encoder_path,

@@ -91,13 +91,13 @@ def cache_root(config):
 
 
 # ---- the cached stages -----------------------------------------------------------------------
-def load_or_compute_semantic_emb(config, dataset, key):
+def load_or_compute_semantic_emb(config, dataset, key, check_texts=True):
     path = os.path.join(cache_root(config), f"semantic_{key}.npz")
     cached = cache.load_arrays(path)
     if cached is not None and cached["semantic_emb"].shape[0] == dataset.item_num:
         return cached["semantic_emb"], 0.0
     start = time.perf_counter()
-    semantic_emb = item_semantic_embeddings(config, dataset)
+    semantic_emb = item_semantic_embeddings(config, dataset, check_texts)
     seconds = time.perf_counter() - start
     cache.save_arrays(path, semantic_emb=semantic_emb)
     return semantic_emb, seconds
@@ -344,7 +344,8 @@ def load_or_train_item_codes(config, dataset, return_artifacts=False):
         return ItemCodes(cached["final"], cached["final_codebook_sizes"].tolist())
 
     timings = {}
-    semantic_emb, timings["seconds_semantic_emb"] = load_or_compute_semantic_emb(config, dataset, keys["semantic"])
+    semantic_emb, timings["seconds_semantic_emb"] = load_or_compute_semantic_emb(config, dataset, keys["semantic"],
+                                                                                check_texts=False)  # checked above
     cf_emb, cf_model, timings["seconds_cf_table"] = load_or_train_cf(config, dataset, keys["cf"])
     model_path = os.path.join(run_dir, "tokenizer.pt")
     state, history = cache.load_torch(model_path), None
