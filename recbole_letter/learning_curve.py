@@ -14,9 +14,8 @@ COLUMNS = ("epoch", "minutes", "valid_score")
 class LearningCurve:
     """Points ``(epoch, minutes, valid_score, {metric: value})`` of one run, written to ``path`` (CSV)."""
 
-    def __init__(self, path, metric, points=()):
+    def __init__(self, path, points=()):
         self.path = path
-        self.metric = metric
         self.points = [tuple(p) for p in points]
 
     def add(self, epoch, minutes, valid_score, valid_result):

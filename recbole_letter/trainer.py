@@ -371,7 +371,7 @@ class SafeCheckpoints:
         self.data_fingerprint = None  # quick_start sets it (quick_start.data_fingerprint) once the data is loaded
         self.file_hashes = file_hashes(config)
         # the valid metric against wall-clock minutes: <run id>.curve.csv and .png beside the checkpoint
-        self.curve = LearningCurve(os.path.splitext(self.saved_model_file)[0] + ".curve.csv", self.valid_metric)
+        self.curve = LearningCurve(os.path.splitext(self.saved_model_file)[0] + ".curve.csv")
         self.write_curve = False  # fit(saved=True) turns it on
         self.curve_clock = (time.perf_counter(), 0.0)  # (when this process's fit began, minutes of earlier ones)
         self.epoch_trained = None  # the epoch a validation follows
@@ -684,8 +684,7 @@ class LetterTrainer(SafeCheckpoints, Trainer):
         set_random_state(rng, self.device)  # the loader's generator: in fit(), once the loader is known
         self.resumed = {"scheduler_steps": checkpoint["scheduler_steps"], "loader_generator": rng["loader_generator"],
                         "curve_minutes": checkpoint.get("curve_minutes", 0.0)}
-        self.curve = LearningCurve(os.path.splitext(self.saved_model_file)[0] + ".curve.csv", self.valid_metric,
-                                   checkpoint.get("curve", ()))
+        self.curve = LearningCurve(os.path.splitext(self.saved_model_file)[0] + ".curve.csv", checkpoint.get("curve", ()))
         self.logger.info(f"resumed run {self.run_id} from {path}: epoch {self.start_epoch} next, best checkpoint "
                          f"{self.saved_model_file}")
 
