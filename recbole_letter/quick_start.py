@@ -289,7 +289,7 @@ def tokenizer_stage(config, model_class, train_dataset):
         train_dataset: the training split (``train_data.dataset``); the tokenizer never sees valid or test.
 
     Returns:
-        An ``ItemCodes``: each item's code tuple, the codebook sizes and where they came from.
+        An ``ItemCodes``: each item's codes and the codebook sizes.
     """
     distributed = torch.distributed.is_available() and torch.distributed.is_initialized()
     if distributed and torch.distributed.get_rank() != 0:
