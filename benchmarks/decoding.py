@@ -3,19 +3,26 @@
     python benchmarks/decoding.py --dataset=Beauty            # codes: <data_path>/Beauty/raw/Beauty.index.json
     python benchmarks/decoding.py --dataset=ml-100k           # random unique codes (4 x 256)
 
-Same LETTER_TIGER weights (release architecture, random init unless --checkpoint), same user histories
-(the first --users test users of RecBole's leave-one-out split), beam 20, top-20 lists:
+Same LETTER_TIGER weights (release architecture, random init unless --checkpoint), beam 20, top-20 lists, and
+the same users in the same order for both sides: the first --users test users of RecBole's leave-one-out split.
 
-* ours: ``GenerativeRecommender.generate_items`` (``constrained_beam_search`` + ``T5BeamDecoder``);
+* ours: ``GenerativeRecommender.generate_items`` (``constrained_beam_search`` + ``T5BeamDecoder``), which
+  sorts and chunks the users it is given as it does in a real evaluation;
 * release: ``T5ForConditionalGeneration.generate(num_beams=20, num_return_sequences=20,
   prefix_allowed_tokens_fn=...)`` over a Python dict trie ``prefix tuple -> allowed tokens``, timed at
-  each ``--release_batch`` size; the speedup is against the fastest.
+  each ``--release_batch`` size (users per call); the speedup is against the fastest.
 
-Prints both throughputs (users/s), the agreement of the lists (identical, or differing only where the
-two scores tie within --tie_tol) and, as the last line, ``speedup: <ratio>``. ``--full_eval`` also
-times one full RecBole test evaluation (every test user) with our decoding; ``--amp`` also times ours
-under autocast (``enable_amp``, in ``amp_dtype``: bfloat16 by default) against float32, interleaved, and
-how many of the float32 top-10 items it keeps.
+The users are decoded in --rounds parts (default 1: all at once); each part is decoded by generate at every
+batch size and by ours before each of those (ours' time: the mean of these passes), so that load from other
+processes hits all sides alike. Prints both throughputs (users/s, each round's too), the agreement of the
+lists with generate's at every batch size (identical, or differing only where the two scores tie within
+--tie_tol), the multiply-adds per user of both on the calls timed (``FlopCounterMode``: matmuls and batched
+matmuls, MACs = FLOPs / 2), this CPU's float32 matmul peak at the benchmark's thread count (the best of a few
+large ``torch.mm``), the share of it each side reaches, the arithmetic limit (peak / our MACs per user) and
+what 10x generate needs against it, and, as the last line, ``speedup: <ratio>``.
+``--full_eval`` also times one full RecBole test evaluation (every test user) with our decoding; ``--amp``
+also times ours under autocast (``enable_amp``, in ``amp_dtype``: bfloat16 by default) against float32,
+interleaved, and how many of the float32 top-10 items it keeps.
 """
 
 import argparse
@@ -28,6 +35,7 @@ import time
 
 import numpy as np
 import torch
+from torch.utils.flop_counter import FlopCounterMode
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
@@ -138,18 +146,47 @@ def compare_autocast(model, item_seq, item_seq_len, chunks, float_ids, device):
           f"{np.mean(np.equal(kept, 1.0)) * 100:.1f}% of users keep all 10")
 
 
+def macs_per_user(decode, n_users):
+    """Multiply-adds per user of ``decode()`` (matmuls and batched matmuls, as ``FlopCounterMode`` counts them)."""
+    with FlopCounterMode(display=False) as counter:
+        decode()
+    return counter.get_total_flops() / 2 / n_users
+
+
+# large float32 products (rows, inner, columns): the best rate of any is taken as this CPU's peak
+PEAK_SHAPES = [(2048, 2048, 2048), (4096, 1024, 1024), (1280, 1024, 1024)]
+
+
+def matmul_peak(device, repeats=5):
+    """This device's float32 matmul peak, multiply-adds per second: the best of ``repeats`` timings of
+    ``torch.mm`` at each of ``PEAK_SHAPES`` (at the current torch thread count)."""
+    best = 0.0
+    for rows, inner, columns in PEAK_SHAPES:
+        a, b = torch.randn(rows, inner, device=device), torch.randn(inner, columns, device=device)
+        out = torch.empty(rows, columns, device=device)
+        for i in range(repeats + 1):  # the first call is a warm-up
+            start = time.perf_counter()
+            torch.mm(a, b, out=out)
+            if device.type == "cuda":
+                torch.cuda.synchronize()
+            if i:
+                best = max(best, rows * inner * columns / (time.perf_counter() - start))
+    return best
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--dataset", default="Beauty")
     parser.add_argument("--data_path", default=os.path.join(os.path.dirname(__file__), "..", "..", "shared", "data"))
     parser.add_argument("--codes", default=None, help="*.index.json (default: <data_path>/<dataset>/raw/<dataset>.index.json, else random)")
     parser.add_argument("--beam", type=int, default=20)
-    parser.add_argument("--users", type=int, default=2048, help="test users decoded by ours")
-    parser.add_argument("--release_users", type=int, default=128, help="test users decoded by generate (a prefix of ours)")
+    parser.add_argument("--users", type=int, default=256, help="test users decoded by both sides, in the same order")
+    parser.add_argument("--release_users", type=int, default=None, help="old name: caps --users (one pool for both sides)")
     parser.add_argument("--batch", type=int, default=0, help="users per beam batch, ours (0 = the model's beam_batch_size)")
-    parser.add_argument("--release_batch", default="4,8,32", help="users per generate call (comma list: each is timed; the speedup is against the fastest; 4 was the fastest on Beauty, 32 is a common eval batch)")
+    parser.add_argument("--release_batch", default="1,2,4,8,16,32,64", help="users per generate call (comma list: each is timed; the speedup is against the fastest)")
     parser.add_argument("--checkpoint", default=None, help="trained LETTER_TIGER checkpoint (default: random init)")
-    parser.add_argument("--rounds", type=int, default=4, help="interleaved timing rounds")
+    parser.add_argument("--rounds", type=int, default=1, help="parts the users are decoded in (ours gets each part in one "
+                        "generate_items call; its passes alternate with generate's in every part)")
     parser.add_argument("--tie_tol", type=float, default=1e-4)
     parser.add_argument("--full_eval", action="store_true", help="also time one full test evaluation")
     parser.add_argument("--threads", type=int, default=0, help="torch threads for both sides (0 = torch default)")
@@ -178,6 +215,7 @@ def main():
         codes = random_index(data_path if args.dataset != "ml-100k" else embedded, args.dataset,
                              os.path.join(work, "random.index.json"))
         print(f"codes: random unique 4 x 256 ({codes})")
+        config_dict["codebook_size"] = 256  # the codes' own (a dataset's profile may set a smaller one)
     else:
         print(f"codes: {codes}")
     config_dict["item_codes_file"] = codes
@@ -195,54 +233,91 @@ def main():
     model.eval()
     print(f"data + model: {time.perf_counter() - t0:.1f} s on {device}; items {model.n_items - 1}, tokens/item {model.code_len}, "
           f"vocab {model.vocab_size}, torch threads {torch.get_num_threads()}")
-    item_seq, item_seq_len = (t.to(device) for t in test_histories(model, test_data, args.users))
-    n_release = min(args.release_users, len(item_seq))
+    n_users = min(args.users, args.release_users or args.users)
+    item_seq, item_seq_len = (t.to(device) for t in test_histories(model, test_data, n_users))
+    n_users = len(item_seq)
 
-    # interleaved rounds (ours on a chunk, then the release on a smaller chunk at each batch size) so
-    # that load from other processes on a shared machine hits both sides alike
+    def ours(rows):
+        return model.generate_items(item_seq[rows], item_seq_len[rows])
+
+    def release(rows, batch):
+        return release_generate(model, item_seq[rows], item_seq_len[rows], args.beam, batch)
+
+    # interleaved rounds: each part of the users is decoded by generate at each batch size, and by ours
+    # before each of those (its time the sum, its rate over as many passes), so that load from other
+    # processes on a shared machine hits every side alike
     release_batches = [int(b) for b in str(args.release_batch).split(",")]
-    rounds = max(1, min(args.rounds, n_release))
-    ours_chunks = np.array_split(np.arange(len(item_seq)), rounds)
-    release_chunks = np.array_split(np.arange(n_release), rounds)
-    ours, our_scores, theirs, their_scores = [], [], [], []
-    ours_seconds, release_seconds = [], {batch: [] for batch in release_batches}  # per round
+    chunks = [torch.from_numpy(rows) for rows in np.array_split(np.arange(n_users), max(1, min(args.rounds, n_users)))]
+    outputs = {side: [] for side in ["ours", *release_batches]}  # per round: (item ids, scores)
+    seconds = {side: [] for side in outputs}
+
+    def timed(decode):
+        start = time.perf_counter()
+        result = decode()
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        return result, time.perf_counter() - start
+
+    peaks = []  # the matmul peak, measured in every round too: the best of them is this CPU's
     with torch.no_grad():
-        model.generate_items(item_seq[:8], item_seq_len[:8])  # warm-up
-        release_generate(model, item_seq[:2], item_seq_len[:2], args.beam, 2)  # warm-up
-        for ours_rows, release_rows in zip(ours_chunks, release_chunks):
-            ours_rows, release_rows = torch.from_numpy(ours_rows), torch.from_numpy(release_rows)
-            start = time.perf_counter()
-            ids, scores = model.generate_items(item_seq[ours_rows], item_seq_len[ours_rows])
-            if device.type == "cuda":
-                torch.cuda.synchronize()
-            ours_seconds.append(time.perf_counter() - start)
-            ours.append(ids)
-            our_scores.append(scores)
-            for i, release_batch in enumerate(release_batches):
-                start = time.perf_counter()
-                ids, scores = release_generate(model, item_seq[release_rows], item_seq_len[release_rows], args.beam,
-                                               release_batch)
-                release_seconds[release_batch].append(time.perf_counter() - start)
-                if i == 0:
-                    theirs.append(ids)
-                    their_scores.append(scores)
-    ours, our_scores = torch.cat(ours), torch.cat(our_scores)
-    theirs, their_scores = torch.cat(theirs), torch.cat(their_scores)
-    ours_rate = len(item_seq) / sum(ours_seconds)
-    print(f"ours:    {len(item_seq)} users in {sum(ours_seconds):.2f} s = {ours_rate:.1f} users/s "
-          f"(<= {model.beam_batch_size} users per beam batch; rounds: {round_rates(ours_chunks, ours_seconds)})")
-    for release_batch, seconds in release_seconds.items():
-        print(f"release: {n_release} users in {sum(seconds):.2f} s = {n_release / sum(seconds):.1f} users/s "
-              f"(generate, <= {release_batch} users per call; rounds: {round_rates(release_chunks, seconds)})")
-    release_rate = max(n_release / sum(seconds) for seconds in release_seconds.values())
-    identical, tie_only = agreement(ours[:n_release], our_scores[:n_release], theirs, their_scores, args.tie_tol)
-    max_diff = (our_scores[:n_release] - their_scores).abs().max().item()
-    print(f"top-{args.beam} lists: {identical}/{n_release} identical, {tie_only} differ only in ties "
-          f"(|score diff| <= {args.tie_tol}), {n_release - identical - tie_only} differ; "
-          f"max |score diff| at equal rank {max_diff:.2e}")
+        ours(chunks[0][:8])  # warm-up
+        release(chunks[0][:2], 2)
+        for rows in chunks:
+            peaks.append(matmul_peak(device))
+            our_seconds = 0.0
+            for batch in release_batches:
+                result, spent = timed(lambda: ours(rows))
+                our_seconds += spent
+                if batch == release_batches[0]:
+                    outputs["ours"].append(result)
+                elif not torch.equal(result[0], outputs["ours"][-1][0]):
+                    raise RuntimeError("ours decoded other lists for the same users in another pass")
+                result, spent = timed(lambda: release(rows, batch))
+                outputs[batch].append(result)
+                seconds[batch].append(spent)
+            seconds["ours"].append(our_seconds / len(release_batches))  # one pass' worth
+    lists = {side: (torch.cat([ids for ids, _ in out]), torch.cat([s for _, s in out])) for side, out in outputs.items()}
+    rates = {side: n_users / sum(s) for side, s in seconds.items()}
+    best_batch = max(release_batches, key=lambda batch: rates[batch])
+    print(f"ours:    {n_users} users in {sum(seconds['ours']):.2f} s = {rates['ours']:.1f} users/s "
+          f"(<= {model.beam_batch_size} users per beam batch; mean of {len(release_batches)} passes, one before each "
+          f"generate batch size; rounds: {round_rates(chunks, seconds['ours'])})")
+    our_ids, our_scores = lists["ours"]
+    for batch in release_batches:
+        identical, tie_only = agreement(our_ids, our_scores, *lists[batch], args.tie_tol)
+        max_diff = (our_scores - lists[batch][1]).abs().max().item()
+        print(f"release: {n_users} users in {sum(seconds[batch]):.2f} s = {rates[batch]:.1f} users/s "
+              f"(generate, <= {batch} users per call; rounds: {round_rates(chunks, seconds[batch])}); "
+              f"top-{args.beam} lists vs ours: {identical}/{n_users} identical, {tie_only} differ only in ties, "
+              f"max |score diff| {max_diff:.2e}")
+    identical, tie_only = agreement(our_ids, our_scores, *lists[best_batch], args.tie_tol)
+    max_diff = (our_scores - lists[best_batch][1]).abs().max().item()
+    print(f"top-{args.beam} lists: {identical}/{n_users} identical, {tie_only} differ only in ties "
+          f"(|score diff| <= {args.tie_tol}), {n_users - identical - tie_only} differ; "
+          f"max |score diff| at equal rank {max_diff:.2e} (against generate at {best_batch} users per call)")
+
+    # arithmetic: multiply-adds per user of both sides on these users, against this CPU's matmul peak
+    with torch.no_grad():  # the calls that were timed: the same padding
+        our_macs = macs_per_user(lambda: [ours(rows) for rows in chunks], n_users)
+        release_macs = macs_per_user(lambda: [release(rows, best_batch) for rows in chunks], n_users)
+    peak = max(*peaks, matmul_peak(device))
+    limit = peak / our_macs
+    target = 10 * rates[best_batch]
+    print(f"multiply-adds per user: ours {our_macs / 1e6:.1f} M, generate {release_macs / 1e6:.1f} M "
+          f"(at {best_batch} users per call)")
+    print(f"float32 matmul peak: {peak / 1e9:.1f} GMAC/s (torch.mm, best of {len(PEAK_SHAPES)} shapes in "
+          f"{len(peaks) + 1} measurements, {torch.get_num_threads()} threads); ours reaches "
+          f"{100 * our_macs * rates['ours'] / peak:.1f} % of it, generate {100 * release_macs * rates[best_batch] / peak:.1f} %")
+    print(f"arithmetic limit: {limit:.1f} users/s (peak / our multiply-adds per user); 10x generate = "
+          f"{target:.1f} users/s = {100 * target / limit:.1f} % of it; ours = {100 * rates['ours'] / limit:.1f} %")
+    if target > limit:
+        print(f"10x generate is beyond the arithmetic limit: the target is then 80 % of it, {0.8 * limit:.1f} users/s "
+              f"(ours: {rates['ours']:.1f})")
+    else:
+        print(f"10x generate is within the arithmetic limit: the target is {target:.1f} users/s (ours: {rates['ours']:.1f})")
 
     if args.amp:
-        compare_autocast(model, item_seq, item_seq_len, ours_chunks, ours, device)
+        compare_autocast(model, item_seq, item_seq_len, [rows.numpy() for rows in chunks], our_ids, device)
 
     if args.full_eval:
         trainer = build_trainer(config, model)
@@ -253,8 +328,8 @@ def main():
         print(f"full test evaluation: {seconds:.1f} s for {n_test} users ({dict(result)})")
     else:
         n_test = sum(len(b[0]) for b in test_data)
-        print(f"full test evaluation ({n_test} users), extrapolated from ours: {n_test / ours_rate:.0f} s")
-    print(f"speedup: {ours_rate / release_rate:.1f}")  # against the release's fastest batch size
+        print(f"full test evaluation ({n_test} users), extrapolated from ours: {n_test / rates['ours']:.0f} s")
+    print(f"speedup: {rates['ours'] / rates[best_batch]:.1f}")  # against generate's fastest batch size
 
 
 if __name__ == "__main__":

@@ -18,6 +18,7 @@ from recbole_letter.generation import (
     item_code_token_table,
     t5_cache_step_fn,
 )
+from recbole_letter.generation.t5_decoder import encode, encode_by_length
 from numerics import EPS32, assert_as_accurate_as, float32_tolerance, max_error
 from test_generation import random_codes
 
@@ -181,6 +182,30 @@ def test_decoders_sharing_a_workspace_reuse_its_buffers_and_decode_the_same():
             pointers.append({name: buffer.data_ptr() for name, buffer in workspace.items()})
             assert torch.equal(shared[0], alone[0]) and torch.equal(shared[1], alone[1])
     assert set(pointers[0]) == {"self_cache_a", "self_cache_b"} and pointers[1] == pointers[0]
+
+
+@pytest.mark.parametrize("feed_forward", ["relu", "gated-gelu"])
+def test_encoder_by_length_gives_the_t5_encoder_s_states_on_real_positions(feed_forward):
+    """T5BeamDecoder's encoder (fused q/k/v, one bias for all layers, scaled_dot_product_attention, users in
+    groups cut to their own longest history): transformers' encoder output on every real position, as
+    accurate in float32, and zeros on the padding past a group's width (which cross-attention masks)."""
+    torch.manual_seed(4)
+    config = T5Config(vocab_size=20, d_model=32, d_ff=64, d_kv=8, num_heads=4, num_layers=3, num_decoder_layers=1,
+                      feed_forward_proj=feed_forward, pad_token_id=0, eos_token_id=1, decoder_start_token_id=0)
+    t5 = T5ForConditionalGeneration(config).eval()
+    lengths = torch.tensor([9, 2, 5, 9, 1, 7, 3])  # left-aligned histories of 7 users, unsorted
+    mask = torch.arange(9)[None, :] < lengths[:, None]
+    tokens = torch.randint(2, 20, mask.shape, generator=torch.Generator().manual_seed(4)).masked_fill(~mask, 0)
+    with torch.no_grad():
+        theirs = t5.encoder(input_ids=tokens, attention_mask=mask.long()).last_hidden_state
+        exact = float64_copy(t5).encoder(input_ids=tokens, attention_mask=mask.long()).last_hidden_state
+        ours = encode_by_length(t5, tokens, mask, group_size=3)
+        whole = encode(t5, tokens, mask)
+    assert ours.shape == theirs.shape
+    for result, name in ((ours[mask], "groups"), (whole[mask], "one batch")):
+        assert_as_accurate_as(result, theirs[mask], exact[mask], f"encoder, {name}")
+    # groups of 3 users by length: users 4, 1, 6 (width 3), then 2, 5, 0 and 3 (width 9)
+    assert (ours[[4, 1, 6], 3:] == 0).all()
 
 
 def test_rms_norm_is_t5_layer_norm():

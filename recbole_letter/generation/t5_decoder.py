@@ -5,7 +5,8 @@ Both follow ``constrained_beam_search``'s ``step_fn`` contract (``beam_search.py
 * :class:`T5BeamDecoder`, the one decoding uses (``LETTER_TIGER.build_step_fn``): a hand-written incremental
   T5 decoder that keeps what a user's beams share once per user (encoder outputs' cross-attention
   keys/values, the start token's self-attention keys/values) and reorders only its own compact
-  self-attention cache, in buffers reused from chunk to chunk;
+  self-attention cache, in buffers reused from chunk to chunk; its encoder (:func:`encode_by_length`)
+  is the T5's, computed with fused attention on groups of users of similar history length;
 * :func:`t5_cache_step_fn`: the T5's own forward on ``transformers``' KV cache (``EncoderDecoderCache``),
   as ``generate`` decodes. The reference :class:`T5BeamDecoder` is pinned against (tests/test_tiger.py) and
   timed against (``benchmarks/t5_decoders.py``): the hand-written decoder stays only while it is >= 1.5x
@@ -19,6 +20,9 @@ import torch
 import torch.nn.functional as F
 from transformers import DynamicCache, EncoderDecoderCache
 from transformers.modeling_outputs import BaseModelOutput
+
+# users per encoder call in T5BeamDecoder: enough rows for efficient matmuls, few enough for little padding
+ENCODER_GROUP = 16
 
 
 class T5BeamDecoder:
@@ -55,7 +59,7 @@ class T5BeamDecoder:
         self.max_steps = max_steps
         self.workspace = {} if workspace is None else workspace
         self.scale = t5.config.d_model ** -0.5 if getattr(t5.config, "scale_decoder_outputs", True) else 1.0
-        encoded = encode(t5, input_ids, attention_mask)
+        encoded = encode_by_length(t5, input_ids, attention_mask)
         self.batch_size, source_len, _ = encoded.shape  # [B, S, d]
         self.cross_kv = []  # per decoder layer: (keys^T, values), shared by a user's beams
         self.qkv_weight = []  # per decoder layer: self-attention q, k, v projections fused [3 * H * d_kv, d]
@@ -165,7 +169,8 @@ def encode(t5, input_ids, attention_mask):
     neg = torch.finfo(hidden.dtype).min
     padding = torch.zeros(attention_mask.shape, dtype=hidden.dtype, device=hidden.device)
     padding = padding.masked_fill(~attention_mask.bool(), neg)[:, None, None, :]  # [B, 1, 1, S]
-    bias = (position_bias.to(hidden.dtype) + padding).contiguous()  # [B, H, S, S]
+    # contiguous before the sum: compute_bias returns a permuted view, whose layout the sum would inherit
+    bias = position_bias.to(hidden.dtype).contiguous() + padding  # [B, H, S, S]
     for block in encoder.block:
         attention = block.layer[0].SelfAttention
         qkv_weight = torch.cat([attention.q.weight, attention.k.weight, attention.v.weight])
@@ -176,6 +181,25 @@ def encode(t5, input_ids, attention_mask):
         feed_forward = block.layer[1]
         hidden = hidden + feed_forward.DenseReluDense(rms_norm(feed_forward.layer_norm, hidden))
     return rms_norm(encoder.final_layer_norm, hidden)
+
+
+def encode_by_length(t5, input_ids, attention_mask, group_size=ENCODER_GROUP):
+    """:func:`encode` of ``input_ids [B, S]`` in groups of ``group_size`` users of similar history length, each
+    group cut to its own longest history -> ``[B, S, d]``, zeros past each group's width. Every real position
+    gets what a whole-batch encoding gives it (padding is masked in both); the positions past a group's width
+    are padding, which the cross-attention masks. Spares the multiply-adds on padding that one width for all
+    ``B`` users costs when their history lengths spread."""
+    positions = torch.arange(1, input_ids.shape[1] + 1, device=input_ids.device)
+    widths = (attention_mask.long() * positions).amax(dim=1).clamp(min=1)  # [B] last real position + 1
+    order = torch.argsort(widths, stable=True)
+    encoded = None
+    for rows in order.split(group_size):
+        width = int(widths[rows].max())
+        part = encode(t5, input_ids[rows, :width], attention_mask[rows, :width])  # [g, width, d]
+        if encoded is None:
+            encoded = part.new_zeros((input_ids.shape[0], input_ids.shape[1], part.shape[-1]))
+        encoded[rows, :width] = part
+    return encoded
 
 
 def rms_norm(norm, hidden):
