@@ -181,7 +181,6 @@ def main():
     parser.add_argument("--codes", default=None, help="*.index.json (default: <data_path>/<dataset>/raw/<dataset>.index.json, else random)")
     parser.add_argument("--beam", type=int, default=20)
     parser.add_argument("--users", type=int, default=256, help="test users decoded by both sides, in the same order")
-    parser.add_argument("--release_users", type=int, default=None, help="old name: caps --users (one pool for both sides)")
     parser.add_argument("--batch", type=int, default=0, help="users per beam batch, ours (0 = the model's beam_batch_size)")
     parser.add_argument("--release_batch", default="1,2,4,8,16,32,64", help="users per generate call (comma list: each is timed; the speedup is against the fastest)")
     parser.add_argument("--checkpoint", default=None, help="trained LETTER_TIGER checkpoint (default: random init)")
@@ -233,7 +232,7 @@ def main():
     model.eval()
     print(f"data + model: {time.perf_counter() - t0:.1f} s on {device}; items {model.n_items - 1}, tokens/item {model.code_len}, "
           f"vocab {model.vocab_size}, torch threads {torch.get_num_threads()}")
-    n_users = min(args.users, args.release_users or args.users)
+    n_users = args.users
     item_seq, item_seq_len = (t.to(device) for t in test_histories(model, test_data, n_users))
     n_users = len(item_seq)
 
