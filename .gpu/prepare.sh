@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Run here (with internet to the package registry), once before a GPU slot: puts what the GPU machine
+# Run here, in the project's venv (it reads the installed pandas version), with the package registry
+# reachable, once before a GPU slot: puts what the GPU machine
 # lacks and cannot download into two ignored folders that the slot's call carries (.gpu/slot.sh).
 #   .gpu/wheels: recbole 1.2.1 and its two pure-Python requirements the CUDA image does not hold, and the
 #                pandas of requirements.txt (the image's newer pandas fails in RecBole's remapping of the
