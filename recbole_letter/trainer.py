@@ -371,30 +371,28 @@ class SafeCheckpoints:
         self.data_fingerprint = None  # quick_start sets it (quick_start.data_fingerprint) once the data is loaded
         self.file_hashes = file_hashes(config)
         # the valid metric against wall-clock minutes: <run id>.curve.csv and .png beside the checkpoint
-        self.curve = LearningCurve(os.path.splitext(self.saved_model_file)[0] + ".curve.csv")
+        self.curve = LearningCurve(self.curve_path())
         self.write_curve = False  # fit(saved=True) turns it on
-        self.curve_clock = (time.perf_counter(), 0.0)  # (when this process's fit began, minutes of earlier ones)
-        self.epoch_trained = None  # the epoch a validation follows
+        self.fit_started = time.perf_counter()
+        self.minutes_before = 0.0  # of the earlier processes of a resumed run
+
+    def curve_path(self):
+        return os.path.splitext(self.saved_model_file)[0] + ".curve.csv"
 
     def fit(self, train_data, valid_data=None, verbose=True, saved=True, show_progress=False, callback_fn=None):
         self.write_curve = saved and self.config["local_rank"] in (0, None)
-        resumed = getattr(self, "resumed", None) or {}
-        self.curve_clock = (time.perf_counter(), resumed.get("curve_minutes") or 0.0)
+        self.fit_started = time.perf_counter()
         return super().fit(train_data, valid_data, verbose, saved, show_progress, callback_fn)
-
-    def _train_epoch(self, train_data, epoch_idx, *args, **kwargs):
-        self.epoch_trained = epoch_idx
-        return super()._train_epoch(train_data, epoch_idx, *args, **kwargs)
 
     def curve_minutes(self):
         """Wall-clock minutes of training and validation so far, earlier processes of a resumed run included."""
-        started, before = self.curve_clock
-        return before + (time.perf_counter() - started) / 60
+        return self.minutes_before + (time.perf_counter() - self.fit_started) / 60
 
     def _valid_epoch(self, valid_data, show_progress=False):
         valid_score, valid_result = super()._valid_epoch(valid_data, show_progress)
         if self.write_curve:
-            self.curve.add(self.epoch_trained, self.curve_minutes(), valid_score, valid_result)
+            epoch = max(self.train_loss_dict)  # RecBole's fit records an epoch's loss before validating it
+            self.curve.add(epoch, self.curve_minutes(), valid_score, valid_result)
             png = os.path.splitext(self.curve.path)[0] + ".png"
             plot_curves([(self.run_id, self.curve.path)], png, metric=f"valid {self.valid_metric}", title=self.run_id)
         return valid_score, valid_result
@@ -552,7 +550,6 @@ class LetterTrainer(SafeCheckpoints, Trainer):
         return super().fit(train_data, valid_data, verbose, saved, show_progress, callback_fn)
 
     def _train_epoch(self, train_data, epoch_idx, loss_func=None, show_progress=False):
-        self.epoch_trained = epoch_idx
         if self.save_last and epoch_idx > self.start_epoch:  # the previous epoch and its validation are done
             self._save_last(epoch_idx - 1, train_data)
         if epoch_idx == self.epochs - 1 and self.eval_step > 1:
@@ -682,9 +679,9 @@ class LetterTrainer(SafeCheckpoints, Trainer):
         self.last_model_file = str(path)
         self.run_id = self.config["run_id"] = checkpoint["run_id"]  # the same run goes on
         set_random_state(rng, self.device)  # the loader's generator: in fit(), once the loader is known
-        self.resumed = {"scheduler_steps": checkpoint["scheduler_steps"], "loader_generator": rng["loader_generator"],
-                        "curve_minutes": checkpoint.get("curve_minutes", 0.0)}
-        self.curve = LearningCurve(os.path.splitext(self.saved_model_file)[0] + ".curve.csv", checkpoint.get("curve", ()))
+        self.resumed = {"scheduler_steps": checkpoint["scheduler_steps"], "loader_generator": rng["loader_generator"]}
+        self.curve = LearningCurve(self.curve_path(), checkpoint.get("curve", ()))
+        self.minutes_before = checkpoint.get("curve_minutes", 0.0)
         self.logger.info(f"resumed run {self.run_id} from {path}: epoch {self.start_epoch} next, best checkpoint "
                          f"{self.saved_model_file}")
 

@@ -155,13 +155,20 @@ class T5BeamDecoder:
         self.cache_names.reverse()
 
 
-def encode(t5, input_ids, attention_mask):
+def encoder_qkv_weights(t5):
+    """Each encoder layer's q, k and v projections as one ``[3 * H * d_kv, d]`` weight (:func:`encode`)."""
+    return [torch.cat([b.layer[0].SelfAttention.q.weight, b.layer[0].SelfAttention.k.weight,
+                       b.layer[0].SelfAttention.v.weight]) for b in t5.encoder.block]
+
+
+def encode(t5, input_ids, attention_mask, qkv_weights=None):
     """The T5 encoder's last hidden states ``[B, S, d]`` of ``input_ids [B, S]`` (``attention_mask``: 1 on real
     tokens), as ``t5.encoder`` computes them in eval mode, with fewer passes over memory: q/k/v as one fused
     matmul, the relative position bias and the padding mask added once (all layers share them, as in T5) and
     attention as one fused ``scaled_dot_product_attention`` (unscaled, as T5), so no ``[B, H, S, S]`` scores
-    are written and read back per layer."""
+    are written and read back per layer. ``qkv_weights``: :func:`encoder_qkv_weights`, made once for many calls."""
     encoder = t5.encoder
+    qkv_weights = encoder_qkv_weights(t5) if qkv_weights is None else qkv_weights
     batch_size, source_len = input_ids.shape
     n_heads, d_kv = t5.config.num_heads, t5.config.d_kv
     hidden = encoder.embed_tokens(input_ids)  # [B, S, d]
@@ -171,9 +178,8 @@ def encode(t5, input_ids, attention_mask):
     padding = padding.masked_fill(~attention_mask.bool(), neg)[:, None, None, :]  # [B, 1, 1, S]
     # contiguous before the sum: compute_bias returns a permuted view, whose layout the sum would inherit
     bias = position_bias.to(hidden.dtype).contiguous() + padding  # [B, H, S, S]
-    for block in encoder.block:
+    for block, qkv_weight in zip(encoder.block, qkv_weights):
         attention = block.layer[0].SelfAttention
-        qkv_weight = torch.cat([attention.q.weight, attention.k.weight, attention.v.weight])
         qkv = F.linear(rms_norm(block.layer[0].layer_norm, hidden), qkv_weight)
         query, key, value = qkv.view(batch_size, source_len, 3, n_heads, d_kv).transpose(1, 3).unbind(2)  # [B, H, S, d_kv]
         attended = F.scaled_dot_product_attention(query, key, value, attn_mask=bias.to(query.dtype), scale=1.0)
@@ -192,10 +198,11 @@ def encode_by_length(t5, input_ids, attention_mask, group_size=ENCODER_GROUP):
     positions = torch.arange(1, input_ids.shape[1] + 1, device=input_ids.device)
     widths = (attention_mask.long() * positions).amax(dim=1).clamp(min=1)  # [B] last real position + 1
     order = torch.argsort(widths, stable=True)
+    qkv_weights = encoder_qkv_weights(t5)
     encoded = None
     for rows in order.split(group_size):
         width = int(widths[rows].max())
-        part = encode(t5, input_ids[rows, :width], attention_mask[rows, :width])  # [g, width, d]
+        part = encode(t5, input_ids[rows, :width], attention_mask[rows, :width], qkv_weights)  # [g, width, d]
         if encoded is None:
             encoded = part.new_zeros((input_ids.shape[0], input_ids.shape[1], part.shape[-1]))
         encoded[rows, :width] = part
