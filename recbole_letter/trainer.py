@@ -302,6 +302,23 @@ def backward_parts(parts, autocast, scale=None):
         loss = part.detach() if loss is None else loss + part.detach()
 
 
+def average_gradients(model):
+    """The gradients of ``model``'s trainable parameters averaged over the processes of the default group
+    (one all-reduce of them flattened): DDP's gradient reduction, done by hand after a step's several
+    backward passes (the loss parts), which DDP's reducer cannot follow (it expects one per forward). A
+    parameter without a gradient this step counts as zeros, as RecBole's zero-weighted sync loss makes it."""
+    params = [p for p in model.parameters() if p.requires_grad]
+    grads = [torch.zeros_like(p) if p.grad is None else p.grad for p in params]
+    flat = torch._utils._flatten_dense_tensors(grads)
+    torch.distributed.all_reduce(flat)
+    flat /= torch.distributed.get_world_size()
+    for param, grad in zip(params, torch._utils._unflatten_dense_tensors(flat, grads)):
+        if param.grad is None:
+            param.grad = grad
+        else:
+            param.grad.copy_(grad)
+
+
 def random_state(device, generator=None):
     """Every random stream training draws from: torch's, ``device``'s CUDA one, numpy's, Python's and a
     loader's ``generator`` (its shuffle); tensors and plain values only."""
@@ -484,8 +501,8 @@ class LetterTrainer(SafeCheckpoints, Trainer):
       (``host_batch(interaction) -> interaction``, e.g. cut padding that would cost a wait on the device);
     * a model may give its loss in parts (``loss_chunks(interaction)``, a generator whose parts sum to
       ``calculate_loss``; the generators' length buckets): each part's backward pass runs before the next
-      part's forward, so one part's activations are kept at a time (single process; under DDP the model's
-      ``calculate_loss`` and one backward pass);
+      part's forward, so one part's activations are kept at a time; under DDP the gradients are then
+      averaged over the processes by hand (:func:`average_gradients`);
     * checkpoints of tensors and plain values, named by the run id (:class:`SafeCheckpoints`).
     """
 
@@ -562,9 +579,7 @@ class LetterTrainer(SafeCheckpoints, Trainer):
         the device per batch, and with a backward pass per loss part for models that have ``loss_chunks``
         (see the class docstring)."""
         self.model.train()
-        chunks = None  # not under DDP, whose gradient reduction expects one backward pass per step
-        if loss_func is None and self.config["single_spec"]:
-            chunks = getattr(self.model, "loss_chunks", None)
+        chunks = getattr(self.model, "loss_chunks", None) if loss_func is None else None
         loss_func = loss_func or self.model.calculate_loss
         batches = train_data
         if show_progress:
@@ -579,11 +594,13 @@ class LetterTrainer(SafeCheckpoints, Trainer):
             interaction = batch_to_device(self.model, interaction, self.device)
             self.optimizer.zero_grad()
             sync_loss = 0
-            if not self.config["single_spec"]:
+            if not self.config["single_spec"] and chunks is None:
                 self.set_reduce_hook()
                 sync_loss = self.sync_grad_loss()
             if chunks is not None:
                 losses = backward_parts(chunks(interaction), autocast, scaler.scale)  # backward passes done
+                if not self.config["single_spec"]:
+                    average_gradients(self.model)  # what DDP's reducer does, once after the parts' passes
             else:
                 with autocast():
                     losses = loss_func(interaction)

@@ -1,5 +1,6 @@
 """The entry point, the property layering, the six baselines and bad-input errors."""
 
+import contextlib
 import copy
 import json
 import os
@@ -477,3 +478,43 @@ def test_a_ddp_generator_run_builds_its_codes_once(tiny_dataset, tmp_path, monke
     printed = capfd.readouterr()
     assert (printed.out + printed.err).count("item codes built") == 1  # rank 1 logs errors only
     assert set(result["test_result"]) == {"recall@5", "recall@10", "ndcg@5", "ndcg@10"}
+
+
+def _loss_parts(model, x, y):
+    """A batch's mean squared error in two parts (the second half of the rows, then the first), as a
+    generator's ``loss_chunks`` yields length buckets: parts that sum to the batch mean."""
+    for rows in (slice(len(x) // 2, None), slice(None, len(x) // 2)):
+        yield ((model(x[rows]) - y[rows]) ** 2).sum() / len(x)
+
+
+def _average_gradients_worker(rank, port, x, y, out):
+    from recbole_letter.trainer import average_gradients, backward_parts
+
+    torch.distributed.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=2)
+    try:
+        torch.manual_seed(0)  # the same weights on both ranks, as DDP's broadcast at wrapping makes them
+        model = torch.nn.Sequential(torch.nn.Linear(4, 3), torch.nn.Tanh(), torch.nn.Linear(3, 1)).double()
+        unused = torch.nn.Parameter(torch.ones(2, dtype=torch.float64))  # no gradient this step
+        model.register_parameter("unused", unused)
+        backward_parts(_loss_parts(model, x[rank::2], y[rank::2]), contextlib.nullcontext)
+        average_gradients(model)
+        if rank == 0:
+            torch.save({name: p.grad for name, p in model.named_parameters()}, out)
+    finally:
+        torch.distributed.destroy_process_group()
+
+
+def test_ddp_loss_parts_average_to_the_whole_batch_gradient(tmp_path):
+    """Under DDP a generator's step is a backward pass per length bucket, then one all-reduce by hand
+    (``average_gradients``): each rank's gradient of its half batch, averaged, is the whole batch's
+    gradient (float64: equal up to a few ulps of the sums), and a parameter with no gradient gets zeros."""
+    x, y = torch.randn(8, 4, dtype=torch.float64), torch.randn(8, 1, dtype=torch.float64)
+    out = tmp_path / "grads.pt"
+    torch.multiprocessing.spawn(_average_gradients_worker, args=(free_port(), x, y, str(out)), nprocs=2, join=True)
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(4, 3), torch.nn.Tanh(), torch.nn.Linear(3, 1)).double()
+    ((model(x) - y) ** 2).mean().backward()
+    grads = torch.load(out, weights_only=True)
+    for name, param in model.named_parameters():
+        torch.testing.assert_close(grads[name], param.grad, rtol=1e-12, atol=1e-14)
+    assert torch.equal(grads["unused"], torch.zeros(2, dtype=torch.float64))
