@@ -444,7 +444,7 @@ def _spawned_worker(rank, model, dataset, config_files, config_dict, saved, queu
 def run(model, dataset, config_files=None, config_dict=None, saved=True, before_fit=None):
     """Train and evaluate one model; returns its result dict.
 
-    ``config_dict["nproc"] > 1`` trains with RecBole's DDP path (one process per rank, spawned here;
+    ``nproc > 1`` (in ``config_dict`` or a config file) trains with RecBole's DDP path (one process per rank, spawned here;
     gloo on CPU, nccl on GPUs). ``world_size`` / ``ip`` / ``port`` / ``offset`` as in RecBole for several
     machines.
 
@@ -464,7 +464,11 @@ def run(model, dataset, config_files=None, config_dict=None, saved=True, before_
         ``epochs``, ``train_seconds``, ``seconds_per_epoch``, ``test_seconds``, ``checkpoint`` and
         ``learning_curve`` (paths, or ``None`` when not saved). Under DDP rank 0's dict, or ``None``.
     """
-    config_dict = dict(config_dict or {})
+    # the process layout may come from a config file too (RecBole reads it from the command line only);
+    # config_dict wins, as in the config itself
+    from_files = {key: value for path in config_files or [] if os.path.isfile(path)
+                  for key, value in config_check.load_yaml_file(path).items() if key in DISTRIBUTED_KEYS}
+    config_dict = {**from_files, **(config_dict or {})}
     nproc = int(config_dict.get("nproc", 1))
     world_size = int(config_dict.get("world_size", -1))
     if nproc == 1 and world_size <= 0:

@@ -319,6 +319,16 @@ def test_ddp_two_processes_on_cpu(tiny_dataset, monkeypatch):
     assert again["test_result"] == pytest.approx(result["test_result"], abs=2e-4)
 
 
+def test_nproc_in_a_config_file_trains_with_ddp(tiny_dataset, tmp_path, monkeypatch):
+    # a recipe file may carry its process layout (examples/cpu_recipe_instruments.yaml does)
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "")
+    name, cfg = tiny_dataset
+    recipe = tmp_path / "ddp.yaml"
+    recipe.write_text(f"nproc: 2\nport: {free_port()}\n")
+    result = quick_start.run("BPR", name, config_files=[str(recipe)], config_dict={**cfg, "embedding_size": 8})
+    assert load_checkpoint(result["checkpoint"])["config"]["world_size"] == 2
+
+
 def test_checkpoint_evaluates_on_this_machines_device(tiny_dataset, tmp_path):
     # a checkpoint from a GPU run, evaluated on a machine that may have no GPU: the saved config's device
     # is replaced by this machine's (before, building the model failed: "Torch not compiled with CUDA")
