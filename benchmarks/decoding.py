@@ -20,7 +20,8 @@ lists with generate's at every batch size (identical, or differing only where th
 matmuls, MACs = FLOPs / 2), this CPU's float32 matmul peak at the benchmark's thread count (the best of a few
 large ``torch.mm``), the share of it each side reaches, the arithmetic limit (peak / our MACs per user) and
 what 10x generate needs against it, and, as the last line, ``speedup: <ratio>``.
-``--full_eval`` also times one full RecBole test evaluation (every test user) with our decoding; ``--amp``
+``--full_eval`` also times one full RecBole test evaluation (every test user) with our decoding, in
+``--full_eval_nproc`` processes (default 1; DDP, each with its share of the users); ``--amp``
 also times ours under autocast (``enable_amp``, in ``amp_dtype``: bfloat16 by default) against float32,
 interleaved, and how many of the float32 top-10 items it keeps.
 """
@@ -40,7 +41,7 @@ from torch.utils.flop_counter import FlopCounterMode
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import recbole_letter  # noqa: E402,F401
-from recbole_letter.quick_start import build_trainer, prepare  # noqa: E402
+from recbole_letter.quick_start import build_trainer, data_fingerprint, evaluate_checkpoint, prepare  # noqa: E402
 
 
 def random_index(dataset_path, name, out, levels=4, size=256, seed=0):
@@ -188,6 +189,8 @@ def main():
                         "generate_items call; its passes alternate with generate's in every part)")
     parser.add_argument("--tie_tol", type=float, default=1e-4)
     parser.add_argument("--full_eval", action="store_true", help="also time one full test evaluation")
+    parser.add_argument("--full_eval_nproc", type=int, default=1, help="processes for --full_eval (DDP, as "
+                        "run_recbole_letter.py --checkpoint=... --nproc=N), each with threads / N threads")
     parser.add_argument("--threads", type=int, default=0, help="torch threads for both sides (0 = torch default)")
     parser.add_argument("--seed", type=int, default=2020)
     parser.add_argument("--amp", action="store_true", help="also time ours under autocast (enable_amp)")
@@ -220,7 +223,7 @@ def main():
     config_dict["item_codes_file"] = codes
 
     t0 = time.perf_counter()
-    config, _, train_data, _, test_data = prepare("LETTER_TIGER", args.dataset, config_dict=config_dict)
+    config, full_dataset, train_data, _, test_data = prepare("LETTER_TIGER", args.dataset, config_dict=config_dict)
     from recbole_letter.model.letter_tiger import LETTER_TIGER
 
     device = config["device"]  # a GPU where RecBole finds one
@@ -318,13 +321,23 @@ def main():
     if args.amp:
         compare_autocast(model, item_seq, item_seq_len, [rows.numpy() for rows in chunks], our_ids, device)
 
-    if args.full_eval:
+    if args.full_eval and args.full_eval_nproc > 1:
+        # the weights as a checkpoint, evaluated by that many processes of threads / nproc threads each
+        trainer = build_trainer(config, model, train_data.dataset)
+        trainer.data_fingerprint = data_fingerprint(config, full_dataset)
+        trainer._save_checkpoint(0, verbose=False)
+        os.environ["OMP_NUM_THREADS"] = str(max(1, torch.get_num_threads() // args.full_eval_nproc))
+        shared = evaluate_checkpoint(trainer.saved_model_file, {"nproc": args.full_eval_nproc}, splits=("test",))
+        seconds, result = shared["test_seconds"], shared["test_result"]
+    elif args.full_eval:
         trainer = build_trainer(config, model)
         start = time.perf_counter()
         result = trainer.evaluate(test_data, load_best_model=False, show_progress=False)
         seconds = time.perf_counter() - start
+    if args.full_eval:
         n_test = len(test_data.dataset.inter_feat) if hasattr(test_data, "dataset") else -1
-        print(f"full test evaluation: {seconds:.1f} s for {n_test} users ({dict(result)})")
+        processes = f", {args.full_eval_nproc} processes" if args.full_eval_nproc > 1 else ""
+        print(f"full test evaluation: {seconds:.1f} s for {n_test} users{processes} ({dict(result)})")
     else:
         n_test = sum(len(b[0]) for b in test_data)
         print(f"full test evaluation ({n_test} users), extrapolated from ours: {n_test / rates['ours']:.0f} s")

@@ -9,6 +9,7 @@ itself is never imported (it imports ray, which needs numpy<2).
 import contextlib
 import functools
 import os
+import socket
 import time
 from logging import getLogger
 
@@ -437,6 +438,13 @@ def _run_single(model, dataset, config_files=None, config_dict=None, saved=True,
     return result
 
 
+def free_port():
+    """A TCP port free on this machine now, for a process group of one machine's processes."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return str(sock.getsockname()[1])
+
+
 def _spawned_worker(rank, model, dataset, config_files, config_dict, saved, queue):
     _run_single(model, dataset, config_files, {**config_dict, "local_rank": rank}, saved, queue)
 
@@ -446,7 +454,7 @@ def run(model, dataset, config_files=None, config_dict=None, saved=True, before_
 
     ``nproc > 1`` (in ``config_dict`` or a config file) trains with RecBole's DDP path (one process per rank, spawned here;
     gloo on CPU, nccl on GPUs). ``world_size`` / ``ip`` / ``port`` / ``offset`` as in RecBole for several
-    machines.
+    machines; on one machine ``port`` defaults to a free one (RecBole's 29500 would collide between runs).
 
     ``before_fit(config, model, trainer, train_data, valid_data, test_data)`` (single process only) runs
     once the trainer is built, e.g. to set ``trainer.epochs``; a dict it returns joins the result.
@@ -477,7 +485,8 @@ def run(model, dataset, config_files=None, config_dict=None, saved=True, before_
         raise ValueError("before_fit works in a single process only (nproc 1)")
     config_dict.setdefault("world_size", world_size if world_size > 0 else nproc)
     config_dict.setdefault("ip", "127.0.0.1")
-    config_dict.setdefault("port", "29500")
+    # one machine: a free port, so that two runs side by side do not collide (several machines agree on one)
+    config_dict.setdefault("port", free_port() if config_dict["world_size"] == nproc else "29500")
     config_dict.setdefault("offset", 0)
     config_dict["nproc"] = nproc
     # RecBole's init_logger creates ./log/<model>/ with a check-then-create that races between ranks
@@ -492,34 +501,60 @@ def run(model, dataset, config_files=None, config_dict=None, saved=True, before_
     return None if queue.empty() else queue.get()
 
 
-def evaluate_checkpoint(path, config_dict=None):
+def evaluate_checkpoint(path, config_dict=None, splits=("valid", "test")):
     """Evaluate a checkpoint written by a run (valid and test) without training.
 
     The checkpoint carries its config (plain values; it is loaded with ``weights_only=True``, see
     ``trainer.load_checkpoint``); ``config_dict`` overrides keys of it (e.g. ``eval_batch_size``;
-    ``data_path`` as for training). It runs in one process on this machine's device.
+    ``data_path`` as for training). It runs on this machine's device, in one process, or with
+    ``config_dict["nproc"] > 1`` in that many (DDP: each evaluates its share of the users, the metrics are
+    reduced as in training's validation; on a CPU, processes of one thread each use the cores better than
+    one process's threads, docs/results.md "CPU recipe"; ``port`` as for :func:`run`).
     Useful after a run was stopped: its best-so-far checkpoint is in ``checkpoint_dir``.
     The result names the run the checkpoint belongs to (``run_id``).
 
     Args:
         path: a ``<run id>.pth`` or ``<run id>-last.pth`` file written by this package.
         config_dict: keys that may differ from the stored config, or ``None``.
+        splits: the splits to evaluate, of ``"valid"`` and ``"test"``.
 
     Returns:
-        A dict like :func:`run`'s, with ``mode`` ``"evaluate"``: valid and test metrics of the checkpoint.
+        A dict like :func:`run`'s, with ``mode`` ``"evaluate"``: the metrics of the checkpoint on each split
+        asked for (``best_valid_result``, ``test_result``) and the seconds each evaluation took
+        (``valid_seconds``, ``test_seconds``; under DDP rank 0's, which waits for the others), and the number
+        of ``processes`` that evaluated.
     """
+    config_dict = config_check.check_values(dict(config_dict or {}))
+    nproc = int(config_dict.pop("nproc", 1))
+    if nproc == 1:
+        return _evaluate_checkpoint(path, config_dict, splits)
+    layout = {"nproc": nproc, "world_size": nproc, "ip": "127.0.0.1", "port": str(config_dict.pop("port", None) or free_port()),
+              "offset": 0}
+    queue = mp.get_context("spawn").SimpleQueue()
+    mp.spawn(_evaluate_worker, args=(path, config_dict, splits, layout, queue), nprocs=nproc, join=True)
+    return queue.get()
+
+
+def _evaluate_worker(rank, path, config_dict, splits, layout, queue):
+    result = _evaluate_checkpoint(path, config_dict, splits, layout={**layout, "local_rank": rank})
+    if rank == 0:
+        queue.put(result)
+
+
+def _evaluate_checkpoint(path, config_dict, splits, layout=None):
     checkpoint = load_checkpoint(path)
     # the stored config passes the checks a user's config does (no key that would unpickle a file, ranges, ...)
     config_check.check_stored_config(checkpoint["config"], source=f"checkpoint {path}: stored config: ")
-    config_dict = config_check.check_values(dict(config_dict or {}))
     config = config_from_values(checkpoint["config"])
     for key, value in config_dict.items():
         # data_path means what it means for training, the folder holding the dataset's folder (the saved
         # config holds the joined path, as RecBole's Config makes it)
         config[key] = os.path.join(value, config["dataset"]) if key == "data_path" else value
-    # one process on this machine's device, chosen by RecBole's own _init_device (gpu_id "" = the CPU): the
-    # run's may not exist here (a GPU run evaluated on a CPU; DDP's cuda:<rank> and process group)
+    # this machine's device, chosen by RecBole's own _init_device (gpu_id "" = the CPU): the run's may not
+    # exist here (a GPU run evaluated on a CPU; DDP's cuda:<rank> and process group); under ``layout`` (a
+    # rank's DDP keys) _init_device joins this evaluation's process group
     config.final_config_dict.pop("local_rank", None)
+    config.final_config_dict.update(layout or {})
     config._init_device()
     init_seed(config["seed"], config["reproducibility"])
     init_logger(config)
@@ -530,19 +565,26 @@ def evaluate_checkpoint(path, config_dict=None):
     codes = model_class.codes_from_state_dict(checkpoint["state_dict"]) if is_generative(config["model"]) else None
     model = build_model(config, train_data.dataset, item_codes=codes)
     trainer = build_trainer(config, model, train_data.dataset)
-    valid_result = trainer.evaluate(valid_data, model_file=path, show_progress=config["show_progress"])
-    test_result = trainer.evaluate(test_data, model_file=path, show_progress=config["show_progress"])
-    return {
+    result = {
         "run_id": checkpoint["run_id"],
         "mode": "evaluate",
         "config_digest": config_digest(checkpoint["config"]),
         "model": config["model"],
         "dataset": config["dataset"],
-        "best_valid_result": _as_floats(valid_result),
-        "test_result": _as_floats(test_result),
         "epochs": checkpoint["epoch"] + 1,
         "checkpoint": path,
+        "processes": 1 if config["single_spec"] else torch.distributed.get_world_size(),
     }
+    for split, data in (("valid", valid_data), ("test", test_data)):
+        if split in splits:
+            start = time.perf_counter()
+            metrics = trainer.evaluate(data, model_file=path, show_progress=config["show_progress"])
+            result[f"{split}_seconds"] = time.perf_counter() - start
+            result["best_valid_result" if split == "valid" else "test_result"] = _as_floats(metrics)
+    if layout:  # every rank done with its collectives before any tears down (see _run_single)
+        torch.distributed.barrier()
+        torch.distributed.destroy_process_group()
+    return result
 
 
 def run_models(models, dataset, config_files=None, config_dict=None, saved=True):

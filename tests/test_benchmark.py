@@ -172,12 +172,13 @@ def test_decoding_benchmark_agrees_with_generate_from_a_relative_data_path(tiny_
     data_link.symlink_to(tiny_data_path, target_is_directory=True)
     proc = subprocess.run(
         [sys.executable, str(REPO / "benchmarks" / "decoding.py"), "--dataset=ml-tiny", "--data_path=data",
-         "--users=2", "--release_batch=1,2", "--rounds=2", "--threads=1"],
+         "--users=2", "--release_batch=1,2", "--rounds=2", "--threads=1", "--full_eval", "--full_eval_nproc=2"],
         capture_output=True, text=True, timeout=300, cwd=tmp_path,
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
     lines = proc.stdout.splitlines()
     assert "top-20 lists: 2/2 identical" in proc.stdout
+    assert any(line.startswith("full test evaluation: ") and " users, 2 processes (" in line for line in lines)
     assert sum(line.startswith("release: 2 users") for line in lines) == 2
     assert any(line.startswith("multiply-adds per user: ours ") for line in lines)
     assert any(line.startswith("float32 matmul peak: ") for line in lines)

@@ -4,7 +4,6 @@ import contextlib
 import copy
 import json
 import os
-import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -14,6 +13,7 @@ import torch
 
 from recbole_letter import quick_start
 from recbole_letter.learning_curve import read_curve
+from recbole_letter.quick_start import free_port
 from recbole_letter.model import get_model_class
 from recbole_letter.trainer import load_checkpoint
 
@@ -302,12 +302,6 @@ def test_cli_several_models_writes_table(tiny_data_path, tmp_path):
     assert again[0]["test_result"] == rows[0]["test_result"]
 
 
-def free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return str(s.getsockname()[1])
-
-
 def test_ddp_two_processes_on_cpu(tiny_dataset, monkeypatch):
     monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "")  # the spawned ranks use gloo: RecBole's NCCL path wants a GPU each
     name, cfg = tiny_dataset
@@ -317,6 +311,10 @@ def test_ddp_two_processes_on_cpu(tiny_dataset, monkeypatch):
     again = quick_start.evaluate_checkpoint(result["checkpoint"])
     # DDP averages the ranks' metrics, each already rounded to 4 places
     assert again["test_result"] == pytest.approx(result["test_result"], abs=2e-4)
+    # and it evaluates in two processes again, each on its share of the users
+    shared = quick_start.evaluate_checkpoint(result["checkpoint"], {"nproc": 2, "port": free_port()}, splits=("test",))
+    assert shared["test_result"] == pytest.approx(again["test_result"], abs=2e-4)
+    assert shared["processes"] == 2 and "best_valid_result" not in shared and shared["test_seconds"] > 0
 
 
 def test_nproc_in_a_config_file_trains_with_ddp(tiny_dataset, tmp_path, monkeypatch):

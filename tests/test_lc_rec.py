@@ -280,7 +280,7 @@ def test_trains_saves_and_reloads_through_recbole(lc_config):
 def test_ddp_two_processes_train_lora_and_code_rows(lc_config):
     # RecBole's DDP launcher, the documented multi-GPU path, here on 2 CPU processes (gloo): the LoRA and
     # code-row gradients are all-reduced, rank 0 writes the checkpoint, every rank evaluates its users
-    from test_foundation import free_port
+    from recbole_letter.quick_start import free_port
 
     name, cfg = lc_config
     cfg = {**cfg, "freeze_code_embeddings": False, "train_batch_size": 256, "nproc": 2, "port": free_port()}
