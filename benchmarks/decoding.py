@@ -321,23 +321,23 @@ def main():
     if args.amp:
         compare_autocast(model, item_seq, item_seq_len, [rows.numpy() for rows in chunks], our_ids, device)
 
-    if args.full_eval and args.full_eval_nproc > 1:
-        # the weights as a checkpoint, evaluated by that many processes of threads / nproc threads each
-        trainer = build_trainer(config, model, train_data.dataset)
-        trainer.data_fingerprint = data_fingerprint(config, full_dataset)
-        trainer._save_checkpoint(0, verbose=False)
-        os.environ["OMP_NUM_THREADS"] = str(max(1, torch.get_num_threads() // args.full_eval_nproc))
-        shared = evaluate_checkpoint(trainer.saved_model_file, {"nproc": args.full_eval_nproc}, splits=("test",))
-        seconds, result = shared["test_seconds"], shared["test_result"]
-    elif args.full_eval:
-        trainer = build_trainer(config, model)
-        start = time.perf_counter()
-        result = trainer.evaluate(test_data, load_best_model=False, show_progress=False)
-        seconds = time.perf_counter() - start
     if args.full_eval:
+        processes = args.full_eval_nproc
+        if processes > 1:  # the weights as a checkpoint, evaluated by that many processes of threads / nproc threads
+            trainer = build_trainer(config, model, train_data.dataset)
+            trainer.data_fingerprint = data_fingerprint(config, full_dataset)
+            trainer._save_checkpoint(0, verbose=False)  # in the scratch folder's checkpoint_dir
+            os.environ["OMP_NUM_THREADS"] = str(max(1, torch.get_num_threads() // processes))
+            shared = evaluate_checkpoint(trainer.saved_model_file, {"nproc": processes}, splits=("test",))
+            seconds, result, processes = shared["test_seconds"], shared["test_result"], shared["processes"]
+        else:
+            trainer = build_trainer(config, model)
+            start = time.perf_counter()
+            result = trainer.evaluate(test_data, load_best_model=False, show_progress=False)
+            seconds = time.perf_counter() - start
         n_test = len(test_data.dataset.inter_feat) if hasattr(test_data, "dataset") else -1
-        processes = f", {args.full_eval_nproc} processes" if args.full_eval_nproc > 1 else ""
-        print(f"full test evaluation: {seconds:.1f} s for {n_test} users{processes} ({dict(result)})")
+        where = f", {processes} processes" if processes > 1 else ""
+        print(f"full test evaluation: {seconds:.1f} s for {n_test} users{where} ({dict(result)})")
     else:
         n_test = sum(len(b[0]) for b in test_data)
         print(f"full test evaluation ({n_test} users), extrapolated from ours: {n_test / rates['ours']:.0f} s")

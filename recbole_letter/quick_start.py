@@ -438,6 +438,12 @@ def _run_single(model, dataset, config_files=None, config_dict=None, saved=True,
     return result
 
 
+def make_log_dir(model):
+    """``./log/<model>/`` made before ranks are spawned: RecBole's ``init_logger`` checks, then creates it,
+    and two ranks starting together race there (``FileExistsError``)."""
+    os.makedirs(os.path.join("log", canonical_name(model)), exist_ok=True)
+
+
 def free_port():
     """A TCP port free on this machine now, for a process group of one machine's processes."""
     with socket.socket() as sock:
@@ -452,8 +458,8 @@ def _spawned_worker(rank, model, dataset, config_files, config_dict, saved, queu
 def run(model, dataset, config_files=None, config_dict=None, saved=True, before_fit=None):
     """Train and evaluate one model; returns its result dict.
 
-    ``nproc > 1`` (in ``config_dict`` or a config file) trains with RecBole's DDP path (one process per rank, spawned here;
-    gloo on CPU, nccl on GPUs). ``world_size`` / ``ip`` / ``port`` / ``offset`` as in RecBole for several
+    ``nproc > 1`` (in ``config_dict`` or a config file) trains with RecBole's DDP path (one process per
+    rank, spawned here; gloo on CPU, nccl on GPUs). ``world_size`` / ``ip`` / ``port`` / ``offset`` as in RecBole for several
     machines; on one machine ``port`` defaults to a free one (RecBole's 29500 would collide between runs).
 
     ``before_fit(config, model, trainer, train_data, valid_data, test_data)`` (single process only) runs
@@ -489,8 +495,7 @@ def run(model, dataset, config_files=None, config_dict=None, saved=True, before_
     config_dict.setdefault("port", free_port() if config_dict["world_size"] == nproc else "29500")
     config_dict.setdefault("offset", 0)
     config_dict["nproc"] = nproc
-    # RecBole's init_logger creates ./log/<model>/ with a check-then-create that races between ranks
-    os.makedirs(os.path.join("log", canonical_name(model)), exist_ok=True)
+    make_log_dir(model)
     queue = mp.get_context("spawn").SimpleQueue()
     mp.spawn(
         _spawned_worker,
@@ -506,10 +511,12 @@ def evaluate_checkpoint(path, config_dict=None, splits=("valid", "test")):
 
     The checkpoint carries its config (plain values; it is loaded with ``weights_only=True``, see
     ``trainer.load_checkpoint``); ``config_dict`` overrides keys of it (e.g. ``eval_batch_size``;
-    ``data_path`` as for training). It runs on this machine's device, in one process, or with
-    ``config_dict["nproc"] > 1`` in that many (DDP: each evaluates its share of the users, the metrics are
-    reduced as in training's validation; on a CPU, processes of one thread each use the cores better than
-    one process's threads, docs/results.md "CPU recipe"; ``port`` as for :func:`run`).
+    ``data_path`` as for training). It runs on this machine's device, in one process, or on a CPU machine
+    with ``config_dict["nproc"] > 1`` in that many (DDP: each evaluates its share of the users, and the
+    metrics are reduced as in training's validation, so they may differ from one process's in the 4th
+    decimal: each rank rounds its own, and RecBole's sampler repeats a few users when their number does
+    not divide evenly; processes of one thread each use a CPU's cores better than one process's threads,
+    docs/results.md "CPU recipe"; ``port`` as for :func:`run`).
     Useful after a run was stopped: its best-so-far checkpoint is in ``checkpoint_dir``.
     The result names the run the checkpoint belongs to (``run_id``).
 
@@ -520,16 +527,23 @@ def evaluate_checkpoint(path, config_dict=None, splits=("valid", "test")):
 
     Returns:
         A dict like :func:`run`'s, with ``mode`` ``"evaluate"``: the metrics of the checkpoint on each split
-        asked for (``best_valid_result``, ``test_result``) and the seconds each evaluation took
-        (``valid_seconds``, ``test_seconds``; under DDP rank 0's, which waits for the others), and the number
+        asked for (``best_valid_result``, ``test_result``) and the seconds each evaluation took, loading the
+        weights included (``valid_seconds``, ``test_seconds``; under DDP rank 0's, which waits for the
+        others), and the number
         of ``processes`` that evaluated.
     """
     config_dict = config_check.check_values(dict(config_dict or {}))
+    unknown = set(splits) - {"valid", "test"}
+    if unknown or not splits:
+        raise ValueError(f"splits: 'valid' and/or 'test', got {sorted(unknown) or 'none'}")
     nproc = int(config_dict.pop("nproc", 1))
     if nproc == 1:
         return _evaluate_checkpoint(path, config_dict, splits)
-    layout = {"nproc": nproc, "world_size": nproc, "ip": "127.0.0.1", "port": str(config_dict.pop("port", None) or free_port()),
-              "offset": 0}
+    if torch.cuda.is_available():
+        raise ValueError("evaluating a checkpoint in several processes runs on a CPU machine; on a GPU, use nproc 1")
+    make_log_dir(load_checkpoint(path)["config"]["model"])
+    port = str(config_dict.pop("port", None) or free_port())
+    layout = {"nproc": nproc, "world_size": nproc, "ip": "127.0.0.1", "port": port, "offset": 0}
     queue = mp.get_context("spawn").SimpleQueue()
     mp.spawn(_evaluate_worker, args=(path, config_dict, splits, layout, queue), nprocs=nproc, join=True)
     return queue.get()
@@ -565,6 +579,7 @@ def _evaluate_checkpoint(path, config_dict, splits, layout=None):
     codes = model_class.codes_from_state_dict(checkpoint["state_dict"]) if is_generative(config["model"]) else None
     model = build_model(config, train_data.dataset, item_codes=codes)
     trainer = build_trainer(config, model, train_data.dataset)
+    trainer.tensorboard.close()  # RecBole opens its writer in the constructor; evaluating writes nothing to it
     result = {
         "run_id": checkpoint["run_id"],
         "mode": "evaluate",

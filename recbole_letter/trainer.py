@@ -303,20 +303,26 @@ def backward_parts(parts, autocast, scale=None):
 
 
 def average_gradients(model):
-    """The gradients of ``model``'s trainable parameters averaged over the processes of the default group
-    (one all-reduce of them flattened): DDP's gradient reduction, done by hand after a step's several
-    backward passes (the loss parts), which DDP's reducer cannot follow (it expects one per forward). A
-    parameter without a gradient this step counts as zeros, as RecBole's zero-weighted sync loss makes it."""
-    params = [p for p in model.parameters() if p.requires_grad]
-    grads = [torch.zeros_like(p) if p.grad is None else p.grad for p in params]
-    flat = torch._utils._flatten_dense_tensors(grads)
-    torch.distributed.all_reduce(flat)
-    flat /= torch.distributed.get_world_size()
-    for param, grad in zip(params, torch._utils._unflatten_dense_tensors(flat, grads)):
-        if param.grad is None:
-            param.grad = grad
-        else:
-            param.grad.copy_(grad)
+    """The gradients of ``model``'s trainable parameters averaged over the processes of the default group:
+    DDP's gradient reduction (divided by the number of processes first, then summed: scaled float16
+    gradients stay in range), done by hand after a step's several backward passes (the loss parts), which
+    DDP's reducer cannot follow (it expects one per forward). One all-reduce per parameter dtype (an LLM in
+    bfloat16 with float32 LoRA weights has two). A parameter without a gradient this step counts as zeros,
+    as RecBole's zero-weighted sync loss makes it."""
+    world = torch.distributed.get_world_size()
+    by_dtype = {}
+    for param in model.parameters():
+        if param.requires_grad:
+            if param.grad is None:
+                param.grad = torch.zeros_like(param)
+            by_dtype.setdefault(param.dtype, []).append(param.grad)
+    for grads in by_dtype.values():
+        flat = torch.cat([grad.reshape(-1) for grad in grads]).div_(world)
+        torch.distributed.all_reduce(flat)
+        offset = 0
+        for grad in grads:
+            grad.copy_(flat[offset:offset + grad.numel()].view_as(grad))
+            offset += grad.numel()
 
 
 def random_state(device, generator=None):

@@ -1,6 +1,5 @@
 """The entry point, the property layering, the six baselines and bad-input errors."""
 
-import contextlib
 import copy
 import json
 import os
@@ -488,41 +487,67 @@ def test_a_ddp_generator_run_builds_its_codes_once(tiny_dataset, tmp_path, monke
     assert set(result["test_result"]) == {"recall@5", "recall@10", "ndcg@5", "ndcg@10"}
 
 
-def _loss_parts(model, x, y):
-    """A batch's mean squared error in two parts (the second half of the rows, then the first), as a
-    generator's ``loss_chunks`` yields length buckets: parts that sum to the batch mean."""
-    for rows in (slice(len(x) // 2, None), slice(None, len(x) // 2)):
-        yield ((model(x[rows]) - y[rows]) ** 2).sum() / len(x)
+class _TwoPartModel(torch.nn.Module):
+    """A model whose loss comes in two parts, as a generator's ``loss_chunks`` yields length buckets; batch
+    rows are 4 inputs and a target. Its parameters are of two dtypes (float64, and a float32 shift), and
+    one gets no gradient."""
+
+    def __init__(self):
+        super().__init__()
+        torch.manual_seed(0)  # the same weights in every process, as DDP's broadcast at wrapping makes them
+        self.net = torch.nn.Sequential(torch.nn.Linear(4, 3), torch.nn.Tanh(), torch.nn.Linear(3, 1)).double()
+        self.shift = torch.nn.Parameter(torch.full((1,), 0.5))
+        self.unused = torch.nn.Parameter(torch.ones(2, dtype=torch.float64))
+
+    def loss_chunks(self, batch):
+        for rows in (slice(len(batch) // 2, None), slice(None, len(batch) // 2)):
+            residual = self.net(batch[rows, :4]) + self.shift.double() - batch[rows, 4:]
+            yield (residual**2).sum() / len(batch)
+
+    def calculate_loss(self, batch):
+        return sum(self.loss_chunks(batch))
 
 
-def _average_gradients_worker(rank, port, x, y, out):
-    from recbole_letter.trainer import average_gradients, backward_parts
+class _Batches(list):
+    shuffle = False
 
+
+def _one_step(model, batch, distributed):
+    """One SGD step of ``LetterTrainer``'s training loop on ``batch``."""
+    from types import SimpleNamespace
+
+    from recbole_letter.trainer import LetterTrainer
+
+    trainer = SimpleNamespace(model=model, config={"single_spec": not distributed}, device=torch.device("cpu"),
+                              optimizer=torch.optim.SGD(model.parameters(), lr=0.1), enable_scaler=False,
+                              enable_amp=False, nan_check_interval=1, _check_nan=lambda loss: None,
+                              clip_grad_norm=None, gpu_available=False)
+    LetterTrainer._train_batches(trainer, _Batches([batch]), 0)
+
+
+def _ddp_step_worker(rank, port, data, out):
     torch.distributed.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=2)
     try:
-        torch.manual_seed(0)  # the same weights on both ranks, as DDP's broadcast at wrapping makes them
-        model = torch.nn.Sequential(torch.nn.Linear(4, 3), torch.nn.Tanh(), torch.nn.Linear(3, 1)).double()
-        unused = torch.nn.Parameter(torch.ones(2, dtype=torch.float64))  # no gradient this step
-        model.register_parameter("unused", unused)
-        backward_parts(_loss_parts(model, x[rank::2], y[rank::2]), contextlib.nullcontext)
-        average_gradients(model)
-        if rank == 0:
-            torch.save({name: p.grad for name, p in model.named_parameters()}, out)
+        model = _TwoPartModel()
+        _one_step(model, data[rank::2], distributed=True)
+        torch.save(model.state_dict(), f"{out}.{rank}")
     finally:
         torch.distributed.destroy_process_group()
 
 
-def test_ddp_loss_parts_average_to_the_whole_batch_gradient(tmp_path):
-    """Under DDP a generator's step is a backward pass per length bucket, then one all-reduce by hand
-    (``average_gradients``): each rank's gradient of its half batch, averaged, is the whole batch's
-    gradient (float64: equal up to a few ulps of the sums), and a parameter with no gradient gets zeros."""
-    x, y = torch.randn(8, 4, dtype=torch.float64), torch.randn(8, 1, dtype=torch.float64)
-    out = tmp_path / "grads.pt"
-    torch.multiprocessing.spawn(_average_gradients_worker, args=(free_port(), x, y, str(out)), nprocs=2, join=True)
-    torch.manual_seed(0)
-    model = torch.nn.Sequential(torch.nn.Linear(4, 3), torch.nn.Tanh(), torch.nn.Linear(3, 1)).double()
-    ((model(x) - y) ** 2).mean().backward()
-    grads = torch.load(out, weights_only=True)
-    for name, param in model.named_parameters():
-        torch.testing.assert_close(grads[name], param.grad, rtol=1e-12, atol=1e-14)
-    assert torch.equal(grads["unused"], torch.zeros(2, dtype=torch.float64))
+def test_a_ddp_step_with_loss_parts_is_the_whole_batch_step(tmp_path):
+    """Under DDP ``LetterTrainer`` runs a backward pass per loss part (length bucket) on each rank, then
+    averages the gradients itself (``average_gradients``): both ranks end the step with the weights one
+    process gets from the whole batch (float64 up to a few ulps; the float32 shift to float32 rounding), the
+    unused parameter unchanged."""
+    data = torch.randn(8, 5, dtype=torch.float64)
+    out = tmp_path / "weights"
+    torch.multiprocessing.spawn(_ddp_step_worker, args=(free_port(), data, str(out)), nprocs=2, join=True)
+    whole = _TwoPartModel()
+    _one_step(whole, data, distributed=False)
+    ranks = [torch.load(f"{out}.{rank}", weights_only=True) for rank in (0, 1)]
+    for name, value in whole.state_dict().items():
+        assert torch.equal(ranks[0][name], ranks[1][name]), name
+        tolerance = {"rtol": 1e-12, "atol": 1e-14} if value.dtype == torch.float64 else {"rtol": 1e-6, "atol": 1e-7}
+        torch.testing.assert_close(ranks[0][name], value, **tolerance)
+    assert torch.equal(ranks[0]["unused"], torch.ones(2, dtype=torch.float64))
