@@ -459,8 +459,9 @@ def run(model, dataset, config_files=None, config_dict=None, saved=True, before_
     """Train and evaluate one model; returns its result dict.
 
     ``nproc > 1`` (in ``config_dict`` or a config file) trains with RecBole's DDP path (one process per
-    rank, spawned here; gloo on CPU, nccl on GPUs). ``world_size`` / ``ip`` / ``port`` / ``offset`` as in RecBole for several
-    machines; on one machine ``port`` defaults to a free one (RecBole's 29500 would collide between runs).
+    rank, spawned here; gloo on CPU, nccl on GPUs). ``world_size`` / ``ip`` / ``port`` / ``offset`` as in
+    RecBole for several machines; on one machine ``port`` defaults to a free one (RecBole's 29500 would
+    collide between runs).
 
     ``before_fit(config, model, trainer, train_data, valid_data, test_data)`` (single process only) runs
     once the trainer is built, e.g. to set ``trainer.epochs``; a dict it returns joins the result.
@@ -529,8 +530,7 @@ def evaluate_checkpoint(path, config_dict=None, splits=("valid", "test")):
         A dict like :func:`run`'s, with ``mode`` ``"evaluate"``: the metrics of the checkpoint on each split
         asked for (``best_valid_result``, ``test_result``) and the seconds each evaluation took, loading the
         weights included (``valid_seconds``, ``test_seconds``; under DDP rank 0's, which waits for the
-        others), and the number
-        of ``processes`` that evaluated.
+        others), and the number of ``processes`` that evaluated.
     """
     config_dict = config_check.check_values(dict(config_dict or {}))
     unknown = set(splits) - {"valid", "test"}
