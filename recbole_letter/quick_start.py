@@ -7,6 +7,7 @@ itself is never imported (it imports ray, which needs numpy<2).
 """
 
 import contextlib
+import datetime
 import functools
 import os
 import socket
@@ -277,12 +278,17 @@ def safe_trainer_class(trainer_class):
     return type(trainer_class.__name__, (SafeCheckpoints, trainer_class), {"__module__": __name__})
 
 
+TOKENIZER_WAIT = datetime.timedelta(hours=24)  # how long the other ranks wait for rank 0's tokenizer stage
+
+
 def tokenizer_stage(config, model_class, train_dataset):
     """The tokenizer stage of a generator: its item codes, built or read back once per run.
 
     Calls the model class's hook (``GenerativeRecommender.tokenize``) on the training split. Under DDP
-    rank 0 builds (or loads) the codes while the other ranks wait at a barrier, then read them from the
-    cache rank 0 wrote.
+    rank 0 builds (or loads) the codes while the other ranks wait, then read them from the cache rank 0
+    wrote. They wait in a group of their own with a timeout of :data:`TOKENIZER_WAIT`: the default
+    group's (30 minutes) is shorter than a tokenizer may take, and would end the run with the codes
+    unbuilt. On a CPU rank 0 meanwhile uses the threads of this machine's waiting ranks, which sit idle.
 
     Args:
         config: the run's config.
@@ -293,13 +299,34 @@ def tokenizer_stage(config, model_class, train_dataset):
         An ``ItemCodes``: each item's codes and the codebook sizes.
     """
     distributed = torch.distributed.is_available() and torch.distributed.is_initialized()
-    if distributed and torch.distributed.get_rank() != 0:
-        torch.distributed.barrier()  # rank 0 has the codes in its cache
+    if not distributed:
         return model_class.tokenize(config, train_dataset)
-    item_codes = model_class.tokenize(config, train_dataset)
-    if distributed:
-        torch.distributed.barrier()
+    waiting = torch.distributed.new_group(backend="gloo", timeout=TOKENIZER_WAIT)
+    if torch.distributed.get_rank() != 0:
+        torch.distributed.barrier(group=waiting)  # rank 0 has the codes in its cache
+        item_codes = model_class.tokenize(config, train_dataset)
+    else:
+        with _threads_of_waiting_ranks(config):
+            item_codes = model_class.tokenize(config, train_dataset)
+        torch.distributed.barrier(group=waiting)
+    # the group stays until the run's teardown (destroy_process_group() ends every group): destroying it
+    # right after its barrier could fail a rank still leaving that barrier (pytorch/gloo#155)
     return item_codes
+
+
+@contextlib.contextmanager
+def _threads_of_waiting_ranks(config):
+    """Rank 0 of a CPU run takes the threads of the ranks on its machine (``nproc``) while they wait,
+    up to the cores this process may use; its own count comes back afterwards."""
+    own = torch.get_num_threads()
+    if config["device"].type != "cpu":
+        yield
+        return
+    torch.set_num_threads(max(own, min(own * int(config["nproc"]), len(os.sched_getaffinity(0)))))
+    try:
+        yield
+    finally:
+        torch.set_num_threads(own)
 
 
 def build_model(config, train_dataset, item_codes=None):

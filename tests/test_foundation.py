@@ -439,9 +439,11 @@ def test_resume_across_devices(tiny_dataset, tmp_path):
 
 
 class _SlowTokenizer:
-    """A generator class whose tokenizer hook records who ran it and when (rank 0 takes a while)."""
+    """A generator class whose tokenizer hook records who ran it, when, and with how many threads (rank 0
+    takes longer than the process group's timeout)."""
 
     log = None
+    seconds = 0.0
 
     @classmethod
     def tokenize(cls, config, dataset):
@@ -449,28 +451,37 @@ class _SlowTokenizer:
 
         rank = torch.distributed.get_rank()
         if rank == 0:
-            time.sleep(1.0)
+            time.sleep(cls.seconds)
         with open(cls.log, "a") as f:
-            f.write(f"{rank}\n")
+            f.write(f"{rank}:{torch.get_num_threads()}\n")
         return rank
 
 
-def _tokenizer_stage_worker(rank, port, log):
-    torch.distributed.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=2)
+def _tokenizer_stage_worker(rank, port, log, seconds):
+    import datetime
+
+    # the default group times out before rank 0's tokenizer is done, as a real tokenizer outlasts the 30 minutes
+    torch.distributed.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=2,
+                                         timeout=datetime.timedelta(seconds=seconds / 3))
     try:
-        _SlowTokenizer.log = log
-        quick_start.tokenizer_stage(None, _SlowTokenizer, None)
+        torch.set_num_threads(1)
+        _SlowTokenizer.log, _SlowTokenizer.seconds = log, seconds
+        quick_start.tokenizer_stage({"device": torch.device("cpu"), "nproc": 2}, _SlowTokenizer, None)
+        assert torch.get_num_threads() == 1  # rank 0 gave the waiting rank's thread back
     finally:
         torch.distributed.destroy_process_group()
 
 
 def test_ddp_ranks_run_the_tokenizer_stage_after_rank_0(tmp_path):
-    """Under DDP rank 0 builds the codes while the other ranks wait at a barrier; they then call the hook,
-    which reads rank 0's cache (a second call with the same config reads the cache:
-    tests/test_tokenizer_pipeline.py)."""
+    """Under DDP rank 0 builds the codes while the other ranks wait, for longer than the process group's
+    timeout, and with their threads; they then call the hook, which reads rank 0's cache (a second call
+    with the same config reads the cache: tests/test_tokenizer_pipeline.py)."""
+    import os
+
     log = tmp_path / "calls.txt"
-    torch.multiprocessing.spawn(_tokenizer_stage_worker, args=(free_port(), str(log)), nprocs=2, join=True)
-    assert log.read_text().split() == ["0", "1"]  # rank 1 waited for rank 0's slow build
+    torch.multiprocessing.spawn(_tokenizer_stage_worker, args=(free_port(), str(log), 3.0), nprocs=2, join=True)
+    threads = min(2, len(os.sched_getaffinity(0)))
+    assert log.read_text().split() == [f"0:{threads}", "1:1"]  # rank 1 waited for rank 0's slow build
 
 
 def test_a_ddp_generator_run_builds_its_codes_once(tiny_dataset, tmp_path, monkeypatch, capfd):
