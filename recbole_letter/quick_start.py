@@ -264,9 +264,16 @@ def check_resume_from(config):
     check_resume_file(config, config["resume_from"], before_data=True)
 
 
+def _init_logger(config):
+    """RecBole's ``init_logger``, with ``./log/<model>/`` made first: RecBole checks, then creates it, and
+    DDP ranks starting together race there (``FileExistsError``)."""
+    os.makedirs(os.path.join("log", config["model"]), exist_ok=True)
+    init_logger(config)
+
+
 def _prepare_data(config):
     init_seed(config["seed"], config["reproducibility"])
-    init_logger(config)
+    _init_logger(config)
     full_dataset, train_data, valid_data, test_data = load_data(config)
     return config, full_dataset, train_data, valid_data, test_data
 
@@ -319,10 +326,8 @@ def _threads_of_waiting_ranks(config):
     """Rank 0 of a CPU run takes the threads of the ranks on its machine (``nproc``) while they wait,
     up to the cores this process may use; its own count comes back afterwards."""
     own = torch.get_num_threads()
-    if config["device"].type != "cpu":
-        yield
-        return
-    torch.set_num_threads(max(own, min(own * int(config["nproc"]), len(os.sched_getaffinity(0)))))
+    if config["device"].type == "cpu":
+        torch.set_num_threads(max(own, min(own * int(config["nproc"]), len(os.sched_getaffinity(0)))))
     try:
         yield
     finally:
@@ -465,12 +470,6 @@ def _run_single(model, dataset, config_files=None, config_dict=None, saved=True,
     return result
 
 
-def make_log_dir(model):
-    """``./log/<model>/`` made before ranks are spawned: RecBole's ``init_logger`` checks, then creates it,
-    and two ranks starting together race there (``FileExistsError``)."""
-    os.makedirs(os.path.join("log", canonical_name(model)), exist_ok=True)
-
-
 def free_port():
     """A TCP port free on this machine now, for a process group of one machine's processes."""
     with socket.socket() as sock:
@@ -523,7 +522,6 @@ def run(model, dataset, config_files=None, config_dict=None, saved=True, before_
     config_dict.setdefault("port", free_port() if config_dict["world_size"] == nproc else "29500")
     config_dict.setdefault("offset", 0)
     config_dict["nproc"] = nproc
-    make_log_dir(model)
     queue = mp.get_context("spawn").SimpleQueue()
     mp.spawn(
         _spawned_worker,
@@ -568,7 +566,6 @@ def evaluate_checkpoint(path, config_dict=None, splits=("valid", "test")):
         return _evaluate_checkpoint(path, config_dict, splits)
     if torch.cuda.is_available():
         raise ValueError("evaluating a checkpoint in several processes runs on a CPU machine; on a GPU, use nproc 1")
-    make_log_dir(load_checkpoint(path)["config"]["model"])
     port = str(config_dict.pop("port", None) or free_port())
     layout = {"nproc": nproc, "world_size": nproc, "ip": "127.0.0.1", "port": port, "offset": 0}
     queue = mp.get_context("spawn").SimpleQueue()
@@ -598,7 +595,7 @@ def _evaluate_checkpoint(path, config_dict, splits, layout=None):
     config.final_config_dict.update(layout or {})
     config._init_device()
     init_seed(config["seed"], config["reproducibility"])
-    init_logger(config)
+    _init_logger(config)
     full_dataset, train_data, valid_data, test_data = load_data(config)
     check_data_fingerprint(checkpoint.get("data"), data_fingerprint(config, full_dataset), path)
     model_class = get_model_class(config["model"])
