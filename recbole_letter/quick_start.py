@@ -10,7 +10,9 @@ import contextlib
 import datetime
 import functools
 import os
+import signal
 import socket
+import threading
 import time
 from logging import getLogger
 
@@ -477,7 +479,26 @@ def free_port():
         return str(sock.getsockname()[1])
 
 
-def _spawned_worker(rank, model, dataset, config_files, config_dict, saved, queue):
+def end_with_parent(parent_pid, interval=1.0):
+    """End this process soon after ``parent_pid``, the process that spawned it, is gone.
+
+    A signal to the parent of a DDP run alone (``kill <pid>``, ``timeout``, a scheduler that signals only
+    the main process; Ctrl-C reaches every process of the terminal's group) ends the parent, and its
+    spawned ranks would train on as orphans, writing the run's files, with nobody to read their result.
+    A daemon thread checks the parent every ``interval`` seconds; once it has changed, this process sends
+    itself SIGTERM (without a handler: ends at once; checkpoints are written atomically, so the last
+    complete one stays)."""
+
+    def watch():
+        while os.getppid() == parent_pid:
+            time.sleep(interval)
+        os.kill(os.getpid(), signal.SIGTERM)
+
+    threading.Thread(target=watch, name="end-with-parent", daemon=True).start()
+
+
+def _spawned_worker(rank, parent_pid, model, dataset, config_files, config_dict, saved, queue):
+    end_with_parent(parent_pid)
     _run_single(model, dataset, config_files, {**config_dict, "local_rank": rank}, saved, queue)
 
 
@@ -525,7 +546,7 @@ def run(model, dataset, config_files=None, config_dict=None, saved=True, before_
     queue = mp.get_context("spawn").SimpleQueue()
     mp.spawn(
         _spawned_worker,
-        args=(model, dataset, config_files, config_dict, saved, queue),
+        args=(os.getpid(), model, dataset, config_files, config_dict, saved, queue),
         nprocs=nproc,
         join=True,
     )
@@ -569,11 +590,12 @@ def evaluate_checkpoint(path, config_dict=None, splits=("valid", "test")):
     port = str(config_dict.pop("port", None) or free_port())
     layout = {"nproc": nproc, "world_size": nproc, "ip": "127.0.0.1", "port": port, "offset": 0}
     queue = mp.get_context("spawn").SimpleQueue()
-    mp.spawn(_evaluate_worker, args=(path, config_dict, splits, layout, queue), nprocs=nproc, join=True)
+    mp.spawn(_evaluate_worker, args=(os.getpid(), path, config_dict, splits, layout, queue), nprocs=nproc, join=True)
     return queue.get()
 
 
-def _evaluate_worker(rank, path, config_dict, splits, layout, queue):
+def _evaluate_worker(rank, parent_pid, path, config_dict, splits, layout, queue):
+    end_with_parent(parent_pid)
     result = _evaluate_checkpoint(path, config_dict, splits, layout={**layout, "local_rank": rank})
     if rank == 0:
         queue.put(result)

@@ -5,6 +5,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -314,6 +315,39 @@ def test_ddp_two_processes_on_cpu(tiny_dataset, monkeypatch):
     shared = quick_start.evaluate_checkpoint(result["checkpoint"], {"nproc": 2, "port": free_port()}, splits=("test",))
     assert shared["test_result"] == pytest.approx(again["test_result"], abs=2e-4)
     assert shared["processes"] == 2 and "best_valid_result" not in shared and shared["test_seconds"] > 0
+
+
+def test_ddp_ranks_end_with_the_process_that_spawned_them(tiny_dataset, tmp_path):
+    """SIGTERM to a DDP run's parent alone (``kill <pid>``, ``timeout``) ends its ranks too. torch's own guard
+    sends the ranks SIGINT when their parent dies, which a run started with SIGINT ignored (``nohup ... &``
+    from a script: a non-interactive shell's background job) never sees: its ranks trained on as orphans."""
+    psutil = pytest.importorskip("psutil")  # recbole, accelerate and peft require it
+    name, cfg = tiny_dataset
+    cfg = {**cfg, "embedding_size": 8, "nproc": 2, "port": free_port(), "epochs": 100000, "eval_step": 100000,
+           "checkpoint_dir": str(tmp_path / "saved")}
+    code = ("import signal; signal.signal(signal.SIGINT, signal.SIG_IGN)\n"  # inherited by the spawned ranks
+            f"from recbole_letter import quick_start; quick_start.run('BPR', {name!r}, config_dict={cfg!r})")
+    parent = subprocess.Popen([sys.executable, "-c", code], cwd=tmp_path,
+                              env={**os.environ, "CUDA_VISIBLE_DEVICES": ""})
+    ranks = []
+    try:
+        for _ in range(600):  # until both ranks train (their checkpoint of an epoch exists), <= 60 s
+            ranks = [p for p in psutil.Process(parent.pid).children() if "spawn_main" in " ".join(p.cmdline())]
+            if len(ranks) == 2 and list((tmp_path / "saved").glob("*-last.pth")):
+                break
+            assert parent.poll() is None, "the run ended before it was stopped"
+            time.sleep(0.1)
+        assert len(ranks) == 2
+        parent.terminate()
+        parent.wait(timeout=30)
+        gone, alive = psutil.wait_procs(ranks, timeout=15)  # each rank checks its parent every second
+        assert not alive, f"ranks still running after their parent ended: {[p.pid for p in alive]}"
+    finally:
+        for process in [parent, *ranks]:
+            try:
+                process.kill()
+            except (ProcessLookupError, psutil.NoSuchProcess):
+                pass
 
 
 def test_nproc_in_a_config_file_trains_with_ddp(tiny_dataset, tmp_path, monkeypatch):
