@@ -52,24 +52,29 @@ def beam_figures(model, test_data, seen, exclude, k=10):
     return in_seen / total, recall / users, ndcg / users, recall_dropped / users, ndcg_dropped / users
 
 
+def trained_model(path):
+    """``(checkpoint, config, (train_data, valid_data, test_data), model in eval mode)`` of a generator's
+    checkpoint, rebuilt as ``--checkpoint`` does: its stored config, its codes, no tokenizer run."""
+    checkpoint = quick_start.load_checkpoint(path)
+    config = quick_start.config_from_values(checkpoint["config"])
+    config.final_config_dict.pop("local_rank", None)
+    config["state"] = "WARNING"
+    config._init_device()
+    _, train_data, valid_data, test_data = quick_start.load_data(config)
+    model_class = quick_start.get_model_class(config["model"])
+    codes = model_class.codes_from_state_dict(checkpoint["state_dict"])
+    model = quick_start.build_model(config, train_data.dataset, codes)
+    model.load_state_dict(checkpoint["state_dict"])
+    return checkpoint, config, (train_data, valid_data, test_data), model.eval()
+
+
 def main():
     parser = argparse.ArgumentParser()
     parser.add_argument("--checkpoint", required=True)
     parser.add_argument("--threads", type=int, default=1)
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
-    # the checkpoint's own run, rebuilt as --checkpoint does (codes from the checkpoint, no tokenizer)
-    checkpoint = quick_start.load_checkpoint(args.checkpoint)
-    config = quick_start.config_from_values(checkpoint["config"])
-    config.final_config_dict.pop("local_rank", None)
-    config["state"] = "WARNING"
-    config._init_device()
-    _, train_data, _, test_data = quick_start.load_data(config)
-    model_class = quick_start.get_model_class(config["model"])
-    codes = model_class.codes_from_state_dict(checkpoint["state_dict"])
-    model = quick_start.build_model(config, train_data.dataset, codes)
-    model.load_state_dict(checkpoint["state_dict"])
-    model.eval()
+    checkpoint, config, (train_data, _, test_data), model = trained_model(args.checkpoint)
     seen = SeenItems(train_data.dataset)
     with torch.no_grad():
         as_decoded = beam_figures(model, test_data, seen, exclude=False)

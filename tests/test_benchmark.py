@@ -232,3 +232,38 @@ def test_train_loop_benchmark_runs_both_loops_to_the_same_weights(tiny_data_path
     assert float(losses.split("max |weight diff| ")[1]) <= n * (lr * float32_tolerance(1.0, 50, 48) + EPS32 * 5.0)
     assert sum(line.startswith("round ") for line in lines) == 4
     assert lines[-1].startswith("speedup: ") and float(lines[-1].split()[1]) > 0
+
+
+def test_checkpoint_scripts_agree_with_the_runs_own_evaluation(tiny_data_path, tmp_path):
+    """benchmarks/split_gap.py and benchmarks/seen_items.py on a tiny LETTER_TIGER checkpoint: their valid and
+    test Recall@10 / NDCG@10 are the run's own (RecBole's evaluation of the same weights), and split_gap's
+    groups by training count hold every user once."""
+    from test_tiger import _tiny_tiger_config
+
+    config_dict = {**_tiny_tiger_config(tiny_data_path, tmp_path), "epochs": 2, "state": "WARNING"}
+    result = quick_start.run("LETTER_TIGER", "ml-tiny", config_dict=config_dict)
+    valid, test = result["best_valid_result"], result["test_result"]
+    assert test["recall@10"] > 0  # a comparison with hits in it
+
+    def script(name):
+        proc = subprocess.run([sys.executable, str(REPO / "benchmarks" / name), f"--checkpoint={result['checkpoint']}",
+                               "--threads=1"], capture_output=True, text=True, timeout=300, cwd=tmp_path)
+        assert proc.returncode == 0, proc.stderr[-3000:]
+        return proc.stdout.splitlines()
+
+    def close(printed, value):  # both rounded to 4 decimals, one by round(), one by format()
+        return abs(float(printed) - value) <= 1.01e-4
+
+    lines = script("split_gap.py")
+    rows = {line.split()[0]: line.split() for line in lines if line.split()[:1] in (["train"], ["valid"], ["test"])}
+    assert set(rows) == {"train", "valid", "test"} and int(rows["train"][1]) == 150  # a row per user
+    for split, metrics in (("valid", valid), ("test", test)):
+        users, recall, ndcg = int(rows[split][1]), rows[split][2], rows[split][3]
+        assert users == 150 and close(recall, metrics["recall@10"]) and close(ndcg, metrics["ndcg@10"])
+    groups = lines[lines.index(next(line for line in lines if line.startswith("count"))) + 1:]
+    assert len(groups) == 6
+    for column in range(3):  # each split's shares of users add up to 1
+        shares = [float(line[9:].split()[3 * column]) for line in groups]
+        assert abs(sum(shares) - 1) < 4e-3  # 6 shares rounded to 3 decimals
+    ranked = next(line for line in script("seen_items.py") if line.startswith("seen items ranked"))
+    assert close(ranked.split()[-2], test["recall@10"]) and close(ranked.split()[-1], test["ndcg@10"])

@@ -33,7 +33,7 @@ def test_dropped_positions_are_independent_bernoulli_draws(draws):
     expected = torch.tensor([math.comb(12, k) * 0.3**k * 0.7 ** (12 - k) for k in range(13)]) * runs
     chi2 = ((counts - expected) ** 2 / expected)[:9].sum()  # counts 0-8 (enough expected per cell)
     assert chi2 < 27.9  # 9 cells: p = 0.001 under the binomial distribution
-    assert len(dropped_positions(0, 0.3)) == 0
+    assert len(dropped_positions(0, 0.3)) == 0 and len(dropped_positions(12, 0.0)) == 0
     assert abs(len(dropped_positions(10**6, 0.1)) - 10**5) < 1500  # 5 standard deviations
 
 

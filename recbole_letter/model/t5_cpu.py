@@ -48,7 +48,7 @@ def dropped_positions(n, p, draws=None):
     float64 rounding). ``draws`` (gaps per round) is for tests; by default one round almost always
     suffices (6 standard deviations above the expected count), and further rounds continue the sequence.
     """
-    if n == 0:
+    if n == 0 or p == 0:  # p = 0: every gap would be infinite (log(1 - p) = 0)
         return torch.empty(0, dtype=torch.long)
     log_keep = math.log1p(-p)
     rounds, end = [], 0  # end: the first position not decided yet
