@@ -9,9 +9,11 @@ itself is never imported (it imports ray, which needs numpy<2).
 import contextlib
 import datetime
 import functools
+import logging
 import os
 import signal
 import socket
+import sys
 import threading
 import time
 from logging import getLogger
@@ -318,8 +320,8 @@ def tokenizer_stage(config, model_class, train_dataset):
         with _threads_of_waiting_ranks(config):
             item_codes = model_class.tokenize(config, train_dataset)
         torch.distributed.barrier(group=waiting)
-    # the group stays until the run's teardown (destroy_process_group() ends every group): destroying it
-    # right after its barrier could fail a rank still leaving that barrier (pytorch/gloo#155)
+    # the group stays until the rank ends (_end_rank): destroying it right after its barrier could fail a
+    # rank still leaving that barrier (pytorch/gloo#155)
     return item_codes
 
 
@@ -463,10 +465,10 @@ def _run_single(model, dataset, config_files=None, config_dict=None, saved=True,
     logger.info(f"best valid: {result['best_valid_result']}")
     logger.info(f"test result: {result['test_result']}")
     if not config["single_spec"]:
-        # every rank done with its collectives before any tears down (a gloo rank that exits while its peer
-        # still talks to it can abort: "terminate called without an active exception", seen once in tests)
+        # every rank done with its collectives before any ends (a gloo rank that exits while its peer still
+        # talks to it can abort: "terminate called without an active exception", seen once in tests); the
+        # process group is not destroyed: the spawned rank ends without teardown (_end_rank)
         torch.distributed.barrier()
-        torch.distributed.destroy_process_group()
     if queue is not None and config["local_rank"] == 0:
         queue.put(result)
     return result
@@ -497,9 +499,26 @@ def end_with_parent(parent_pid, interval=1.0):
     threading.Thread(target=watch, name="end-with-parent", daemon=True).start()
 
 
+def _end_rank():
+    """End a spawned DDP rank whose work is done and whose result is queued, without tearing anything down.
+
+    Destroying a gloo process group can deadlock: the group's destructor joins its worker threads while
+    holding the GIL (when the DDP model's reducer holds the group's last reference and is freed from
+    Python), and a worker thread still releasing the last collective's work, whose tensors are Python
+    objects, waits for the GIL (seen once in the test suite: a rank hung in ``~ProcessGroupGloo``, its
+    parent waiting in ``mp.spawn`` until the test's timeout). The rank's files are complete (checkpoints
+    and curves are written atomically, the TensorBoard writer is closed); the logs are flushed here, and
+    the operating system ends the rest: exit status 0, as ``mp.spawn`` expects."""
+    logging.shutdown()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(0)
+
+
 def _spawned_worker(rank, parent_pid, model, dataset, config_files, config_dict, saved, queue):
     end_with_parent(parent_pid)
     _run_single(model, dataset, config_files, {**config_dict, "local_rank": rank}, saved, queue)
+    _end_rank()
 
 
 def run(model, dataset, config_files=None, config_dict=None, saved=True, before_fit=None):
@@ -599,6 +618,7 @@ def _evaluate_worker(rank, parent_pid, path, config_dict, splits, layout, queue)
     result = _evaluate_checkpoint(path, config_dict, splits, layout={**layout, "local_rank": rank})
     if rank == 0:
         queue.put(result)
+    _end_rank()
 
 
 def _evaluate_checkpoint(path, config_dict, splits, layout=None):
@@ -642,9 +662,8 @@ def _evaluate_checkpoint(path, config_dict, splits, layout=None):
             metrics = trainer.evaluate(data, model_file=path, show_progress=config["show_progress"])
             result[f"{split}_seconds"] = time.perf_counter() - start
             result["best_valid_result" if split == "valid" else "test_result"] = _as_floats(metrics)
-    if layout:  # every rank done with its collectives before any tears down (see _run_single)
+    if layout:  # every rank done with its collectives before any ends (see _run_single)
         torch.distributed.barrier()
-        torch.distributed.destroy_process_group()
     return result
 
 
