@@ -6,8 +6,10 @@ For a LETTER_TIGER / TIGER checkpoint, decodes (beam search, the run's beam) thr
 prints Recall@k / NDCG@k of each:
 
 1. ``train``: each user's last row of the training split (the history before the user's last training
-   item, which is the target): what the model fits on data it was trained on;
-2. ``valid`` and ``3. test``: RecBole's valid and test splits, as the run evaluated them.
+   item, which is the target): what the model fits on data it was trained on (no item excluded: under
+   ``exclude_seen_items`` the target is a seen item);
+2. ``valid`` and 3. ``test``: RecBole's valid and test splits, as the run evaluated them (seen items kept
+   out of the beam when the run had ``exclude_seen_items``).
 
 Then, per split, the users grouped by how often their target item is a target in the training split
 (its training count), with each group's share of users and Recall@k, and the mean training count of
@@ -31,7 +33,7 @@ COUNT_GROUPS = ((0, 0), (1, 2), (3, 5), (6, 10), (11, 25), (26, None))
 
 
 def last_training_rows(dataset, batch_size):
-    """Batches ``(item_seq, item_seq_len, target)`` of each user's last row of the training split."""
+    """Batches ``(item_seq, item_seq_len, target, None)`` of each user's last row of the training split."""
     inter = dataset.inter_feat
     users = inter[dataset.uid_field].numpy()
     # RecBole's sequential split lists a user's rows in time order: the last one's target is the user's
@@ -43,23 +45,27 @@ def last_training_rows(dataset, batch_size):
     targets = inter[dataset.iid_field][rows]
     for start in range(0, len(rows), batch_size):
         part = slice(start, start + batch_size)
-        yield item_seq[part], lengths[part], targets[part]
+        yield item_seq[part], lengths[part], targets[part], None
 
 
 def eval_rows(model, data):
-    """Batches ``(item_seq, item_seq_len, target)`` of a RecBole full-sort evaluation loader."""
+    """Batches ``(item_seq, item_seq_len, target, excluded)`` of a RecBole full-sort evaluation loader;
+    ``excluded`` is the seen-item mask the model decodes with under ``exclude_seen_items``, else ``None``."""
     for interaction, _, positive_u, positive_i in data:
         target = torch.zeros(len(interaction), dtype=torch.long)
         target[positive_u] = positive_i
-        yield interaction[model.ITEM_SEQ], interaction[model.ITEM_SEQ_LEN], target
+        item_seq = interaction[model.ITEM_SEQ]
+        seen = model.seen_items
+        excluded = None if seen is None else seen.mask(interaction[model.USER_ID], item_seq)
+        yield item_seq, interaction[model.ITEM_SEQ_LEN], target, excluded
 
 
 def decode(model, batches, k):
     """Per user: ``(rank of the target in the top k or -1, the target, the top-k item ids)``."""
     ranks, targets, top = [], [], []
     with torch.no_grad():
-        for item_seq, lengths, target in batches:
-            ids = model.generate_items(item_seq, lengths)[0][:, :k]
+        for item_seq, lengths, target, excluded in batches:
+            ids = model.generate_items(item_seq, lengths, excluded=excluded)[0][:, :k]
             hit = ids == target[:, None]
             ranks.append(torch.where(hit.any(1), hit.int().argmax(1), -1))
             targets.append(target)
@@ -87,13 +93,15 @@ def main():
     }
     print(f"checkpoint {args.checkpoint} (run {checkpoint['run_id']}), {config['dataset']}, beam {model.beam_size}")
     print(f"split    users   R@{k}    N@{k}   mean training count: targets, top-{k} items")
-    in_groups = {}
+    in_groups, users = {}, {}
     for name, batches in splits.items():
         ranks, targets, top = decode(model, batches, k)
         hit = ranks >= 0
         ndcg = np.where(hit, 1.0 / np.log2(np.maximum(ranks, 0) + 2.0), 0.0)
+        ranked = top[top > 0]  # 0: a beam left empty (fewer items than the beam could hold)
         print(f"{name:<6} {len(ranks):>7}  {hit.mean():.4f}  {ndcg.mean():.4f}  "
-              f"{counts[targets].mean():.1f}, {counts[top].mean():.1f}")
+              f"{counts[targets].mean():.1f}, {counts[ranked].mean():.1f}")
+        users[name] = len(ranks)
         count = counts[targets]
         in_groups[name] = [hit[(count >= low) & (count <= (np.inf if high is None else high))]
                            for low, high in COUNT_GROUPS]
@@ -103,9 +111,9 @@ def main():
         label = f"{low}+" if high is None else (f"{low}" if low == high else f"{low}-{high}")
         cells = []
         for name, groups in in_groups.items():
-            group, users = groups[index], sum(len(g) for g in groups)
+            group = groups[index]
             rate = f"{group.mean():.4f}" if len(group) else "-"
-            cells.append(f"{len(group) / users:.3f} / {rate}".ljust(18))
+            cells.append(f"{len(group) / users[name]:.3f} / {rate}".ljust(18))
         print(f"{label:<9}" + "".join(cells))
 
 

@@ -234,13 +234,15 @@ def test_train_loop_benchmark_runs_both_loops_to_the_same_weights(tiny_data_path
     assert lines[-1].startswith("speedup: ") and float(lines[-1].split()[1]) > 0
 
 
-def test_checkpoint_scripts_agree_with_the_runs_own_evaluation(tiny_data_path, tmp_path):
+@pytest.mark.parametrize("exclude_seen_items", [False, True])
+def test_checkpoint_scripts_agree_with_the_runs_own_evaluation(tiny_data_path, tmp_path, exclude_seen_items):
     """benchmarks/split_gap.py and benchmarks/seen_items.py on a tiny LETTER_TIGER checkpoint: their valid and
-    test Recall@10 / NDCG@10 are the run's own (RecBole's evaluation of the same weights), and split_gap's
-    groups by training count hold every user once."""
+    test Recall@10 / NDCG@10 are the run's own (RecBole's evaluation of the same weights, seen items ranked or
+    kept out of the beam as the run did), and split_gap's groups by training count hold every user once."""
     from test_tiger import _tiny_tiger_config
 
-    config_dict = {**_tiny_tiger_config(tiny_data_path, tmp_path), "epochs": 2, "state": "WARNING"}
+    config_dict = {**_tiny_tiger_config(tiny_data_path, tmp_path), "epochs": 2, "state": "WARNING",
+                   "exclude_seen_items": exclude_seen_items}
     result = quick_start.run("LETTER_TIGER", "ml-tiny", config_dict=config_dict)
     valid, test = result["best_valid_result"], result["test_result"]
     assert test["recall@10"] > 0  # a comparison with hits in it
@@ -265,5 +267,6 @@ def test_checkpoint_scripts_agree_with_the_runs_own_evaluation(tiny_data_path, t
     for column in range(3):  # each split's shares of users add up to 1
         shares = [float(line[9:].split()[3 * column]) for line in groups]
         assert abs(sum(shares) - 1) < 4e-3  # 6 shares rounded to 3 decimals
-    ranked = next(line for line in script("seen_items.py") if line.startswith("seen items ranked"))
+    rule = "exclude_seen_items" if exclude_seen_items else "seen items ranked"
+    ranked = next(line for line in script("seen_items.py") if line.startswith(rule))
     assert close(ranked.split()[-2], test["recall@10"]) and close(ranked.split()[-1], test["ndcg@10"])
