@@ -54,10 +54,7 @@ def eval_rows(model, data):
     for interaction, _, positive_u, positive_i in data:
         target = torch.zeros(len(interaction), dtype=torch.long)
         target[positive_u] = positive_i
-        item_seq = interaction[model.ITEM_SEQ]
-        seen = model.seen_items
-        excluded = None if seen is None else seen.mask(interaction[model.USER_ID], item_seq)
-        yield item_seq, interaction[model.ITEM_SEQ_LEN], target, excluded
+        yield interaction[model.ITEM_SEQ], interaction[model.ITEM_SEQ_LEN], target, model.excluded_items(interaction)
 
 
 def decode(model, batches, k):
@@ -99,10 +96,10 @@ def main():
         hit = ranks >= 0
         ndcg = np.where(hit, 1.0 / np.log2(np.maximum(ranks, 0) + 2.0), 0.0)
         ranked = top[top > 0]  # 0: a beam left empty (fewer items than the beam could hold)
-        print(f"{name:<6} {len(ranks):>7}  {hit.mean():.4f}  {ndcg.mean():.4f}  "
-              f"{counts[targets].mean():.1f}, {counts[ranked].mean():.1f}")
-        users[name] = len(ranks)
         count = counts[targets]
+        print(f"{name:<6} {len(ranks):>7}  {hit.mean():.4f}  {ndcg.mean():.4f}  "
+              f"{count.mean():.1f}, {counts[ranked].mean():.1f}")
+        users[name] = len(ranks)
         in_groups[name] = [hit[(count >= low) & (count <= (np.inf if high is None else high))]
                            for low, high in COUNT_GROUPS]
     print(f"by the target's training count: share of users / R@{k}")

@@ -227,10 +227,16 @@ class GenerativeRecommender(SequentialRecommender):
         restore = torch.argsort(order)
         return torch.cat(ids)[restore], torch.cat(scores)[restore]
 
+    def excluded_items(self, interaction):
+        """The items beam search keeps out for ``interaction``'s users under ``exclude_seen_items`` (their
+        training-split items and histories, ``[B, n_items]``), else ``None``."""
+        if self.seen_items is None:
+            return None
+        return self.seen_items.mask(interaction[self.USER_ID], interaction[self.ITEM_SEQ])
+
     def full_sort_predict(self, interaction):
-        item_seq = interaction[self.ITEM_SEQ]
-        excluded = None if self.seen_items is None else self.seen_items.mask(interaction[self.USER_ID], item_seq)
-        item_ids, beam_scores = self.generate_items(item_seq, interaction[self.ITEM_SEQ_LEN], excluded=excluded)
+        item_ids, beam_scores = self.generate_items(interaction[self.ITEM_SEQ], interaction[self.ITEM_SEQ_LEN],
+                                                    excluded=self.excluded_items(interaction))
         scores = torch.full((item_ids.shape[0], self.n_items), float("-inf"), device=item_ids.device)
         # unfilled beams carry item 0 with -inf: scattering them leaves the padding item at -inf
         return scores.scatter_(1, item_ids, beam_scores)
