@@ -35,6 +35,46 @@ def amp_dtype(config):
     return torch_dtype(config["amp_dtype"] or "bfloat16", "amp_dtype", AMP_DTYPES)  # ~ = bfloat16 (config_check allows it)
 
 
+def native_autocast(device_type, dtype):
+    """Whether ``device_type`` multiplies ``dtype`` matrices in hardware, the only case where autocasting to
+    it pays off over float32: on a CPU, bfloat16 needs avx512_bf16 or AMX and float16 AMX-FP16 (elsewhere
+    oneDNN emulates them, many times slower than float32: docs/results.md, "CPU recipe"); on CUDA, bfloat16
+    needs compute capability 8.0 or newer."""
+    if device_type == "cuda":
+        return dtype == torch.float16 or torch.cuda.is_bf16_supported(including_emulation=False)
+    if device_type == "cpu":
+        if dtype == torch.bfloat16:
+            return torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported()
+        return torch.cpu._is_amx_fp16_supported()
+    return False
+
+
+def settle_enable_amp(config):
+    """Turn ``enable_amp: auto`` into True where the device runs ``amp_dtype`` natively
+    (:func:`native_autocast`) and False elsewhere, in ``config``; returns ``(level, line)`` for the log, or
+    ``None`` when there is nothing to say. ``enable_amp: True`` on a device that would emulate the dtype
+    stays True (the user asked for it) with a warning."""
+    requested, dtype, device = config["enable_amp"], amp_dtype(config), config["device"].type
+    name = {"cpu": "CPU", "cuda": "GPU"}.get(device, device)
+    if requested != "auto" and not requested:
+        return None
+    dtype_name = str(dtype).removeprefix("torch.")
+    needs = {"cpu": "avx512_bf16 or AMX" if dtype == torch.bfloat16 else "AMX-FP16",
+             "cuda": "compute capability 8.0"}.get(device, "hardware support")
+    native = native_autocast(device, dtype)
+    if requested == "auto":
+        config["enable_amp"] = native
+        if native:
+            return "info", f"enable_amp: auto -> True: autocast to {dtype_name}, which this {name} computes natively"
+        return "info", (f"enable_amp: auto -> False: this {name} has no {dtype_name} matrix instructions "
+                        f"({needs}), so autocast would be slower than float32; running in float32")
+    if native:
+        return None
+    return "warning", (f"enable_amp: True autocasts to {dtype_name}, which this {name} lacks matrix instructions "
+                       f"for ({needs}): its matmuls are emulated, many times slower than float32 "
+                       f"(--enable_amp=auto autocasts only where the device computes {dtype_name} natively)")
+
+
 # ---- code tokens: level l's code c is named <{a+l}_{c}> (the LETTER / LC-Rec releases' layout) ----
 LEVEL_LETTERS = string.ascii_lowercase
 CODE_TOKEN = re.compile(r"<([a-z])_(\d+)>")  # group 1: the level's letter, group 2: the code

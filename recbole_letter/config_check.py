@@ -157,7 +157,8 @@ EXTRA_KEYS = {
     "training_neg_sample_num": None, "verbose": "bool", "encoding": "str", "tail_ratio": "float",
     "text_fields": "list or None", "run_id": "str or None",
 }
-# Types for keys whose default is ~ with no annotation in the YAML files.
+# Types for keys whose default is ~ with no annotation in the YAML files, or that take more than their
+# default's type (enable_amp: RecBole's bool, or auto).
 TYPE_HINTS = {
     "text_encoder_device": "str or None", "cf_emb_file": "str or None", "item_codes_file": "str or None",
     "resume_from": "str or None", "lr_scheduler": "str or None", "train_batches_per_epoch": "int or None",
@@ -165,6 +166,7 @@ TYPE_HINTS = {
     "llm_dtype": "str or None", "state": "str or None", "gpu_id": "str or int or tuple",
     "metrics": "list or str", "load_col": "dict or None", "train_neg_sample_args": "dict or None",
     "user_inter_num_interval": "str or None", "item_inter_num_interval": "str or None",
+    "enable_amp": "bool or str",
 }
 _WORDS = {"int": "int", "integer": "int", "float": "float", "str": "str", "string": "str", "bool": "bool",
           "list": "list", "dict": "dict", "none": "none", "tuple": "tuple"}
@@ -338,6 +340,7 @@ RULES = {
     "topk": _list_of_positive_ints,
     "tokenizer_encoder_layers": _list_of_positive_ints,
     "amp_dtype": _one_of("bfloat16", "float16", None),
+    "enable_amp": _rule(lambda v: v in (0, 1) or v == "auto", "True, False or auto"),
     "text_encoder_dtype": _one_of("float32", "float16", "bfloat16"),
     "llm_dtype": _one_of("float32", "bfloat16", "float16", None),
     "cf_loss_type": _one_of("CE", "BCE", "BPR", case=False),

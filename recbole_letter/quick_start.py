@@ -28,7 +28,7 @@ from recbole.utils import EvaluatorType, InputType, ModelType, get_trainer, init
 
 import recbole_letter  # noqa: F401  (applies the compatibility fixes)
 from recbole_letter import compat, config_check, plan
-from recbole_letter.common import PROPERTIES_DIR
+from recbole_letter.common import PROPERTIES_DIR, settle_enable_amp
 from recbole_letter.data import filter_report
 from recbole_letter.data.atomic_check import check_atomic_files_rows
 from recbole_letter.model import PROPERTY_BASE, canonical_name, get_model_class, is_generative
@@ -50,7 +50,12 @@ class LetterConfig(Config):
     * ``config_dict`` is taken as given: RecBole would ``eval`` its strings (``build_config`` has parsed
       them as literals already).
     * DDP without a GPU uses the gloo backend on CPU (RecBole hard-codes nccl + cuda).
+
+    ``amp_note`` holds what :func:`~recbole_letter.common.settle_enable_amp` decided (logged once the logger
+    is up).
     """
+
+    amp_note = None
 
     def _load_cmd_line(self):
         return {}
@@ -164,6 +169,7 @@ def build_config(model, dataset, config_files=None, config_dict=None):
     config_check.check_dataset(config["dataset"], config["data_path"])
     config_check.check_final(config, model)
     check_atomic_files(config)
+    config.amp_note = settle_enable_amp(config)  # enable_amp: auto -> True / False for this device
     # one id per run, set before init_logger hashes the config into the log file's name (so two runs started
     # in the same second log apart too); it names the checkpoints and the result rows
     config["run_id"] = new_run_id(config["model"], config["dataset"])
@@ -270,9 +276,12 @@ def check_resume_from(config):
 
 def _init_logger(config):
     """RecBole's ``init_logger``, with ``./log/<model>/`` made first: RecBole checks, then creates it, and
-    DDP ranks starting together race there (``FileExistsError``)."""
+    DDP ranks starting together race there (``FileExistsError``). Then logs the config's ``amp_note``."""
     os.makedirs(os.path.join("log", config["model"]), exist_ok=True)
     init_logger(config)
+    if config.amp_note:
+        level, line = config.amp_note
+        getattr(getLogger(), level)(line)
 
 
 def _prepare_data(config):
@@ -636,6 +645,7 @@ def _evaluate_checkpoint(path, config_dict, splits, layout=None):
     config.final_config_dict.pop("local_rank", None)
     config.final_config_dict.update(layout or {})
     config._init_device()
+    config.amp_note = settle_enable_amp(config)  # the run's enable_amp on this machine's device
     init_seed(config["seed"], config["reproducibility"])
     _init_logger(config)
     full_dataset, train_data, valid_data, test_data = load_data(config)

@@ -79,7 +79,8 @@ def _bad_yaml(tmp_path, text):
 # (argv, the one line on stderr: a substring of it). One case per class of mistake.
 CASES = [
     (["--epochs=abc"], "error: epochs='abc': expected an integer"),
-    (["--enable_amp=yes"], "error: enable_amp='yes': expected a boolean (True or False)"),
+    (["--show_progress=yes"], "error: show_progress='yes': expected a boolean (True or False)"),
+    (["--enable_amp=yes"], "error: enable_amp='yes': expected True, False or auto"),
     (["--train_batch_size=0"], "error: train_batch_size=0: expected an integer >= 1"),
     (["--learning_rate=-0.1"], "error: learning_rate=-0.1: expected a number > 0"),
     (["--dropout_prob=1.5"], "error: dropout_prob=1.5: expected a number in [0, 1)"),

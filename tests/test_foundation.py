@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from recbole_letter import quick_start
+from recbole_letter import common, quick_start
 from recbole_letter.learning_curve import read_curve
 from recbole_letter.quick_start import free_port
 from recbole_letter.model import get_model_class
@@ -32,6 +32,37 @@ def test_layering_order(tiny_dataset, tmp_path):
     assert config["train_neg_sample_args"]["distribution"] == "none"  # model/SASRec.yaml
     assert config["stopping_step"] == 3  # user file over overall.yaml
     assert config["learning_rate"] == 0.25  # command line over user file
+
+
+@pytest.mark.parametrize("requested,native,settled,level", [
+    ("auto", True, True, "INFO"), ("auto", False, False, "INFO"),  # auto: autocast only where it is native
+    (True, False, True, "WARNING"),  # asked for on a device that emulates the dtype: kept, with a warning
+    (True, True, True, None), (False, False, False, None),
+])
+def test_enable_amp_auto_autocasts_only_where_the_device_computes_the_dtype(
+        tiny_dataset, monkeypatch, caplog, requested, native, settled, level):
+    name, cfg = tiny_dataset
+    asked = []
+    monkeypatch.setattr(common, "native_autocast", lambda device, dtype: asked.append((device, dtype)) or native)
+    config = quick_start.build_config("LETTER_TIGER", name, None, {**cfg, "enable_amp": requested, "state": "INFO"})
+    assert config["enable_amp"] is settled  # what the trainer, the model's decoding and the plan read
+    assert asked == ([("cpu", torch.bfloat16)] if requested else [])
+    caplog.set_level("INFO")
+    quick_start._init_logger(config)
+    notes = [r for r in caplog.records if r.getMessage().startswith("enable_amp:")]
+    assert [r.levelname for r in notes] == ([level] if level else [])
+    if requested == "auto":
+        assert notes[0].getMessage().startswith(f"enable_amp: auto -> {settled}")
+
+
+def test_native_autocast_follows_the_cpus_flags():
+    cpuinfo = Path("/proc/cpuinfo")
+    if not cpuinfo.is_file():
+        pytest.skip("no /proc/cpuinfo to read the CPU's flags from")
+    flags = {flag for line in cpuinfo.read_text().splitlines() if line.startswith("flags")
+             for flag in line.split(":", 1)[1].split()}
+    assert common.native_autocast("cpu", torch.bfloat16) == bool({"avx512_bf16", "amx_tile"} & flags)
+    assert common.native_autocast("cpu", torch.float16) == ("amx_fp16" in flags)
 
 
 def test_property_files_order():

@@ -19,7 +19,7 @@ from recbole_letter.generation import (
     t5_cache_step_fn,
 )
 from recbole_letter.generation.t5_decoder import encode, encode_by_length
-from numerics import EPS32, assert_as_accurate_as, float32_tolerance, max_error
+from numerics import EPS32, assert_as_accurate_as, assert_as_close_as, float32_tolerance, max_error
 from test_generation import random_codes
 
 SIZES = [4, 5, 3]
@@ -407,39 +407,44 @@ def test_trainer_runs_a_backward_pass_per_length_bucket_with_one_pass_s_result(t
     monkeypatch.setattr(torch.Tensor, "backward", counted_backward)
     # fit's cosine schedule has taken the learning rate to 0: steps at the configured rate, so the weights
     # move (by ~0.16 over the epoch); the optimiser's state is loaded from copies (load_state_dict keeps
-    # the tensors it is given, and Adam updates them in place)
+    # the tensors it is given, and Adam updates them in place, casting them to the weights' dtype)
     monkeypatch.setattr(trainer, "scheduler", types.SimpleNamespace(step=lambda: None))
     results = {}
     try:
-        for name, loss_func in (("per bucket", None), ("one pass", model.calculate_loss)):
-            model.load_state_dict(start[0])
+        runs = (("per bucket", None, torch.float32), ("one pass", model.calculate_loss, torch.float32),
+                ("exact", model.calculate_loss, torch.float64))
+        for name, loss_func, dtype in runs:
+            model.to(dtype).load_state_dict(start[0])
             trainer.optimizer.load_state_dict(copy.deepcopy(start[1]))
             for group in trainer.optimizer.param_groups:
                 group["lr"] = config["learning_rate"]
             model.length_buckets = 3
-            torch.manual_seed(0)  # the same dropout masks: both run the buckets' forwards in the same order
+            torch.manual_seed(0)  # the same dropout masks (drawn in float64 whatever the dtype): the same forwards
             passes.clear()
             loss = trainer._train_batches(batches, 0, loss_func=loss_func)
             results[name] = loss, len(passes), copy.deepcopy(model.state_dict())
     finally:
-        model.load_state_dict(start[0])
+        model.float().load_state_dict(start[0])
         trainer.optimizer.load_state_dict(copy.deepcopy(start[1]))
         model.length_buckets = start[2]
     assert results["per bucket"][1] == 3 * len(batches) and results["one pass"][1] == len(batches)
-    # the same forwards; the backward passes sum the buckets' gradients in another order, so every step's
-    # gradient differs within the float32 bound of a gradient, relative to its size, and Adam's update (lr
-    # times a normalised gradient of size <= ~1) by lr times that; and the weight's own rounding (eps32 |w|)
-    # per step. Over n steps (no amplification at this rate: measured 2.4e-7, the bound ~8e-6)
-    n, lr = len(batches), config["learning_rate"]
-    for key, value in results["one pass"][2].items():
-        if value.is_floating_point():
-            tolerance = n * (lr * float32_tolerance(1.0, TINY_REDUCTION, 2 * TINY_STEPS) + EPS32 * value.abs().max().item())
-            torch.testing.assert_close(results["per bucket"][2][key], value, rtol=0, atol=tolerance)
+    # the same forwards; the backward passes sum the buckets' gradients in another order. Adam divides each
+    # gradient by its own running size, so an element whose gradient is small next to the terms it sums
+    # moves by a rounding that can be ~1 of its step, and the steps feed back through the weights: no fixed
+    # bound holds on every CPU (docs/reliability.md). So both float32 runs are compared with the float64 run
+    # of the same steps: the per-bucket weights are as accurate as the one-pass weights, tensor by tensor
+    # (one part's gradient scaled by 1.01 is off by ~400x that)
+    for key, exact in results["exact"][2].items():
+        per_bucket, one_pass = results["per bucket"][2][key], results["one pass"][2][key]
+        if exact.is_floating_point():
+            assert per_bucket.dtype == one_pass.dtype == torch.float32
+            assert_as_accurate_as(per_bucket, one_pass, exact, key)
         else:
-            assert torch.equal(results["per bucket"][2][key], value)
-    # the epoch's loss: a sum of n losses of weights that agree as above (measured <= 1e-6 of ~55)
-    assert abs(results["per bucket"][0] - results["one pass"][0]) <= float32_tolerance(
-        results["one pass"][0], TINY_REDUCTION, n * TINY_STEPS)
+            assert torch.equal(per_bucket, exact) and torch.equal(one_pass, exact)
+    exact_loss = torch.tensor(results["exact"][0], dtype=torch.float64)
+    per_bucket_loss, one_pass_loss = (torch.tensor(results[run][0], dtype=torch.float64) for run in ("per bucket", "one pass"))
+    assert_as_close_as(per_bucket_loss, one_pass_loss, exact_loss, "epoch loss",
+                       floor=float32_tolerance(exact_loss, TINY_REDUCTION, len(batches) * TINY_STEPS, k=0.5))
 
 
 def test_default_length_buckets_by_device(trained_tiger):

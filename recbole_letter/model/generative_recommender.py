@@ -190,13 +190,15 @@ class GenerativeRecommender(SequentialRecommender):
 
     def ranking_loss(self, logits, targets, reduction="mean"):
         """Cross-entropy of ``logits / tau`` over the whole vocabulary (``pad`` targets ignored)."""
-        return F.cross_entropy((logits.float() / self.tau).flatten(0, 1), targets.flatten(),
+        logits = logits.to(torch.promote_types(logits.dtype, torch.float32))  # autocast's half types up, float64 kept
+        return F.cross_entropy((logits / self.tau).flatten(0, 1), targets.flatten(),
                                ignore_index=self.pad_token_id, reduction=reduction)
 
     def sequence_log_likelihood(self, item_seq, item_seq_len, items):
         """``log p(item's tokens | history)`` for one item per user: ``[B]``; same scale as beam scores."""
         targets = self.item_code_tokens[items]  # [B, T]
-        log_probs = F.log_softmax(self.code_logits(item_seq, item_seq_len, targets).float(), dim=-1)
+        logits = self.code_logits(item_seq, item_seq_len, targets)
+        log_probs = F.log_softmax(logits.to(torch.promote_types(logits.dtype, torch.float32)), dim=-1)
         token_log_prob = log_probs.gather(2, targets.unsqueeze(2)).squeeze(2)  # [B, T]
         counted = targets != self.pad_token_id
         return (token_log_prob * counted).sum(dim=1)
