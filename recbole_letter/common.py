@@ -38,8 +38,8 @@ def amp_dtype(config):
 def native_autocast(device_type, dtype):
     """Whether ``device_type`` multiplies ``dtype`` matrices in hardware, the only case where autocasting to
     it pays off over float32: on a CPU, bfloat16 needs avx512_bf16 or AMX and float16 AMX-FP16 (elsewhere
-    oneDNN emulates them, many times slower than float32: docs/generation.md, "Mixed precision"); on CUDA, bfloat16
-    needs compute capability 8.0 or newer."""
+    oneDNN emulates them, many times slower than float32: docs/generation.md, "Mixed precision"); on CUDA,
+    bfloat16 needs compute capability 8.0 or newer."""
     if device_type == "cuda":
         return dtype == torch.float16 or torch.cuda.is_bf16_supported(including_emulation=False)
     if device_type == "cpu":

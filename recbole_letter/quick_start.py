@@ -421,6 +421,9 @@ def _run_single(model, dataset, config_files=None, config_dict=None, saved=True,
     check_resume_from(config)
     config, full_dataset, train_data, valid_data, test_data = _prepare_data(config)
     logger = getLogger()
+    if not config["single_spec"]:
+        logger.info(f"DDP: {config['nproc']} processes here, {torch.get_num_threads()} torch threads each "
+                    f"(OMP_NUM_THREADS={os.environ.get('OMP_NUM_THREADS') or 'unset: the cores shared out'})")
     show_plan(config, full_dataset, train_data, valid_data, test_data)
     if config["tokenize_only"] and is_generative(model):
         report = tokenize_only(config, train_data.dataset, eval_data=valid_data)
@@ -524,8 +527,18 @@ def _end_rank():
     os._exit(0)
 
 
+def share_cores(nproc):
+    """Set this rank's torch threads to its share of the cores this process may use (at least 1), unless
+    ``OMP_NUM_THREADS`` says otherwise. Each rank would otherwise take every core: ``nproc`` ranks of that many
+    threads each on the same cores wait for one another at every parallel region (a tiny LETTER-TIGER's
+    2-rank epoch took 8x longer on 2 cores; docs/reliability.md)."""
+    if not os.environ.get("OMP_NUM_THREADS"):
+        torch.set_num_threads(max(1, len(os.sched_getaffinity(0)) // int(nproc)))
+
+
 def _spawned_worker(rank, parent_pid, model, dataset, config_files, config_dict, saved, queue):
     end_with_parent(parent_pid)
+    share_cores(config_dict["nproc"])
     _run_single(model, dataset, config_files, {**config_dict, "local_rank": rank}, saved, queue)
     _end_rank()
 
@@ -624,6 +637,7 @@ def evaluate_checkpoint(path, config_dict=None, splits=("valid", "test")):
 
 def _evaluate_worker(rank, parent_pid, path, config_dict, splits, layout, queue):
     end_with_parent(parent_pid)
+    share_cores(layout["nproc"])
     result = _evaluate_checkpoint(path, config_dict, splits, layout={**layout, "local_rank": rank})
     if rank == 0:
         queue.put(result)

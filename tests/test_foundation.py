@@ -552,6 +552,23 @@ def test_ddp_ranks_run_the_tokenizer_stage_after_rank_0(tmp_path):
     assert log.read_text().split() == [f"0:{threads}", "1:1"]  # rank 1 waited for rank 0's slow build
 
 
+@pytest.mark.parametrize("omp,cores,nproc,threads", [
+    (None, 2, 2, 1), (None, 16, 2, 8), (None, 3, 2, 1), (None, 1, 4, 1), ("3", 16, 2, None),
+])
+def test_ddp_ranks_share_the_cores_unless_omp_num_threads_is_set(monkeypatch, omp, cores, nproc, threads):
+    before = torch.get_num_threads()
+    if omp is None:
+        monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    else:
+        monkeypatch.setenv("OMP_NUM_THREADS", omp)
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: set(range(cores)))
+    try:
+        quick_start.share_cores(nproc)
+        assert torch.get_num_threads() == (threads or before)  # OMP_NUM_THREADS set: left as torch read it
+    finally:
+        torch.set_num_threads(before)
+
+
 def test_a_ddp_generator_run_builds_its_codes_once(tiny_dataset, tmp_path, monkeypatch, capfd):
     """The whole pipeline under DDP: rank 0's log says it built the codes; the run ends on both ranks."""
     from recbole_letter.benchmark import QUICK_OVERRIDES
@@ -563,6 +580,9 @@ def test_a_ddp_generator_run_builds_its_codes_once(tiny_dataset, tmp_path, monke
     result = quick_start.run("LETTER_TIGER", name, config_dict=cfg)
     printed = capfd.readouterr()
     assert (printed.out + printed.err).count("item codes built") == 1  # rank 1 logs errors only
+    # each rank took its share of the cores (quick_start.share_cores), not all of them
+    threads = os.environ.get("OMP_NUM_THREADS") or max(1, len(os.sched_getaffinity(0)) // 2)
+    assert f"DDP: 2 processes here, {threads} torch threads each" in printed.out + printed.err
     assert set(result["test_result"]) == {"recall@5", "recall@10", "ndcg@5", "ndcg@10"}
 
 
