@@ -35,32 +35,43 @@ def amp_dtype(config):
     return torch_dtype(config["amp_dtype"] or "bfloat16", "amp_dtype", AMP_DTYPES)  # ~ = bfloat16 (config_check allows it)
 
 
+# what a device needs to multiply amp_dtype matrices in hardware, by device type and dtype
+NATIVE_AUTOCAST_NEEDS = {("cpu", torch.bfloat16): "avx512_bf16 or AMX", ("cpu", torch.float16): "AMX-FP16",
+                         ("cuda", torch.bfloat16): "compute capability 8.0"}
+
+
+def _cpu_has(name):
+    """``torch.cpu._is_<name>_supported()`` (a private torch API: False where this torch lacks it)."""
+    return bool(getattr(torch.cpu, f"_is_{name}_supported", lambda: False)())
+
+
 def native_autocast(device_type, dtype):
-    """Whether ``device_type`` multiplies ``dtype`` matrices in hardware, the only case where autocasting to
-    it pays off over float32: on a CPU, bfloat16 needs avx512_bf16 or AMX and float16 AMX-FP16 (elsewhere
-    oneDNN emulates them, many times slower than float32: docs/generation.md, "Mixed precision"); on CUDA,
-    bfloat16 needs compute capability 8.0 or newer."""
+    """Whether ``device_type`` multiplies ``dtype`` matrices in hardware (:data:`NATIVE_AUTOCAST_NEEDS`), the
+    case where autocasting to it can pay off over float32. Elsewhere it is emulated: on an x86 CPU without
+    avx512_bf16 or AMX, oneDNN's bfloat16 made a training step many times slower than float32
+    (docs/generation.md, "Mixed precision"). Not recognised here, so False: ARM CPUs' bfloat16 instructions."""
     if device_type == "cuda":
         return dtype == torch.float16 or torch.cuda.is_bf16_supported(including_emulation=False)
     if device_type == "cpu":
         if dtype == torch.bfloat16:
-            return torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported()
-        return torch.cpu._is_amx_fp16_supported()
+            return _cpu_has("avx512_bf16") or _cpu_has("amx_tile")
+        return _cpu_has("amx_fp16")
     return False
 
 
 def settle_enable_amp(config):
-    """Turn ``enable_amp: auto`` into True where the device runs ``amp_dtype`` natively
-    (:func:`native_autocast`) and False elsewhere, in ``config``; returns ``(level, line)`` for the log, or
-    ``None`` when there is nothing to say. ``enable_amp: True`` on a device that would emulate the dtype
-    stays True (the user asked for it) with a warning."""
+    """Turn ``enable_amp`` into the bool RecBole's trainer and the models read: ``auto`` -> True where the
+    device computes ``amp_dtype`` natively (:func:`native_autocast`), False elsewhere; True / False (or 1 / 0)
+    as given. Returns ``(level, line)`` for the log, or ``None`` when there is nothing to say: ``True`` on a
+    device that would emulate the dtype stays True (the user asked for it), with a warning."""
     requested, dtype, device = config["enable_amp"], amp_dtype(config), config["device"].type
+    if requested != "auto":
+        config["enable_amp"] = bool(requested)
+        if not requested:
+            return None
     name = {"cpu": "CPU", "cuda": "GPU"}.get(device, device)
-    if requested != "auto" and not requested:
-        return None
     dtype_name = str(dtype).removeprefix("torch.")
-    needs = {"cpu": "avx512_bf16 or AMX" if dtype == torch.bfloat16 else "AMX-FP16",
-             "cuda": "compute capability 8.0"}.get(device, "hardware support")
+    needs = NATIVE_AUTOCAST_NEEDS.get((device, dtype), "hardware support")
     native = native_autocast(device, dtype)
     if requested == "auto":
         config["enable_amp"] = native
@@ -70,9 +81,9 @@ def settle_enable_amp(config):
                         f"({needs}), so autocast would be slower than float32; running in float32")
     if native:
         return None
-    return "warning", (f"enable_amp: True autocasts to {dtype_name}, which this {name} lacks matrix instructions "
-                       f"for ({needs}): its matmuls are emulated, many times slower than float32 "
-                       f"(--enable_amp=auto autocasts only where the device computes {dtype_name} natively)")
+    return "warning", (f"enable_amp: True, but this {name} has no {dtype_name} matrix instructions ({needs}): "
+                       f"autocast emulates them, many times slower than float32 (--enable_amp=auto autocasts "
+                       f"only where the device has them)")
 
 
 # ---- code tokens: level l's code c is named <{a+l}_{c}> (the LETTER / LC-Rec releases' layout) ----

@@ -51,10 +51,12 @@ class LetterConfig(Config):
       them as literals already).
     * DDP without a GPU uses the gloo backend on CPU (RecBole hard-codes nccl + cuda).
 
-    ``amp_note`` holds what :func:`~recbole_letter.common.settle_enable_amp` decided (logged once the logger
-    is up).
+    ``amp_requested`` holds ``enable_amp`` as the user gave it (``auto`` included; every checkpoint's header
+    records it, so a resumed or evaluated ``auto`` run settles again on its new machine), and ``amp_note``
+    what :func:`~recbole_letter.common.settle_enable_amp` made of it (logged once the logger is up).
     """
 
+    amp_requested = None
     amp_note = None
 
     def _load_cmd_line(self):
@@ -169,6 +171,7 @@ def build_config(model, dataset, config_files=None, config_dict=None):
     config_check.check_dataset(config["dataset"], config["data_path"])
     config_check.check_final(config, model)
     check_atomic_files(config)
+    config.amp_requested = config["enable_amp"]
     config.amp_note = settle_enable_amp(config)  # enable_amp: auto -> True / False for this device
     # one id per run, set before init_logger hashes the config into the log file's name (so two runs started
     # in the same second log apart too); it names the checkpoints and the result rows
@@ -340,7 +343,7 @@ def _threads_of_waiting_ranks(config):
     up to the cores this process may use; its own count comes back afterwards."""
     own = torch.get_num_threads()
     if config["device"].type == "cpu":
-        torch.set_num_threads(max(own, min(own * int(config["nproc"]), len(os.sched_getaffinity(0)))))
+        torch.set_num_threads(max(own, min(own * int(config["nproc"]), usable_cores())))
     try:
         yield
     finally:
@@ -421,9 +424,7 @@ def _run_single(model, dataset, config_files=None, config_dict=None, saved=True,
     check_resume_from(config)
     config, full_dataset, train_data, valid_data, test_data = _prepare_data(config)
     logger = getLogger()
-    if not config["single_spec"]:
-        logger.info(f"DDP: {config['nproc']} processes here, {torch.get_num_threads()} torch threads each "
-                    f"(OMP_NUM_THREADS={os.environ.get('OMP_NUM_THREADS') or 'unset: the cores shared out'})")
+    _log_process_layout(config)
     show_plan(config, full_dataset, train_data, valid_data, test_data)
     if config["tokenize_only"] and is_generative(model):
         report = tokenize_only(config, train_data.dataset, eval_data=valid_data)
@@ -527,13 +528,31 @@ def _end_rank():
     os._exit(0)
 
 
+THREAD_VARIABLES = ("OMP_NUM_THREADS", "MKL_NUM_THREADS")  # where a user sets torch's thread count
+
+
+def usable_cores():
+    """The logical CPUs this process may run on (``os.cpu_count()`` where the OS cannot say)."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+
+
 def share_cores(nproc):
-    """Set this rank's torch threads to its share of the cores this process may use (at least 1), unless
-    ``OMP_NUM_THREADS`` says otherwise. Each rank would otherwise take every core: ``nproc`` ranks of that many
-    threads each on the same cores wait for one another at every parallel region (a tiny LETTER-TIGER's
-    2-rank epoch took 8x longer on 2 cores; docs/reliability.md)."""
-    if not os.environ.get("OMP_NUM_THREADS"):
-        torch.set_num_threads(max(1, len(os.sched_getaffinity(0)) // int(nproc)))
+    """Give this rank its share (at least 1) of the threads torch would use, bounded by the CPUs this process
+    may run on, when ``nproc`` ranks share a machine and no ``THREAD_VARIABLES`` is set. Otherwise each rank
+    takes every core, and ``nproc`` ranks of that many threads wait for one another at every parallel region
+    (docs/reliability.md, "Runs, checkpoints and writes")."""
+    if int(nproc) > 1 and not any(os.environ.get(name) for name in THREAD_VARIABLES):
+        torch.set_num_threads(max(1, min(torch.get_num_threads(), usable_cores()) // int(nproc)))
+
+
+def _log_process_layout(config):
+    """Rank 0's log line of a DDP run: processes on this machine and threads of each."""
+    if config["single_spec"]:
+        return
+    threads = torch.get_num_threads()
+    given = [f"{name}={os.environ[name]}" for name in THREAD_VARIABLES if os.environ.get(name)]
+    getLogger().info(f"DDP: {config['nproc']} processes here, {threads} torch thread{'s' * (threads != 1)} each "
+                     f"({', '.join(given) or 'the cores shared out'})")
 
 
 def _spawned_worker(rank, parent_pid, model, dataset, config_files, config_dict, saved, queue):
@@ -659,9 +678,14 @@ def _evaluate_checkpoint(path, config_dict, splits, layout=None):
     config.final_config_dict.pop("local_rank", None)
     config.final_config_dict.update(layout or {})
     config._init_device()
-    config.amp_note = settle_enable_amp(config)  # the run's enable_amp on this machine's device
+    # the run's enable_amp on this machine's device: an auto run settles again here, unless overridden
+    if checkpoint.get("amp_requested") == "auto" and "enable_amp" not in config_dict:
+        config["enable_amp"] = "auto"
+    config.amp_requested = config["enable_amp"]
+    config.amp_note = settle_enable_amp(config)
     init_seed(config["seed"], config["reproducibility"])
     _init_logger(config)
+    _log_process_layout(config)
     full_dataset, train_data, valid_data, test_data = load_data(config)
     check_data_fingerprint(checkpoint.get("data"), data_fingerprint(config, full_dataset), path)
     model_class = get_model_class(config["model"])

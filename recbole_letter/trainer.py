@@ -126,6 +126,15 @@ def check_resume_file(config, path, checkpoint=None, before_data=False):
     stored_files, current_files = checkpoint.get("files") or {}, file_hashes(config)
     same_content = {key for key in FILE_KEYS if key in stored_files and stored_files[key] == current_files.get(key)}
     compared = set(current) if before_data else set(stored) | set(current)
+    # enable_amp: auto settles per machine (common.settle_enable_amp): a run moved to another CPU may continue
+    # in another precision, and says so
+    resettled = checkpoint.get("amp_requested") == "auto" == getattr(config, "amp_requested", None)
+    if resettled:
+        compared.discard("enable_amp")
+        if stored.get("enable_amp") != current.get("enable_amp") and not before_data:  # said once, in the log
+            getLogger().warning(f"{path}: enable_amp: auto settled to {stored.get('enable_amp')} where the run "
+                                f"started and to {current.get('enable_amp')} here: the resumed epochs run in "
+                                f"{'autocast' if current.get('enable_amp') else 'float32'}")
     differing = sorted(key for key in compared
                        if key not in RUN_PLACEMENT_KEYS and key not in same_content and stored.get(key) != current.get(key))
     if differing:
@@ -422,10 +431,12 @@ class SafeCheckpoints:
 
     def checkpoint_header(self):
         """What every checkpoint of this run starts with: format mark, run id, the config's plain values, the
-        fingerprint of the data it trains on (counts and file hashes; ``None`` when not known) and the sha256
-        of the files ``FILE_KEYS`` name."""
+        fingerprint of the data it trains on (counts and file hashes; ``None`` when not known), the sha256
+        of the files ``FILE_KEYS`` name and ``enable_amp`` as requested (``auto``, where the config holds what
+        it settled to)."""
         return {"format": CHECKPOINT_FORMAT, "run_id": self.run_id, "config": config_values(self.config),
-                "data": self.data_fingerprint, "files": self.file_hashes}
+                "data": self.data_fingerprint, "files": self.file_hashes,
+                "amp_requested": plain_value(getattr(self.config, "amp_requested", None))}
 
     def _save_checkpoint(self, epoch, verbose=True, **kwargs):
         """RecBole's best checkpoint (same keys), as tensors and plain values."""

@@ -3,6 +3,7 @@
 import copy
 import json
 import os
+import re
 import subprocess
 import sys
 import time
@@ -38,6 +39,7 @@ def test_layering_order(tiny_dataset, tmp_path):
     ("auto", True, True, "INFO"), ("auto", False, False, "INFO"),  # auto: autocast only where it is native
     (True, False, True, "WARNING"),  # asked for on a device that emulates the dtype: kept, with a warning
     (True, True, True, None), (False, False, False, None),
+    (1, True, True, None), (0, False, False, None),  # what RecBole's trainer reads is a bool (torch.autocast takes no int)
 ])
 def test_enable_amp_auto_autocasts_only_where_the_device_computes_the_dtype(
         tiny_dataset, monkeypatch, caplog, requested, native, settled, level):
@@ -46,7 +48,7 @@ def test_enable_amp_auto_autocasts_only_where_the_device_computes_the_dtype(
     monkeypatch.setattr(common, "native_autocast", lambda device, dtype: asked.append((device, dtype)) or native)
     config = quick_start.build_config("LETTER_TIGER", name, None, {**cfg, "enable_amp": requested, "state": "INFO"})
     assert config["enable_amp"] is settled  # what the trainer, the model's decoding and the plan read
-    assert asked == ([("cpu", torch.bfloat16)] if requested else [])
+    assert asked == ([(config["device"].type, torch.bfloat16)] if requested else [])
     caplog.set_level("INFO")
     quick_start._init_logger(config)
     notes = [r for r in caplog.records if r.getMessage().startswith("enable_amp:")]
@@ -477,6 +479,28 @@ def test_resume_from_last_checkpoint_continues_the_same_run(tiny_dataset, monkey
     assert again["test_result"] == whole["test_result"]
 
 
+def test_an_auto_amp_run_settles_again_where_it_is_resumed_or_evaluated(tiny_dataset, monkeypatch, caplog, tmp_path):
+    """A run with enable_amp: auto started on a CPU with bfloat16 instructions (autocast) continues, and its
+    checkpoint evaluates, in float32 on one without them; an explicit other value is another config."""
+    name, cfg = tiny_dataset
+    cfg = {**cfg, **TINY_SEQ, "epochs": 2, "enable_amp": "auto", "state": "INFO", "checkpoint_dir": str(tmp_path)}
+    monkeypatch.setattr(common, "native_autocast", lambda device, dtype: True)
+    first = quick_start.run("SASRec", name, config_dict=cfg)
+    (last,) = tmp_path.glob("*-last.pth")  # the state after epoch 0
+    stored = load_checkpoint(last)
+    assert stored["amp_requested"] == "auto" and stored["config"]["enable_amp"] is True
+    monkeypatch.setattr(common, "native_autocast", lambda device, dtype: False)
+    caplog.set_level("INFO")
+    resumed = quick_start.run("SASRec", name, config_dict={**cfg, "resume_from": str(last)})
+    assert resumed["epochs"] == 2
+    assert "enable_amp: auto settled to True where the run started and to False here" in caplog.text
+    caplog.clear()
+    quick_start.evaluate_checkpoint(first["checkpoint"])
+    assert "enable_amp: auto -> False" in caplog.text
+    with pytest.raises(ValueError, match="enable_amp: True there, False here"):
+        quick_start.run("SASRec", name, config_dict={**cfg, "enable_amp": False, "resume_from": str(last)})
+
+
 def _run_in_cpu_process(name, cfg):
     """quick_start.run of SASRec in a fresh process that sees no GPU (RecBole hides them for gpu_id "")."""
     code = "import json, sys; from recbole_letter import quick_start; " \
@@ -552,19 +576,24 @@ def test_ddp_ranks_run_the_tokenizer_stage_after_rank_0(tmp_path):
     assert log.read_text().split() == [f"0:{threads}", "1:1"]  # rank 1 waited for rank 0's slow build
 
 
-@pytest.mark.parametrize("omp,cores,nproc,threads", [
-    (None, 2, 2, 1), (None, 16, 2, 8), (None, 3, 2, 1), (None, 1, 4, 1), ("3", 16, 2, None),
+@pytest.mark.parametrize("variable,torch_threads,cores,nproc,threads", [
+    (None, 2, 2, 2, 1), (None, 16, 16, 2, 8), (None, 2, 3, 2, 1), (None, 1, 1, 4, 1),
+    (None, 8, 16, 2, 4),  # torch's default counts physical cores, the affinity logical ones (SMT)
+    (None, 4, 4, 1, 4),  # one process here (several machines): torch's own count
+    ("OMP_NUM_THREADS", 16, 16, 2, 16), ("MKL_NUM_THREADS", 16, 16, 2, 16),  # the user's count: untouched
 ])
-def test_ddp_ranks_share_the_cores_unless_omp_num_threads_is_set(monkeypatch, omp, cores, nproc, threads):
+def test_ddp_ranks_share_the_cores_unless_a_thread_count_is_set(monkeypatch, variable, torch_threads, cores, nproc,
+                                                                 threads):
     before = torch.get_num_threads()
-    if omp is None:
-        monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
-    else:
-        monkeypatch.setenv("OMP_NUM_THREADS", omp)
-    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: set(range(cores)))
+    for name in quick_start.THREAD_VARIABLES:
+        monkeypatch.delenv(name, raising=False)
+    if variable:
+        monkeypatch.setenv(variable, "3")
+    monkeypatch.setattr(quick_start, "usable_cores", lambda: cores)
     try:
+        torch.set_num_threads(torch_threads)
         quick_start.share_cores(nproc)
-        assert torch.get_num_threads() == (threads or before)  # OMP_NUM_THREADS set: left as torch read it
+        assert torch.get_num_threads() == threads
     finally:
         torch.set_num_threads(before)
 
@@ -581,8 +610,10 @@ def test_a_ddp_generator_run_builds_its_codes_once(tiny_dataset, tmp_path, monke
     printed = capfd.readouterr()
     assert (printed.out + printed.err).count("item codes built") == 1  # rank 1 logs errors only
     # each rank took its share of the cores (quick_start.share_cores), not all of them
-    threads = os.environ.get("OMP_NUM_THREADS") or max(1, len(os.sched_getaffinity(0)) // 2)
-    assert f"DDP: 2 processes here, {threads} torch threads each" in printed.out + printed.err
+    layout = re.search(r"DDP: 2 processes here, (\d+) torch threads? each", printed.out + printed.err)
+    assert layout, "no DDP layout line"
+    if not any(os.environ.get(name) for name in quick_start.THREAD_VARIABLES):
+        assert int(layout.group(1)) == max(1, min(torch.get_num_threads(), quick_start.usable_cores()) // 2)
     assert set(result["test_result"]) == {"recall@5", "recall@10", "ndcg@5", "ndcg@10"}
 
 

@@ -419,7 +419,7 @@ def test_trainer_runs_a_backward_pass_per_length_bucket_with_one_pass_s_result(t
             for group in trainer.optimizer.param_groups:
                 group["lr"] = config["learning_rate"]
             model.length_buckets = 3
-            torch.manual_seed(0)  # the same dropout masks (drawn in float64 whatever the dtype): the same forwards
+            torch.manual_seed(0)  # the same dropout masks (they do not depend on the dtype): the same forwards
             passes.clear()
             loss = trainer._train_batches(batches, 0, loss_func=loss_func)
             results[name] = loss, len(passes), copy.deepcopy(model.state_dict())
@@ -433,7 +433,7 @@ def test_trainer_runs_a_backward_pass_per_length_bucket_with_one_pass_s_result(t
     # moves by a rounding that can be ~1 of its step, and the steps feed back through the weights: no fixed
     # bound holds on every CPU (docs/reliability.md). So both float32 runs are compared with the float64 run
     # of the same steps: the per-bucket weights are as accurate as the one-pass weights, tensor by tensor
-    # (one part's gradient scaled by 1.01 is off by ~400x that)
+    # (one part's gradient scaled by 1.01 fails it by far)
     for key, exact in results["exact"][2].items():
         per_bucket, one_pass = results["per bucket"][2][key], results["one pass"][2][key]
         if exact.is_floating_point():
@@ -442,7 +442,8 @@ def test_trainer_runs_a_backward_pass_per_length_bucket_with_one_pass_s_result(t
         else:
             assert torch.equal(per_bucket, exact) and torch.equal(one_pass, exact)
     exact_loss = torch.tensor(results["exact"][0], dtype=torch.float64)
-    per_bucket_loss, one_pass_loss = (torch.tensor(results[run][0], dtype=torch.float64) for run in ("per bucket", "one pass"))
+    per_bucket_loss, one_pass_loss = (torch.tensor(results[run][0], dtype=torch.float64)
+                                      for run in ("per bucket", "one pass"))
     assert_as_close_as(per_bucket_loss, one_pass_loss, exact_loss, "epoch loss",
                        floor=float32_tolerance(exact_loss, TINY_REDUCTION, len(batches) * TINY_STEPS, k=0.5))
 

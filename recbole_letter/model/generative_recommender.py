@@ -61,6 +61,12 @@ from recbole_letter.tokenizer import get_item_codes
 from recbole_letter.tokenizer.item_codes import ItemCodes
 
 
+def at_least_float32(logits):
+    """``logits`` in float32, or float64 where they are float64 (autocast's half types go up; a float64
+    reference model stays exact)."""
+    return logits.to(torch.promote_types(logits.dtype, torch.float32))
+
+
 class GenerativeRecommender(SequentialRecommender):
     def __init__(self, config, dataset, item_codes, first_code_token=FIRST_CODE_TOKEN, eos_token_id=EOS_TOKEN_ID,
                  pad_token_id=PAD_TOKEN_ID):
@@ -190,15 +196,13 @@ class GenerativeRecommender(SequentialRecommender):
 
     def ranking_loss(self, logits, targets, reduction="mean"):
         """Cross-entropy of ``logits / tau`` over the whole vocabulary (``pad`` targets ignored)."""
-        logits = logits.to(torch.promote_types(logits.dtype, torch.float32))  # autocast's half types up, float64 kept
-        return F.cross_entropy((logits / self.tau).flatten(0, 1), targets.flatten(),
+        return F.cross_entropy((at_least_float32(logits) / self.tau).flatten(0, 1), targets.flatten(),
                                ignore_index=self.pad_token_id, reduction=reduction)
 
     def sequence_log_likelihood(self, item_seq, item_seq_len, items):
         """``log p(item's tokens | history)`` for one item per user: ``[B]``; same scale as beam scores."""
         targets = self.item_code_tokens[items]  # [B, T]
-        logits = self.code_logits(item_seq, item_seq_len, targets)
-        log_probs = F.log_softmax(logits.to(torch.promote_types(logits.dtype, torch.float32)), dim=-1)
+        log_probs = F.log_softmax(at_least_float32(self.code_logits(item_seq, item_seq_len, targets)), dim=-1)
         token_log_prob = log_probs.gather(2, targets.unsqueeze(2)).squeeze(2)  # [B, T]
         counted = targets != self.pad_token_id
         return (token_log_prob * counted).sum(dim=1)
