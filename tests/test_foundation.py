@@ -39,7 +39,7 @@ def test_layering_order(tiny_dataset, tmp_path):
     ("auto", True, True, "INFO"), ("auto", False, False, "INFO"),  # auto: autocast only where it is native
     (True, False, True, "WARNING"),  # asked for on a device that emulates the dtype: kept, with a warning
     (True, True, True, None), (False, False, False, None),
-    (1, True, True, None), (0, False, False, None),  # what RecBole's trainer reads is a bool (torch.autocast takes no int)
+    (1, True, True, None), (0, False, False, None),  # settled to bools: torch.autocast takes no int
 ])
 def test_enable_amp_auto_autocasts_only_where_the_device_computes_the_dtype(
         tiny_dataset, monkeypatch, caplog, requested, native, settled, level):
