@@ -51,7 +51,7 @@ def native_autocast(device_type, dtype):
     avx512_bf16 or AMX, oneDNN's bfloat16 made a training step many times slower than float32
     (docs/generation.md, "Mixed precision"). Not recognised here, so False: ARM CPUs' bfloat16 instructions."""
     if device_type == "cuda":
-        return dtype == torch.float16 or torch.cuda.is_bf16_supported(including_emulation=False)
+        return dtype == torch.float16 or torch.cuda.get_device_capability()[0] >= 8  # any torch version
     if device_type == "cpu":
         if dtype == torch.bfloat16:
             return _cpu_has("avx512_bf16") or _cpu_has("amx_tile")
