@@ -51,13 +51,19 @@ class LetterConfig(Config):
       them as literals already).
     * DDP without a GPU uses the gloo backend on CPU (RecBole hard-codes nccl + cuda).
 
-    ``amp_requested`` holds ``enable_amp`` as the user gave it (``auto`` included; every checkpoint's header
-    records it, so a resumed or evaluated ``auto`` run settles again on its new machine), and ``amp_note``
-    what :func:`~recbole_letter.common.settle_enable_amp` made of it (logged once the logger is up).
+    :meth:`settle_amp` keeps ``enable_amp`` as the user gave it in ``amp_requested`` (``auto`` included;
+    every checkpoint's header records it, so a resumed or evaluated ``auto`` run settles again on its new
+    machine) and what :func:`~recbole_letter.common.settle_enable_amp` made of it in ``amp_note`` (logged once
+    the logger is up).
     """
 
     amp_requested = None
     amp_note = None
+
+    def settle_amp(self):
+        """``enable_amp`` -> the bool for this config's device (see the class docstring)."""
+        self.amp_requested = self["enable_amp"]
+        self.amp_note = settle_enable_amp(self)
 
     def _load_cmd_line(self):
         return {}
@@ -171,8 +177,7 @@ def build_config(model, dataset, config_files=None, config_dict=None):
     config_check.check_dataset(config["dataset"], config["data_path"])
     config_check.check_final(config, model)
     check_atomic_files(config)
-    config.amp_requested = config["enable_amp"]
-    config.amp_note = settle_enable_amp(config)  # enable_amp: auto -> True / False for this device
+    config.settle_amp()  # enable_amp: auto -> True / False for this device
     # one id per run, set before init_logger hashes the config into the log file's name (so two runs started
     # in the same second log apart too); it names the checkpoints and the result rows
     config["run_id"] = new_run_id(config["model"], config["dataset"])
@@ -681,8 +686,7 @@ def _evaluate_checkpoint(path, config_dict, splits, layout=None):
     # the run's enable_amp on this machine's device: an auto run settles again here, unless overridden
     if checkpoint.get("amp_requested") == "auto" and "enable_amp" not in config_dict:
         config["enable_amp"] = "auto"
-    config.amp_requested = config["enable_amp"]
-    config.amp_note = settle_enable_amp(config)
+    config.settle_amp()
     init_seed(config["seed"], config["reproducibility"])
     _init_logger(config)
     _log_process_layout(config)

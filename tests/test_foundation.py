@@ -568,11 +568,9 @@ def test_ddp_ranks_run_the_tokenizer_stage_after_rank_0(tmp_path):
     """Under DDP rank 0 builds the codes while the other ranks wait, for longer than the process group's
     timeout, and with their threads; they then call the hook, which reads rank 0's cache (a second call
     with the same config reads the cache: tests/test_tokenizer_pipeline.py)."""
-    import os
-
     log = tmp_path / "calls.txt"
     torch.multiprocessing.spawn(_tokenizer_stage_worker, args=(free_port(), str(log), 3.0), nprocs=2, join=True)
-    threads = min(2, len(os.sched_getaffinity(0)))
+    threads = min(2, quick_start.usable_cores())
     assert log.read_text().split() == [f"0:{threads}", "1:1"]  # rank 1 waited for rank 0's slow build
 
 
