@@ -166,7 +166,7 @@ TYPE_HINTS = {
     "llm_dtype": "str or None", "state": "str or None", "gpu_id": "str or int or tuple",
     "metrics": "list or str", "load_col": "dict or None", "train_neg_sample_args": "dict or None",
     "user_inter_num_interval": "str or None", "item_inter_num_interval": "str or None",
-    "enable_amp": "bool or str",
+    "enable_amp": "bool or str", "time_budget": "float or None",
 }
 _WORDS = {"int": "int", "integer": "int", "float": "float", "str": "str", "string": "str", "bool": "bool",
           "list": "list", "dict": "dict", "none": "none", "tuple": "tuple"}
@@ -329,7 +329,7 @@ RULES = {
     **{key: _int_at_least(0) for key in NON_NEGATIVE_INTS},
     "codebook_size": _int_at_least(2),
     **{key: _float(lambda v: v > 0, "> 0")
-       for key in ("learning_rate", "tau", "cf_learning_rate", "tokenizer_lr", "initializer_factor")},
+       for key in ("learning_rate", "tau", "cf_learning_rate", "tokenizer_lr", "initializer_factor", "time_budget")},
     **{key: _float(lambda v: v >= 0, ">= 0")
        for key in ("weight_decay", "alpha", "beta", "tokenizer_weight_decay", "tokenizer_commitment_weight",
                    "sinkhorn_epsilon", "lora_alpha")},

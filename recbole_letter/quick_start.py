@@ -34,7 +34,7 @@ from recbole_letter.data.atomic_check import check_atomic_files_rows
 from recbole_letter.model import PROPERTY_BASE, canonical_name, get_model_class, is_generative
 from recbole_letter.tokenizer.cache import file_sha256
 from recbole_letter.tokenizer.trainer import tokenize_only
-from recbole_letter.trainer import (LetterTrainer, SafeCheckpoints, check_data_fingerprint, check_resume_file,
+from recbole_letter.trainer import (LetterTrainer, SafeCheckpoints, agreed, check_data_fingerprint, check_resume_file,
                                     config_digest, config_values, load_checkpoint, new_run_id)
 
 EMBEDDED_DATASETS = ("ml-100k",)  # ship inside the recbole package
@@ -59,6 +59,10 @@ class LetterConfig(Config):
 
     amp_requested = None
     amp_note = None
+
+    def __init__(self, *args, **kwargs):
+        self.started = time.time()  # the run's start: time_budget counts from here (data and tokenizer included)
+        super().__init__(*args, **kwargs)
 
     def settle_amp(self):
         """``enable_amp`` -> the bool for this config's device (see the class docstring)."""
@@ -420,8 +424,31 @@ def show_plan(config, full_dataset, train_data, valid_data, test_data):
     busy = plan.busy_cpu_warning(config["device"])  # the load before the probes add their own
     stages = plan.run_stages(config, get_model_class(config["model"]), train_data, valid_data, test_data)
     print(plan.format_plan(plan.plan_title(config, full_dataset), stages), flush=True)
+    if config["time_budget"] is not None:
+        print(f"  time_budget {config['time_budget']:g} min from the run's start: the epochs are cut to what fits "
+              f"(probed again with every process at work, then from the first epoch)", flush=True)
     if busy:
         print(busy, flush=True)
+
+
+def apply_time_budget(config, model, trainer, train_data, valid_data, test_data):
+    """``time_budget`` (minutes, counted from the run's start): probe a few training and validation batches of
+    this run, then let the trainer size its epochs to the time left (:meth:`LetterTrainer.plan_to_deadline`).
+    Under DDP every rank probes at once (as they will train: sharing the machine) and the slowest estimates
+    count. Returns the epochs planned, or None without a budget."""
+    if config["time_budget"] is None:
+        return None
+    if not isinstance(trainer, LetterTrainer):
+        raise ValueError(f"time_budget: {config['model']} is trained by {type(trainer).__name__}, which cannot "
+                         f"plan its epochs to a deadline")
+    deadline = agreed(config.started + 60 * float(config["time_budget"]))
+    train_epoch, valid_pass = plan.probe_epoch_seconds(config, model, train_data, valid_data)
+    test_pass = valid_pass * len(test_data) / max(1, len(valid_data))
+    estimates = torch.tensor([train_epoch, valid_pass, test_pass], dtype=torch.float64)
+    if not config["single_spec"]:
+        torch.distributed.all_reduce(estimates, op=torch.distributed.ReduceOp.MAX)
+    batches = min(len(train_data), int(config["train_batches_per_epoch"] or len(train_data)))
+    return trainer.plan_to_deadline(deadline, *estimates.tolist(), train_batches=batches)
 
 
 def _run_single(model, dataset, config_files=None, config_dict=None, saved=True, queue=None, before_fit=None):
@@ -451,6 +478,7 @@ def _run_single(model, dataset, config_files=None, config_dict=None, saved=True,
                 raise ValueError(f"resume_from: {config['model']} is trained by {type(trainer).__name__}, "
                                  f"which cannot resume")
             trainer.resume_checkpoint(config["resume_from"])
+        apply_time_budget(config, model_obj, trainer, train_data, valid_data, test_data)
         extra = before_fit(config, model_obj, trainer, train_data, valid_data, test_data) if before_fit else None
 
         first_epoch = trainer.start_epoch  # > 0 when resumed: earlier epochs ran in another process
@@ -478,6 +506,8 @@ def _run_single(model, dataset, config_files=None, config_dict=None, saved=True,
         "test_seconds": test_seconds,
         "checkpoint": trainer.saved_model_file if saved else None,
         "learning_curve": trainer.curve.path if saved and trainer.curve.points else None,
+        "epochs_planned": getattr(trainer, "planned_epochs", None),  # time_budget
+        "stopped_at_deadline": getattr(trainer, "stopped_at_deadline", None),
         **(extra or {}),
     }
     logger.info(f"best valid: {result['best_valid_result']}")

@@ -44,7 +44,7 @@ CHECKPOINT_FORMAT = "recbole_letter checkpoint 1"  # what load_checkpoint accept
 RUN_PLACEMENT_KEYS = frozenset({
     "run_id", "resume_from", "checkpoint_dir", "data_path", "device", "gpu_id", "use_gpu", "local_rank",
     "single_spec", "nproc", "world_size", "ip", "port", "offset", "state", "show_progress", "show_plan",
-    "verbose", "eval_batch_size", "worker",
+    "verbose", "eval_batch_size", "worker", "time_budget",
 })  # fmt: skip
 
 
@@ -492,6 +492,42 @@ class SafeCheckpoints:
         return super().evaluate(eval_data, load_best_model=False, show_progress=show_progress)
 
 
+BUDGET_RESERVE = 0.05  # time_budget: share of the time left that a plan keeps free (the estimates' error)
+
+
+def plan_epochs(train_epoch, valid_pass, eval_step, test_pass, seconds_left, max_epochs, reserve=BUDGET_RESERVE):
+    """Epochs that fit in ``seconds_left`` before the test pass, with a ``reserve`` share kept free: at
+    most ``max_epochs`` and at least one. LetterTrainer validates every ``eval_step``-th epoch and the
+    last one, so the plan counts one validation pass more when ``eval_step`` > 1."""
+    eval_step = max(1, int(eval_step))
+    epoch_seconds = train_epoch + valid_pass / eval_step
+    last_valid = valid_pass if eval_step > 1 else 0.0
+    fits = int(((seconds_left - test_pass) * (1 - reserve) - last_valid) / max(epoch_seconds, 1e-9))
+    return max(1, min(int(max_epochs), fits))
+
+
+class DeadlineReached(Exception):
+    """The next epoch would not fit before the run's deadline (``time_budget``; raised at the start of that epoch)."""
+
+
+class PlanDone(Exception):
+    """The epochs a ``time_budget`` plan holds have run (RecBole's loop goes on to the config's ``epochs``)."""
+
+
+def agreed(value):
+    """``value`` (a number) as rank 0 of a DDP run has it, on every rank; ``value`` itself outside DDP. The
+    time-budget decisions come from one clock, so every rank trains the same epochs."""
+    if not (torch.distributed.is_available() and torch.distributed.is_initialized()):
+        return value
+    shared = torch.tensor([float(value)], dtype=torch.float64)
+    torch.distributed.broadcast(shared, src=0)
+    return type(value)(shared.item())
+
+
+def _minutes(seconds):
+    return f"{seconds / 60:.1f} min" if seconds >= 60 else f"{seconds:.0f} s"
+
+
 class LetterTrainer(SafeCheckpoints, Trainer):
     """RecBole's ``Trainer`` plus:
 
@@ -520,6 +556,8 @@ class LetterTrainer(SafeCheckpoints, Trainer):
       ``calculate_loss``; the generators' length buckets): each part's backward pass runs before the next
       part's forward, so one part's activations are kept at a time; under DDP the gradients are then
       averaged over the processes by hand (:func:`average_gradients`);
+    * a deadline (``time_budget``, see :meth:`plan_to_deadline`): the epochs sized to what fits, the schedule
+      spanning them, and a stop at the start of an epoch that would no longer fit;
     * checkpoints of tensors and plain values, named by the run id (:class:`SafeCheckpoints`).
     """
 
@@ -546,6 +584,14 @@ class LetterTrainer(SafeCheckpoints, Trainer):
         self.nan_check_interval = 1 if self.device.type == "cpu" else NAN_CHECK_INTERVAL
         self._fit_started = None  # when this process's first epoch began (the progress bar's time left)
         self.seen_items = getattr(model, "seen_items", None)  # exclude_seen_items: see set_seen_items
+        # time_budget (plan_to_deadline): the time.time() by which training, validation and the test are done,
+        # the seconds a training epoch / validation / test take (estimates, then measured), the epochs the
+        # schedule spans (kept in -last.pth: a resumed run keeps its schedule), and why fit stopped early
+        self.deadline = None
+        self.pace = None
+        self.planned_epochs = None
+        self.replanned = False
+        self.stopped_at_deadline = None
 
     def set_seen_items(self, train_dataset):
         """``exclude_seen_items``: remove each user's training-split items from a sequential model's ranking,
@@ -568,28 +614,120 @@ class LetterTrainer(SafeCheckpoints, Trainer):
             train_data = FirstBatches(train_data, self.train_batches_per_epoch)
         if self.resumed and self.resumed["loader_generator"] is not None:
             train_data.generator.set_state(self.resumed["loader_generator"])
+        self._train_batches_per_epoch = len(train_data)
         if self.lr_scheduler_name == "cosine" and self.scheduler is None:
-            # here, not at the top: a baseline run without a schedule never loads transformers
-            from transformers import get_cosine_schedule_with_warmup
-
-            total_steps = max(1, len(train_data) * self.epochs)
-            warmup_steps = max(1, round(total_steps * self.warmup_ratio))
-            steps_done = (self.resumed or {}).get("scheduler_steps") or 0
-            # last_epoch = steps_done - 1: the scheduler's own first step lands on steps_done
-            self.scheduler = get_cosine_schedule_with_warmup(self.optimizer, warmup_steps, total_steps,
-                                                             last_epoch=steps_done - 1)
+            self.scheduler = self._cosine_schedule(len(train_data), (self.resumed or {}).get("scheduler_steps") or 0)
             # one scheduler step after every optimiser step, without copying RecBole's epoch loop
             self.optimizer.register_step_post_hook(lambda *_: self.scheduler.step())
         self.save_last = saved
-        return super().fit(train_data, valid_data, verbose, saved, show_progress, callback_fn)
+        try:
+            return super().fit(train_data, valid_data, verbose, saved, show_progress, callback_fn)
+        except PlanDone:
+            return self.best_valid_score, self.best_valid_result
+        except DeadlineReached as stop:
+            self.stopped_at_deadline = str(stop)
+            self.logger.warning(f"time_budget: {stop}; the test evaluates the best checkpoint so far "
+                                f"({self.saved_model_file}); continue with --resume_from={self.last_model_file}")
+            return self.best_valid_score, self.best_valid_result
+
+    @property
+    def epochs_to_run(self):
+        """The epochs this run trains: the config's ``epochs``, or fewer when a ``time_budget`` plan holds fewer."""
+        return self.epochs if self.planned_epochs is None else self.planned_epochs
+
+    def _cosine_schedule(self, batches_per_epoch, steps_done):
+        """The warm-up + cosine schedule over the epochs this run trains (:attr:`epochs_to_run`), at step ``steps_done``."""
+        # here, not at the top: a baseline run without a schedule never loads transformers
+        from transformers import get_cosine_schedule_with_warmup
+
+        total_steps = max(1, batches_per_epoch * self.epochs_to_run)
+        warmup_steps = max(1, round(total_steps * self.warmup_ratio))
+        # last_epoch = steps_done - 1: the scheduler's own first step lands on steps_done
+        return get_cosine_schedule_with_warmup(self.optimizer, warmup_steps, total_steps, last_epoch=steps_done - 1)
+
+    def plan_to_deadline(self, deadline, train_epoch, valid_pass, test_pass, train_batches):
+        """Fit the run into ``deadline`` (a ``time.time()``): the epochs the config allows are cut to what fits
+        from these estimates (seconds of a training epoch, a validation pass, the test pass; a probe's), and the
+        learning-rate schedule spans them. After the first epoch of this process has trained, the plan is made
+        once more from its measured time (the probe times a few batches only). At the start of every epoch
+        the run stops, tests its best checkpoint and keeps its state for ``resume_from``, when that epoch
+        (with its validation, and the test after it) would end past the deadline. A resumed run keeps the
+        epochs it planned when it started (its schedule); only the stop applies to it.
+        ``train_batches``: batches per epoch, to log the plan. Returns the epochs planned."""
+        self.deadline = deadline
+        self.pace = {"train": train_epoch, "valid": valid_pass, "test": test_pass, "trained": [], "probe": train_epoch}
+        configured = self.epochs
+        if self.planned_epochs is None:
+            left = deadline - time.time()
+            planned = self.start_epoch + plan_epochs(train_epoch, valid_pass, self.eval_step, test_pass, left,
+                                                     configured - self.start_epoch)
+            self.planned_epochs = agreed(planned)
+            self.logger.info(
+                f"time_budget: {left / 60:.1f} min left; a probe puts a training epoch ({train_batches} batches) at "
+                f"~{_minutes(train_epoch)}, a validation at ~{_minutes(valid_pass)}, the test at "
+                f"~{_minutes(test_pass)}: {self.planned_epochs} of the {configured} epochs fit"
+                + (", the schedule spans them" if self.lr_scheduler_name else ""))
+        else:
+            self.replanned = True  # resumed: the schedule stays the run's
+        return self.planned_epochs
+
+    def _replan(self, epoch_idx):
+        """The plan again, once, from this process's first measured training epoch (see plan_to_deadline);
+        the schedule's length follows, from the step it has reached."""
+        self.replanned = True
+        measured = self.pace["train"]
+        left = self.deadline - time.time()
+        planned = agreed(epoch_idx + plan_epochs(measured, self.pace["valid"], self.eval_step, self.pace["test"],
+                                                 left, self.epochs - epoch_idx))
+        if planned == self.planned_epochs:
+            return
+        self.logger.info(f"time_budget: the first epoch trained in {_minutes(measured)} (the probe said "
+                         f"{_minutes(self.pace['probe'])}): {planned} epochs fit, not {self.planned_epochs}"
+                         + ("; the schedule spans them" if self.scheduler is not None else ""))
+        self.planned_epochs = planned
+        if self.scheduler is not None:
+            self.scheduler = self._cosine_schedule(self._train_batches_per_epoch, self.scheduler.last_epoch)
+
+    def _stop_if_late(self, epoch_idx):
+        """Raise :class:`DeadlineReached` when epoch ``epoch_idx`` (training, its validation if any, and the
+        test pass after the run) would end past the deadline, once a best checkpoint exists to test. An
+        epoch counts as long as the longer of the last one and the mean so far, a validation as the longest."""
+        trained = self.pace["trained"]
+        train = max(trained[-1], sum(trained) / len(trained)) if trained else self.pace["train"]
+        validates = (epoch_idx + 1) % self.eval_step == 0 or epoch_idx == self.epochs_to_run - 1
+        need = train + (self.pace["valid"] if validates else 0.0) + self.pace["test"]
+        left = self.deadline - time.time()
+        late = agreed(int(need > left and os.path.isfile(self.saved_model_file)))
+        if late:
+            raise DeadlineReached(f"stopped before epoch {epoch_idx + 1} of {self.epochs_to_run}: {_minutes(max(0.0, left))} "
+                                  f"left, the epoch{' and its validation' if validates else ''} and the test need "
+                                  f"~{_minutes(need)}")
+
+    def _valid_epoch(self, valid_data, show_progress=False):
+        started = time.time()
+        result = super()._valid_epoch(valid_data, show_progress)
+        if self.pace is not None:
+            self.pace["valid"] = max(self.pace["valid"], time.time() - started)
+        return result
 
     def _train_epoch(self, train_data, epoch_idx, loss_func=None, show_progress=False):
         if self.save_last and epoch_idx > self.start_epoch:  # the previous epoch and its validation are done
             self._save_last(epoch_idx - 1, train_data)
-        if epoch_idx == self.epochs - 1 and self.eval_step > 1:
+        if self.deadline is not None:
+            if self.pace["trained"] and not self.replanned:
+                self._replan(epoch_idx)
+            self._stop_if_late(epoch_idx)
+        if epoch_idx >= self.epochs_to_run:  # RecBole loops to the config's epochs; the plan holds fewer
+            raise PlanDone()
+        if epoch_idx == self.epochs_to_run - 1 and self.eval_step > 1:
             self.eval_step = 1  # RecBole's loop validates after this epoch: (epoch_idx + 1) % 1 == 0
+        started = time.time()
         with default_autocast_dtype(self.device.type, self.amp_dtype):
-            return self._train_batches(train_data, epoch_idx, loss_func, show_progress)
+            loss = self._train_batches(train_data, epoch_idx, loss_func, show_progress)
+        if self.pace is not None:
+            self.pace["trained"].append(time.time() - started)
+            self.pace["train"] = self.pace["trained"][-1]
+        return loss
 
     def _train_batches(self, train_data, epoch_idx, loss_func=None, show_progress=False):
         """RecBole's ``Trainer._train_epoch`` (same steps, same returned loss) without its two waits for
@@ -600,7 +738,7 @@ class LetterTrainer(SafeCheckpoints, Trainer):
         loss_func = loss_func or self.model.calculate_loss
         batches = train_data
         if show_progress:
-            desc = set_color(f"Train {epoch_idx + 1}/{self.epochs}{self._epochs_left_text(epoch_idx)}", "pink")
+            desc = set_color(f"Train {epoch_idx + 1}/{self.epochs_to_run}{self._epochs_left_text(epoch_idx)}", "pink")
             batches = tqdm(train_data, total=len(train_data), ncols=100, desc=desc)
         if not self.config["single_spec"] and train_data.shuffle:
             train_data.sampler.set_epoch(epoch_idx)
@@ -653,7 +791,7 @@ class LetterTrainer(SafeCheckpoints, Trainer):
             self._fit_started = now
             return ""
         per_epoch = (now - self._fit_started) / (epoch_idx - self.start_epoch)
-        left = per_epoch * (self.epochs - epoch_idx)
+        left = per_epoch * (self.epochs_to_run - epoch_idx)
         return f" (<= {left / 60:.1f} min left)" if left >= 60 else f" (<= {left:.0f} s left)"
 
     def _save_last(self, epoch, train_data):
@@ -678,6 +816,7 @@ class LetterTrainer(SafeCheckpoints, Trainer):
             "other_parameter": encode_other_parameter(self.model.other_parameter()),
             "optimizer": self.optimizer.state_dict(),
             "scheduler_steps": self.scheduler.last_epoch if self.scheduler is not None else None,
+            "planned_epochs": self.planned_epochs,
             "rng": rng,
             "curve": self.curve.state(),
             "curve_minutes": self.curve_minutes(),
@@ -716,6 +855,7 @@ class LetterTrainer(SafeCheckpoints, Trainer):
         self.resumed = {"scheduler_steps": checkpoint["scheduler_steps"], "loader_generator": rng["loader_generator"]}
         self.curve = LearningCurve(self.curve_path(), checkpoint.get("curve", ()))
         self.minutes_before = checkpoint.get("curve_minutes", 0.0)
+        self.planned_epochs = checkpoint.get("planned_epochs")  # time_budget: the run's schedule spans these
         self.logger.info(f"resumed run {self.run_id} from {path}: epoch {self.start_epoch} next, best checkpoint "
                          f"{self.saved_model_file}")
 
