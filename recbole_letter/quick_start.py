@@ -444,14 +444,14 @@ def apply_time_budget(config, model, trainer, train_data, valid_data, test_data)
     deadline = agreed(config.started + 60 * float(config["time_budget"]))
     train_epoch, valid_pass = plan.probe_epoch_seconds(config, model, train_data, valid_data)
     test_pass = valid_pass * len(test_data) / max(1, len(valid_data))
-    estimates = torch.tensor([train_epoch, valid_pass, test_pass], dtype=torch.float64)
-    if not config["single_spec"]:
-        torch.distributed.all_reduce(estimates, op=torch.distributed.ReduceOp.MAX)
-    batches = min(len(train_data), int(config["train_batches_per_epoch"] or len(train_data)))
-    return trainer.plan_to_deadline(deadline, *estimates.tolist(), train_batches=batches)
+    estimates = [(train_epoch, valid_pass, test_pass)]
+    if not config["single_spec"]:  # an object collective: gloo and NCCL alike
+        estimates = [None] * torch.distributed.get_world_size()
+        torch.distributed.all_gather_object(estimates, (train_epoch, valid_pass, test_pass))
+    return trainer.plan_to_deadline(deadline, *(max(column) for column in zip(*estimates)))
 
 
-def _run_single(model, dataset, config_files=None, config_dict=None, saved=True, queue=None, before_fit=None):
+def _run_single(model, dataset, config_files=None, config_dict=None, saved=True, queue=None):
     config = build_config(model, dataset, config_files, config_dict)
     check_resume_from(config)
     config, full_dataset, train_data, valid_data, test_data = _prepare_data(config)
@@ -479,7 +479,6 @@ def _run_single(model, dataset, config_files=None, config_dict=None, saved=True,
                                  f"which cannot resume")
             trainer.resume_checkpoint(config["resume_from"])
         apply_time_budget(config, model_obj, trainer, train_data, valid_data, test_data)
-        extra = before_fit(config, model_obj, trainer, train_data, valid_data, test_data) if before_fit else None
 
         first_epoch = trainer.start_epoch  # > 0 when resumed: earlier epochs ran in another process
         start = time.perf_counter()
@@ -508,7 +507,6 @@ def _run_single(model, dataset, config_files=None, config_dict=None, saved=True,
         "learning_curve": trainer.curve.path if saved and trainer.curve.points else None,
         "epochs_planned": getattr(trainer, "planned_epochs", None),  # time_budget
         "stopped_at_deadline": getattr(trainer, "stopped_at_deadline", None),
-        **(extra or {}),
     }
     logger.info(f"best valid: {result['best_valid_result']}")
     logger.info(f"test result: {result['test_result']}")
@@ -597,7 +595,7 @@ def _spawned_worker(rank, parent_pid, model, dataset, config_files, config_dict,
     _end_rank()
 
 
-def run(model, dataset, config_files=None, config_dict=None, saved=True, before_fit=None):
+def run(model, dataset, config_files=None, config_dict=None, saved=True):
     """Train and evaluate one model; returns its result dict.
 
     ``nproc > 1`` (in ``config_dict`` or a config file) trains with RecBole's DDP path (one process per
@@ -605,21 +603,19 @@ def run(model, dataset, config_files=None, config_dict=None, saved=True, before_
     RecBole for several machines; on one machine ``port`` defaults to a free one (RecBole's 29500 would
     collide between runs).
 
-    ``before_fit(config, model, trainer, train_data, valid_data, test_data)`` (single process only) runs
-    once the trainer is built, e.g. to set ``trainer.epochs``; a dict it returns joins the result.
-
     Args:
         model: a model name (see :func:`build_config`).
         dataset: a dataset name.
         config_files: more YAML files, after the shipped ones.
         config_dict: overrides, the last layer.
         saved: write checkpoints and the learning curve (``checkpoint_dir``).
-        before_fit: see above, or ``None``.
 
     Returns:
         A dict: ``run_id``, ``model``, ``dataset``, ``best_valid_result``, ``test_result`` (metric -> float),
         ``epochs``, ``train_seconds``, ``seconds_per_epoch``, ``test_seconds``, ``checkpoint`` and
-        ``learning_curve`` (paths, or ``None`` when not saved). Under DDP rank 0's dict, or ``None``.
+        ``learning_curve`` (paths, or ``None`` when not saved), ``epochs_planned`` and ``stopped_at_deadline``
+        (``time_budget``: the epochs the plan held, and why the run stopped before them; ``None`` without a
+        budget). Under DDP rank 0's dict, or ``None``.
     """
     # the process layout may come from a config file too (RecBole reads it from the command line only);
     # config_dict wins, as in the config itself
@@ -629,9 +625,7 @@ def run(model, dataset, config_files=None, config_dict=None, saved=True, before_
     nproc = int(config_dict.get("nproc", 1))
     world_size = int(config_dict.get("world_size", -1))
     if nproc == 1 and world_size <= 0:
-        return _run_single(model, dataset, config_files, config_dict, saved, before_fit=before_fit)
-    if before_fit is not None:
-        raise ValueError("before_fit works in a single process only (nproc 1)")
+        return _run_single(model, dataset, config_files, config_dict, saved)
     config_dict.setdefault("world_size", world_size if world_size > 0 else nproc)
     config_dict.setdefault("ip", "127.0.0.1")
     # one machine: a free port, so that two runs side by side do not collide (several machines agree on one)

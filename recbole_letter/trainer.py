@@ -44,8 +44,11 @@ CHECKPOINT_FORMAT = "recbole_letter checkpoint 1"  # what load_checkpoint accept
 RUN_PLACEMENT_KEYS = frozenset({
     "run_id", "resume_from", "checkpoint_dir", "data_path", "device", "gpu_id", "use_gpu", "local_rank",
     "single_spec", "nproc", "world_size", "ip", "port", "offset", "state", "show_progress", "show_plan",
-    "verbose", "eval_batch_size", "worker", "time_budget",
+    "verbose", "eval_batch_size", "worker",
 })  # fmt: skip
+# keys a resumed run may change although they change what it computes: a new sitting gets its own time_budget
+# (the epochs its first sitting planned, in -last.pth, hold)
+RESUME_FREE_KEYS = frozenset({"time_budget"})
 
 
 def new_run_id(model, dataset):
@@ -135,8 +138,8 @@ def check_resume_file(config, path, checkpoint=None, before_data=False):
             getLogger().warning(f"{path}: enable_amp: auto settled to {stored.get('enable_amp')} where the run "
                                 f"started and to {current.get('enable_amp')} here: the resumed epochs run in "
                                 f"{'autocast' if current.get('enable_amp') else 'float32'}")
-    differing = sorted(key for key in compared
-                       if key not in RUN_PLACEMENT_KEYS and key not in same_content and stored.get(key) != current.get(key))
+    free = RUN_PLACEMENT_KEYS | RESUME_FREE_KEYS | same_content
+    differing = sorted(key for key in compared if key not in free and stored.get(key) != current.get(key))
     if differing:
         def shown(key):
             text = f"{key}: {stored.get(key)!r} there, {current.get(key)!r} here"
@@ -498,9 +501,9 @@ BUDGET_RESERVE = 0.05  # time_budget: share of the time left that a plan keeps f
 def plan_epochs(train_epoch, valid_pass, eval_step, test_pass, seconds_left, max_epochs, reserve=BUDGET_RESERVE):
     """Epochs that fit in ``seconds_left`` before the test pass, with a ``reserve`` share kept free: at
     most ``max_epochs`` and at least one. LetterTrainer validates every ``eval_step``-th epoch and the
-    last one, so the plan counts one validation pass more when ``eval_step`` > 1."""
-    eval_step = max(1, int(eval_step))
-    epoch_seconds = train_epoch + valid_pass / eval_step
+    last one, so the plan counts one validation pass more when ``eval_step`` > 1 (none when it is 0)."""
+    eval_step = int(eval_step)
+    epoch_seconds = train_epoch + (valid_pass / eval_step if eval_step > 0 else 0.0)
     last_valid = valid_pass if eval_step > 1 else 0.0
     fits = int(((seconds_left - test_pass) * (1 - reserve) - last_valid) / max(epoch_seconds, 1e-9))
     return max(1, min(int(max_epochs), fits))
@@ -519,9 +522,9 @@ def agreed(value):
     time-budget decisions come from one clock, so every rank trains the same epochs."""
     if not (torch.distributed.is_available() and torch.distributed.is_initialized()):
         return value
-    shared = torch.tensor([float(value)], dtype=torch.float64)
-    torch.distributed.broadcast(shared, src=0)
-    return type(value)(shared.item())
+    shared = [value]
+    torch.distributed.broadcast_object_list(shared, src=0)  # an object collective: gloo and NCCL alike
+    return shared[0]
 
 
 def _minutes(seconds):
@@ -592,6 +595,7 @@ class LetterTrainer(SafeCheckpoints, Trainer):
         self.planned_epochs = None
         self.replanned = False
         self.stopped_at_deadline = None
+        self.configured_eval_step = self.eval_step  # self.eval_step is set per epoch (see _train_epoch)
 
     def set_seen_items(self, train_dataset):
         """``exclude_seen_items``: remove each user's training-split items from a sequential model's ranking,
@@ -623,12 +627,13 @@ class LetterTrainer(SafeCheckpoints, Trainer):
         try:
             return super().fit(train_data, valid_data, verbose, saved, show_progress, callback_fn)
         except PlanDone:
-            return self.best_valid_score, self.best_valid_result
+            pass
         except DeadlineReached as stop:
             self.stopped_at_deadline = str(stop)
             self.logger.warning(f"time_budget: {stop}; the test evaluates the best checkpoint so far "
                                 f"({self.saved_model_file}); continue with --resume_from={self.last_model_file}")
-            return self.best_valid_score, self.best_valid_result
+        self._add_hparam_to_tensorboard(self.best_valid_score)  # what RecBole's loop does when it ends
+        return self.best_valid_score, self.best_valid_result
 
     @property
     def epochs_to_run(self):
@@ -645,25 +650,28 @@ class LetterTrainer(SafeCheckpoints, Trainer):
         # last_epoch = steps_done - 1: the scheduler's own first step lands on steps_done
         return get_cosine_schedule_with_warmup(self.optimizer, warmup_steps, total_steps, last_epoch=steps_done - 1)
 
-    def plan_to_deadline(self, deadline, train_epoch, valid_pass, test_pass, train_batches):
+    def plan_to_deadline(self, deadline, train_epoch, valid_pass, test_pass):
         """Fit the run into ``deadline`` (a ``time.time()``): the epochs the config allows are cut to what fits
         from these estimates (seconds of a training epoch, a validation pass, the test pass; a probe's), and the
         learning-rate schedule spans them. After the first epoch of this process has trained, the plan is made
         once more from its measured time (the probe times a few batches only). At the start of every epoch
         the run stops, tests its best checkpoint and keeps its state for ``resume_from``, when that epoch
         (with its validation, and the test after it) would end past the deadline. A resumed run keeps the
-        epochs it planned when it started (its schedule); only the stop applies to it.
-        ``train_batches``: batches per epoch, to log the plan. Returns the epochs planned."""
+        epochs it planned when it started (its schedule); only the stop applies to it. Returns the epochs planned."""
         self.deadline = deadline
-        self.pace = {"train": train_epoch, "valid": valid_pass, "test": test_pass, "trained": [], "probe": train_epoch}
+        self.pace = {"train": train_epoch, "valid": valid_pass, "test": test_pass, "trained": [], "probe": train_epoch,
+                     "probe_valid": valid_pass, "probe_test": test_pass}
         configured = self.epochs
         if self.planned_epochs is None:
             left = deadline - time.time()
-            planned = self.start_epoch + plan_epochs(train_epoch, valid_pass, self.eval_step, test_pass, left,
-                                                     configured - self.start_epoch)
+            planned = self.start_epoch + plan_epochs(train_epoch, valid_pass, self.configured_eval_step, test_pass,
+                                                     left, configured - self.start_epoch)
             self.planned_epochs = agreed(planned)
+            if left <= test_pass + train_epoch:
+                self.logger.warning(f"time_budget: {max(0.0, left) / 60:.1f} min left when training begins (the data, "
+                                    f"the tokenizer and the probe took the rest): one epoch runs, past the budget")
             self.logger.info(
-                f"time_budget: {left / 60:.1f} min left; a probe puts a training epoch ({train_batches} batches) at "
+                f"time_budget: {left / 60:.1f} min left; a probe puts a training epoch at "
                 f"~{_minutes(train_epoch)}, a validation at ~{_minutes(valid_pass)}, the test at "
                 f"~{_minutes(test_pass)}: {self.planned_epochs} of the {configured} epochs fit"
                 + (", the schedule spans them" if self.lr_scheduler_name else ""))
@@ -677,8 +685,8 @@ class LetterTrainer(SafeCheckpoints, Trainer):
         self.replanned = True
         measured = self.pace["train"]
         left = self.deadline - time.time()
-        planned = agreed(epoch_idx + plan_epochs(measured, self.pace["valid"], self.eval_step, self.pace["test"],
-                                                 left, self.epochs - epoch_idx))
+        planned = agreed(epoch_idx + plan_epochs(measured, self.pace["valid"], self.configured_eval_step,
+                                                 self.pace["test"], left, self.epochs - epoch_idx))
         if planned == self.planned_epochs:
             return
         self.logger.info(f"time_budget: the first epoch trained in {_minutes(measured)} (the probe said "
@@ -688,39 +696,52 @@ class LetterTrainer(SafeCheckpoints, Trainer):
         if self.scheduler is not None:
             self.scheduler = self._cosine_schedule(self._train_batches_per_epoch, self.scheduler.last_epoch)
 
-    def _stop_if_late(self, epoch_idx):
-        """Raise :class:`DeadlineReached` when epoch ``epoch_idx`` (training, its validation if any, and the
-        test pass after the run) would end past the deadline, once a best checkpoint exists to test. An
-        epoch counts as long as the longer of the last one and the mean so far, a validation as the longest."""
+    def _keep_to_deadline(self, epoch_idx, validates):
+        """Whether epoch ``epoch_idx`` is validated, given ``validates`` (``eval_step``'s rule). Raises
+        :class:`DeadlineReached` when the epoch (training, its validation if any, and the test pass after the
+        run) would end past the deadline and a best checkpoint exists to test; validates the epoch when it is
+        the last that fits (or when it will end late and nothing has been validated yet), so the run ends on a
+        measured epoch. An epoch counts as long as the longer of the last one and the mean so far, a
+        validation as the longest. One decision for all DDP ranks (rank 0's)."""
         trained = self.pace["trained"]
         train = max(trained[-1], sum(trained) / len(trained)) if trained else self.pace["train"]
-        validates = (epoch_idx + 1) % self.eval_step == 0 or epoch_idx == self.epochs_to_run - 1
-        need = train + (self.pace["valid"] if validates else 0.0) + self.pace["test"]
+        valid, test = self.pace["valid"], self.pace["test"]
+        need = train + (valid if validates else 0.0) + test
         left = self.deadline - time.time()
-        late = agreed(int(need > left and os.path.isfile(self.saved_model_file)))
-        if late:
-            raise DeadlineReached(f"stopped before epoch {epoch_idx + 1} of {self.epochs_to_run}: {_minutes(max(0.0, left))} "
-                                  f"left, the epoch{' and its validation' if validates else ''} and the test need "
-                                  f"~{_minutes(need)}")
+        go, validate, stop = 0, 1, 2
+        decision = go
+        if need > left and os.path.isfile(self.saved_model_file):
+            decision = stop
+        elif self.configured_eval_step > 0 and not validates and (need > left or train + valid + train + test > left):
+            decision = validate  # no next epoch will fit after this one
+        decision = agreed(decision)
+        if decision == stop:
+            raise DeadlineReached(f"stopped before epoch {epoch_idx + 1} of {self.epochs_to_run}: "
+                                  f"{_minutes(max(0.0, left))} left, the epoch{' and its validation' if validates else ''}"
+                                  f" and the test need ~{_minutes(need)}")
+        return validates or decision == validate
 
     def _valid_epoch(self, valid_data, show_progress=False):
         started = time.time()
         result = super()._valid_epoch(valid_data, show_progress)
-        if self.pace is not None:
+        if self.pace is not None:  # time_budget: the test pass is taken to scale as the validation did
             self.pace["valid"] = max(self.pace["valid"], time.time() - started)
+            self.pace["test"] = self.pace["probe_test"] * self.pace["valid"] / max(self.pace["probe_valid"], 1e-9)
         return result
 
     def _train_epoch(self, train_data, epoch_idx, loss_func=None, show_progress=False):
+        if self.deadline is not None and self.pace["trained"] and not self.replanned:
+            self._replan(epoch_idx)  # before the state is saved: a resumed run keeps the new plan
         if self.save_last and epoch_idx > self.start_epoch:  # the previous epoch and its validation are done
             self._save_last(epoch_idx - 1, train_data)
-        if self.deadline is not None:
-            if self.pace["trained"] and not self.replanned:
-                self._replan(epoch_idx)
-            self._stop_if_late(epoch_idx)
         if epoch_idx >= self.epochs_to_run:  # RecBole loops to the config's epochs; the plan holds fewer
             raise PlanDone()
-        if epoch_idx == self.epochs_to_run - 1 and self.eval_step > 1:
-            self.eval_step = 1  # RecBole's loop validates after this epoch: (epoch_idx + 1) % 1 == 0
+        every = self.configured_eval_step
+        validates = every > 0 and ((epoch_idx + 1) % every == 0 or epoch_idx == self.epochs_to_run - 1)
+        if self.deadline is not None:
+            validates = self._keep_to_deadline(epoch_idx, validates)
+        # RecBole's loop validates after this epoch when (epoch_idx + 1) % eval_step == 0 (never when eval_step <= 0)
+        self.eval_step = 1 if validates else every
         started = time.time()
         with default_autocast_dtype(self.device.type, self.amp_dtype):
             loss = self._train_batches(train_data, epoch_idx, loss_func, show_progress)

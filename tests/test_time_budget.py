@@ -31,35 +31,55 @@ def test_plan_epochs(args, expected):
     assert plan_epochs(*args) == expected
 
 
-def test_an_epoch_that_would_end_past_the_deadline_is_not_started(tmp_path):
+def test_an_epoch_that_would_end_past_the_deadline_is_not_started(tmp_path, monkeypatch):
+    monkeypatch.setattr(letter_trainer, "time", types.SimpleNamespace(time=lambda: 1000.0))  # a clock that stands
     best = tmp_path / "best.pth"
     best.touch()
-    now = time.time()
 
-    def trainer(trained, valid=8.0, deadline_in=100.0, eval_step=2):
+    def fake(trained, deadline_in, every=2, valid=8.0):
         return types.SimpleNamespace(pace={"train": 5.0, "valid": valid, "test": 3.0, "trained": trained},
-                                     eval_step=eval_step, epochs_to_run=50, deadline=now + deadline_in,
+                                     configured_eval_step=every, epochs_to_run=50, deadline=1000.0 + deadline_in,
                                      saved_model_file=str(best))
 
-    def stops(fake, epoch_idx):
+    def outcome(trainer, epoch_idx, validates=False):
         try:
-            LetterTrainer._stop_if_late(fake, epoch_idx)
+            return LetterTrainer._keep_to_deadline(trainer, epoch_idx, validates)
         except DeadlineReached as stop:
             return str(stop)
-        return None
 
-    # epochs of 10 s so far: epoch 7 (index 6, no validation after it) needs 10 + 3 s of test
-    assert stops(trainer([10.0] * 6, deadline_in=14.0), 6) is None
-    assert stops(trainer([10.0] * 6, deadline_in=12.0), 6).startswith("stopped before epoch 7 of 50")
-    # an epoch with its validation after it needs the validation too (index 7: (7 + 1) % 2 == 0)
-    assert stops(trainer([10.0] * 7, deadline_in=20.0), 7).startswith("stopped before epoch 8")
+    # epochs of 10 s so far; the test needs 3 s. Not validated, with room for one more after it: trained as is
+    assert outcome(fake([10.0] * 6, deadline_in=40.0), 6) is False
+    # room for this epoch, its validation and the test, but not for a next epoch: the last one, validated
+    assert outcome(fake([10.0] * 6, deadline_in=30.0), 6) is True
+    # no room for this epoch and the test: stopped (the best checkpoint so far is tested)
+    assert outcome(fake([10.0] * 6, deadline_in=12.0), 6).startswith("stopped before epoch 7 of 50")
+    # an epoch that validates needs its validation too
+    assert outcome(fake([10.0] * 7, deadline_in=20.0), 7, validates=True).startswith("stopped before epoch 8")
+    assert outcome(fake([10.0] * 7, deadline_in=22.0), 7, validates=True) is True
     # the longer of the last epoch and the mean: a slowing machine is seen at once
-    assert stops(trainer([10.0, 10.0, 25.0], deadline_in=27.0, eval_step=100), 3) is not None
+    assert outcome(fake([10.0, 10.0, 25.0], deadline_in=27.0), 3).startswith("stopped")
     # before any epoch ran, the probe's estimate counts
-    assert stops(trainer([], deadline_in=7.0), 0) is not None
-    # with no best checkpoint yet there is nothing to test: it trains on
+    assert outcome(fake([], deadline_in=7.0), 0).startswith("stopped")
+    # eval_step 0 (no validation at all): never made to validate
+    assert outcome(fake([10.0] * 6, deadline_in=30.0, every=0), 6) is False
+    # with no best checkpoint there is nothing to test: it trains on, and validates to have one
     best.unlink()
-    assert stops(trainer([10.0] * 6, deadline_in=1.0), 6) is None
+    assert outcome(fake([10.0] * 6, deadline_in=1.0), 6) is True
+
+
+def _agree_worker(rank, port, out):
+    torch.distributed.init_process_group("gloo", rank=rank, world_size=2, init_method=f"tcp://127.0.0.1:{port}")
+    try:
+        out[rank] = letter_trainer.agreed(10 + rank)
+    finally:
+        torch.distributed.destroy_process_group()
+
+
+def test_ddp_ranks_take_rank_0_s_decision():
+    out = torch.multiprocessing.get_context("spawn").Manager().dict()
+    torch.multiprocessing.spawn(_agree_worker, args=(free_port(), out), nprocs=2, join=True)
+    assert dict(out) == {0: 10, 1: 10}
+    assert letter_trainer.agreed(7) == 7  # outside DDP, the value itself
 
 
 def _sasrec(tiny_dataset, **overrides):
@@ -101,11 +121,29 @@ def test_the_plan_is_made_again_from_the_first_epoch_and_the_schedule_follows(ti
 
 def test_a_run_s_epochs_are_cut_to_its_budget(tiny_dataset):
     name, cfg = tiny_dataset
-    # 15 seconds, far below what 200 epochs take (~0.2 s each here, more on a loaded machine)
-    result = quick_start.run("SASRec", name, config_dict={**cfg, **SMALL_SASREC, "epochs": 200, "stopping_step": 1000,
+    # 15 seconds, far below what 2,000 epochs take (~0.2 s each with validation here)
+    result = quick_start.run("SASRec", name, config_dict={**cfg, **SMALL_SASREC, "epochs": 2000, "stopping_step": 2000,
                                                           "time_budget": 0.25})
-    assert 1 <= result["epochs"] <= result["epochs_planned"] < 200
+    assert 1 <= result["epochs"] <= result["epochs_planned"] < 2000
     assert set(result["test_result"]) == {"recall@5", "recall@10", "ndcg@5", "ndcg@10"}
+
+
+def test_a_run_that_completes_its_plan_is_not_reported_as_stopped(tiny_dataset, monkeypatch):
+    checked = []
+    keep = LetterTrainer._keep_to_deadline
+
+    def recorded(self, epoch_idx, validates):
+        checked.append(epoch_idx)
+        return keep(self, epoch_idx, validates)
+
+    monkeypatch.setattr(LetterTrainer, "_keep_to_deadline", recorded)
+    # 2 epochs in all, whenever asked: the epochs left to plan (args[5]) count from the cap of 6
+    monkeypatch.setattr(letter_trainer, "plan_epochs", lambda *args, **kwargs: args[5] - 4)
+    name, cfg = tiny_dataset
+    result = quick_start.run("SASRec", name, config_dict={**cfg, **SMALL_SASREC, "epochs": 6, "time_budget": 30})
+    # the end of the plan ends the run before any deadline check of a third epoch
+    assert checked == [0, 1] and result["epochs"] == result["epochs_planned"] == 2
+    assert result["stopped_at_deadline"] is None
 
 
 def test_time_budget_needs_a_trainer_that_can_plan(tiny_dataset):
@@ -114,11 +152,11 @@ def test_time_budget_needs_a_trainer_that_can_plan(tiny_dataset):
         quick_start.run("Pop", name, config_dict={**cfg, "time_budget": 10})
 
 
-def test_ddp_ranks_plan_and_stop_as_one(tiny_dataset, monkeypatch):
+def test_a_ddp_run_plans_with_every_rank(tiny_dataset, monkeypatch):
     monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "")
     name, cfg = tiny_dataset
     result = quick_start.run("BPR", name, config_dict={**cfg, "embedding_size": 8, "nproc": 2, "port": free_port(),
                                                        "epochs": 3, "time_budget": 10})
-    # every rank probed, the slowest estimates counted, rank 0's plan held on both (a rank with another
-    # plan would wait at a collective that its peer never reaches)
+    # every rank probed and shared its estimates, and both ran rank 0's plan (a rank with another plan would
+    # wait at a collective its peer never reaches)
     assert result["epochs_planned"] == result["epochs"] == 3 and result["stopped_at_deadline"] is None
