@@ -641,7 +641,8 @@ class LetterTrainer(SafeCheckpoints, Trainer):
         return self.epochs if self.planned_epochs is None else self.planned_epochs
 
     def _cosine_schedule(self, batches_per_epoch, steps_done):
-        """The warm-up + cosine schedule over the epochs this run trains (:attr:`epochs_to_run`), at step ``steps_done``."""
+        """The warm-up + cosine schedule over the epochs this run trains (:attr:`epochs_to_run`), at step
+        ``steps_done``."""
         # here, not at the top: a baseline run without a schedule never loads transformers
         from transformers import get_cosine_schedule_with_warmup
 
@@ -716,9 +717,9 @@ class LetterTrainer(SafeCheckpoints, Trainer):
             decision = validate  # no next epoch will fit after this one
         decision = agreed(decision)
         if decision == stop:
+            parts = "the epoch and its validation" if validates else "the epoch"
             raise DeadlineReached(f"stopped before epoch {epoch_idx + 1} of {self.epochs_to_run}: "
-                                  f"{_minutes(max(0.0, left))} left, the epoch{' and its validation' if validates else ''}"
-                                  f" and the test need ~{_minutes(need)}")
+                                  f"{_minutes(max(0.0, left))} left, {parts} and the test need ~{_minutes(need)}")
         return validates or decision == validate
 
     def _valid_epoch(self, valid_data, show_progress=False):

@@ -1,4 +1,4 @@
-"""benchmarks/budget_runs.py: job specs, and jobs kept inside their deadline by time_budget (tests/test_time_budget.py)."""
+"""benchmarks/budget_runs.py: job specs, and jobs kept inside their deadline (see also test_time_budget.py)."""
 
 import importlib.util
 from pathlib import Path
