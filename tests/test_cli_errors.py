@@ -83,6 +83,7 @@ CASES = [
     (["--enable_amp=yes"], "error: enable_amp='yes': expected True, False or auto"),
     (["--train_batch_size=0"], "error: train_batch_size=0: expected an integer >= 1"),
     (["--learning_rate=-0.1"], "error: learning_rate=-0.1: expected a number > 0"),
+    (["--time_budget=0"], "error: time_budget=0: expected a number > 0"),
     (["--dropout_prob=1.5"], "error: dropout_prob=1.5: expected a number in [0, 1)"),
     (["--topk=[0,10]"], "error: topk=[0, 10]: expected a positive integer or a non-empty list"),
     (["--amp_dtype=fp16"], "error: amp_dtype must be one of bfloat16, float16, ~, got 'fp16'"),
