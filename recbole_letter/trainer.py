@@ -535,16 +535,16 @@ class LetterTrainer(SafeCheckpoints, Trainer):
     """RecBole's ``Trainer`` plus:
 
     * ``lr_scheduler: cosine``: transformers' ``get_cosine_schedule_with_warmup``, a linear warm-up over
-      ``warmup_ratio`` of the steps (at least one), then a cosine to 0, stepped once per batch over ``epochs``
-      epochs;
+      ``warmup_ratio`` of the steps (at least one), then a cosine to 0, stepped once per batch over the epochs
+      the run trains (``epochs``, or fewer under a ``time_budget``);
     * ``train_batches_per_epoch``: an epoch ends after that many batches of a fresh shuffle (an LLM
       epoch over every training prefix can take days; validation and early stopping then come sooner);
     * resuming: at the start of every epoch the state after the previous one (weights, optimiser,
       schedule, early-stopping counters, every process's random generators, CUDA's included) goes to
       ``<best checkpoint>-last.pth``;
       :meth:`resume_checkpoint` (``resume_from``) continues the run from it, writing the same best checkpoint;
-    * the last epoch is always validated, whatever ``eval_step`` (RecBole validates only when
-      ``(epoch + 1) % eval_step == 0``): a run always ends on a measured epoch and has a best checkpoint;
+    * the last epoch is validated whatever ``eval_step`` >= 1 (RecBole validates only when
+      ``(epoch + 1) % eval_step == 0``): a run ends on a measured epoch and has a best checkpoint;
     * ``enable_amp`` autocasts to ``amp_dtype`` (bfloat16 by default) on every device: RecBole's own
       loop would use float16 on CUDA, where T5 is known to overflow and a gradient scaler is needed;
     * DDP on CPU: RecBole wraps the model with ``device_ids=[local_rank]``, which only GPU modules accept;
@@ -593,7 +593,6 @@ class LetterTrainer(SafeCheckpoints, Trainer):
         self.deadline = None
         self.pace = None
         self.planned_epochs = None
-        self.replanned = False
         self.stopped_at_deadline = None
         self.configured_eval_step = self.eval_step  # self.eval_step is set per epoch (see _train_epoch)
 
@@ -654,101 +653,113 @@ class LetterTrainer(SafeCheckpoints, Trainer):
     def plan_to_deadline(self, deadline, train_epoch, valid_pass, test_pass):
         """Fit the run into ``deadline`` (a ``time.time()``): the epochs the config allows are cut to what fits
         from these estimates (seconds of a training epoch, a validation pass, the test pass; a probe's), and the
-        learning-rate schedule spans them. After the first epoch of this process has trained, the plan is made
-        once more from its measured time (the probe times a few batches only). At the start of every epoch
-        the run stops, tests its best checkpoint and keeps its state for ``resume_from``, when that epoch
-        (with its validation, and the test after it) would end past the deadline. A resumed run keeps the
-        epochs it planned when it started (its schedule); only the stop applies to it. Returns the epochs planned."""
+        learning-rate schedule spans them. After each of the first two epochs of this process, the plan is made
+        again from the last epoch's measured time (the probe times a few batches only; a first epoch may carry
+        one-off costs). At the start of every epoch the run stops (it tests its best checkpoint and keeps its
+        state for ``resume_from``) when that epoch would not end, with its validation and the test after it,
+        before the deadline; an epoch after which no other would fit is validated. A resumed run keeps its
+        schedule (the epochs its first sitting planned, or the config's): only the stop applies to it.
+        Returns the epochs planned."""
         self.deadline = deadline
         self.pace = {"train": train_epoch, "valid": valid_pass, "test": test_pass, "trained": [], "probe": train_epoch,
-                     "probe_valid": valid_pass, "probe_test": test_pass}
+                     "probe_valid": valid_pass, "probe_test": test_pass, "ended": None, "validated": False}
         configured = self.epochs
-        if self.planned_epochs is None:
-            left = deadline - time.time()
-            planned = self.start_epoch + plan_epochs(train_epoch, valid_pass, self.configured_eval_step, test_pass,
-                                                     left, configured - self.start_epoch)
-            self.planned_epochs = agreed(planned)
-            if left <= test_pass + train_epoch:
-                self.logger.warning(f"time_budget: {max(0.0, left) / 60:.1f} min left when training begins (the data, "
-                                    f"the tokenizer and the probe took the rest): one epoch runs, past the budget")
-            self.logger.info(
-                f"time_budget: {left / 60:.1f} min left; a probe puts a training epoch at "
-                f"~{_minutes(train_epoch)}, a validation at ~{_minutes(valid_pass)}, the test at "
-                f"~{_minutes(test_pass)}: {self.planned_epochs} of the {configured} epochs fit"
-                + (", the schedule spans them" if self.lr_scheduler_name else ""))
-        else:
-            self.replanned = True  # resumed: the schedule stays the run's
+        if self.resumed is not None:
+            self.planned_epochs = self.planned_epochs or configured
+            return self.planned_epochs
+        left = deadline - time.time()
+        planned = self.start_epoch + plan_epochs(train_epoch, valid_pass, self.configured_eval_step, test_pass, left,
+                                                 configured - self.start_epoch)
+        self.planned_epochs = agreed(planned)
+        if left <= test_pass + train_epoch:
+            self.logger.warning(f"time_budget: {max(0.0, left) / 60:.1f} min left when training begins (the data, "
+                                f"the tokenizer and the probe took the rest): one epoch runs, past the budget")
+        self.logger.info(
+            f"time_budget: {left / 60:.1f} min left; a probe puts a training epoch at ~{_minutes(train_epoch)}, "
+            f"a validation at ~{_minutes(valid_pass)}, the test at ~{_minutes(test_pass)}: {self.planned_epochs} of "
+            f"the {configured} epochs fit" + (", the schedule spans them" if self.lr_scheduler_name else ""))
         return self.planned_epochs
 
     def _replan(self, epoch_idx):
-        """The plan again, once, from this process's first measured training epoch (see plan_to_deadline);
-        the schedule's length follows, from the step it has reached."""
-        self.replanned = True
-        measured = self.pace["train"]
+        """The plan again from the last epoch's measured time (see plan_to_deadline); the schedule's length
+        follows, from the step it has reached."""
+        measured = self.pace["trained"][-1]
         left = self.deadline - time.time()
         planned = agreed(epoch_idx + plan_epochs(measured, self.pace["valid"], self.configured_eval_step,
                                                  self.pace["test"], left, self.epochs - epoch_idx))
         if planned == self.planned_epochs:
             return
-        self.logger.info(f"time_budget: the first epoch trained in {_minutes(measured)} (the probe said "
+        self.logger.info(f"time_budget: epoch {epoch_idx} trained in {_minutes(measured)} (the probe said "
                          f"{_minutes(self.pace['probe'])}): {planned} epochs fit, not {self.planned_epochs}"
                          + ("; the schedule spans them" if self.scheduler is not None else ""))
         self.planned_epochs = planned
         if self.scheduler is not None:
             self.scheduler = self._cosine_schedule(self._train_batches_per_epoch, self.scheduler.last_epoch)
 
+    def _measure_pace(self, now):
+        """At the start of an epoch: what ran since the previous epoch's training ended (its validation and
+        best checkpoint, or nothing) joins the estimates; the test pass is taken to scale as validation does."""
+        pace = self.pace
+        if pace["ended"] is None:
+            return
+        between = now - pace["ended"]
+        if pace["validated"]:
+            pace["valid"] = max(pace["valid"], between)
+            pace["test"] = pace["probe_test"] * pace["valid"] / max(pace["probe_valid"], 1e-9)
+        else:
+            pace["trained"][-1] += between
+
     def _keep_to_deadline(self, epoch_idx, validates):
-        """Whether epoch ``epoch_idx`` is validated, given ``validates`` (``eval_step``'s rule). Raises
-        :class:`DeadlineReached` when the epoch (training, its validation if any, and the test pass after the
-        run) would end past the deadline and a best checkpoint exists to test; validates the epoch when it is
-        the last that fits (or when it will end late and nothing has been validated yet), so the run ends on a
-        measured epoch. An epoch counts as long as the longer of the last one and the mean so far, a
+        """Whether epoch ``epoch_idx`` is validated, given ``validates`` (``eval_step``'s rule), so that the run
+        ends on a measured epoch before the deadline. Raises :class:`DeadlineReached` when the epoch would not
+        count before the deadline (trained, validated when no other epoch would fit after it, and the test
+        pass after the run) and there is something to test (the best checkpoint; the weights themselves when
+        nothing is saved). An epoch counts as long as the longer of the last one and the mean so far, a
         validation as the longest. One decision for all DDP ranks (rank 0's)."""
         trained = self.pace["trained"]
         train = max(trained[-1], sum(trained) / len(trained)) if trained else self.pace["train"]
         valid, test = self.pace["valid"], self.pace["test"]
-        need = train + (valid if validates else 0.0) + test
         left = self.deadline - time.time()
+        testable = os.path.isfile(self.saved_model_file) if self.save_last else bool(trained)
         go, validate, stop = 0, 1, 2
-        decision = go
-        if need > left and os.path.isfile(self.saved_model_file):
-            decision = stop
-        elif self.configured_eval_step > 0 and not validates and (need > left or train + valid + train + test > left):
-            decision = validate  # no next epoch will fit after this one
+        if validates or self.configured_eval_step <= 0:
+            need = train + (valid if validates else 0.0) + test
+            decision = stop if need > left and testable else go
+        elif train + valid + train + test <= left:  # room for a later epoch with its validation
+            decision = go
+        else:  # the last epoch that fits, if it fits: validated, so that it counts
+            need = train + valid + test
+            decision = stop if need > left and testable else validate
         decision = agreed(decision)
         if decision == stop:
-            parts = "the epoch and its validation" if validates else "the epoch"
             raise DeadlineReached(f"stopped before epoch {epoch_idx + 1} of {self.epochs_to_run}: "
-                                  f"{_minutes(max(0.0, left))} left, {parts} and the test need ~{_minutes(need)}")
+                                  f"{_minutes(max(0.0, left))} left, the epoch, its validation and the test need "
+                                  f"~{_minutes(need)}")
         return validates or decision == validate
 
-    def _valid_epoch(self, valid_data, show_progress=False):
-        started = time.time()
-        result = super()._valid_epoch(valid_data, show_progress)
-        if self.pace is not None:  # time_budget: the test pass is taken to scale as the validation did
-            self.pace["valid"] = max(self.pace["valid"], time.time() - started)
-            self.pace["test"] = self.pace["probe_test"] * self.pace["valid"] / max(self.pace["probe_valid"], 1e-9)
-        return result
-
     def _train_epoch(self, train_data, epoch_idx, loss_func=None, show_progress=False):
-        if self.deadline is not None and self.pace["trained"] and not self.replanned:
-            self._replan(epoch_idx)  # before the state is saved: a resumed run keeps the new plan
+        started = time.time()  # an epoch's time: from here (the previous state's save included) to its end
+        if self.deadline is not None:
+            self._measure_pace(started)
+            if 0 < len(self.pace["trained"]) <= 2 and self.resumed is None and epoch_idx < self.epochs_to_run:
+                self._replan(epoch_idx)  # before the state is saved: a resumed run keeps the new plan
         if self.save_last and epoch_idx > self.start_epoch:  # the previous epoch and its validation are done
             self._save_last(epoch_idx - 1, train_data)
         if epoch_idx >= self.epochs_to_run:  # RecBole loops to the config's epochs; the plan holds fewer
             raise PlanDone()
         every = self.configured_eval_step
-        validates = every > 0 and ((epoch_idx + 1) % every == 0 or epoch_idx == self.epochs_to_run - 1)
+        on_schedule = every > 0 and (epoch_idx + 1) % every == 0
+        validates = on_schedule or (every > 0 and epoch_idx == self.epochs_to_run - 1)
         if self.deadline is not None:
             validates = self._keep_to_deadline(epoch_idx, validates)
-        # RecBole's loop validates after this epoch when (epoch_idx + 1) % eval_step == 0 (never when eval_step <= 0)
-        self.eval_step = 1 if validates else every
-        started = time.time()
+        # RecBole's loop validates after this epoch when (epoch_idx + 1) % eval_step == 0 (never when eval_step <= 0);
+        # it also names the best epoch from eval_step, so eval_step changes only for an epoch off the schedule
+        self.eval_step = 1 if validates and not on_schedule else every
         with default_autocast_dtype(self.device.type, self.amp_dtype):
             loss = self._train_batches(train_data, epoch_idx, loss_func, show_progress)
         if self.pace is not None:
-            self.pace["trained"].append(time.time() - started)
-            self.pace["train"] = self.pace["trained"][-1]
+            self.pace["ended"], self.pace["validated"] = time.time(), validates
+            self.pace["trained"].append(self.pace["ended"] - started)
         return loss
 
     def _train_batches(self, train_data, epoch_idx, loss_func=None, show_progress=False):

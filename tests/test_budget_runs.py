@@ -48,7 +48,7 @@ def test_a_job_that_runs_slower_than_planned_tests_its_best_checkpoint(tiny_data
     assert load_checkpoint(last)["epoch"] == result["epochs"] - 1
 
 
-def test_a_resumed_job_plans_from_its_next_epoch(tiny_dataset, tmp_path, monkeypatch):
+def test_a_resumed_job_keeps_its_schedule(tiny_dataset, tmp_path, monkeypatch):
     import json
     import time
 
@@ -59,7 +59,7 @@ def test_a_resumed_job_plans_from_its_next_epoch(tiny_dataset, tmp_path, monkeyp
            "epochs": 4, "checkpoint_dir": str(tmp_path / "saved")}
     quick_start.run("SASRec", name, config_dict=cfg)  # leaves the state after its third epoch
     (last,) = (tmp_path / "saved").glob("*-last.pth")
-    monkeypatch.setattr(trainer, "plan_epochs", lambda *args: 1)  # one more epoch fits
+    monkeypatch.setattr(trainer, "plan_epochs", lambda *args: pytest.fail("planned again"))  # the run's 4 epochs hold
     budget_runs.run_job("resumed", "SASRec", name, {**cfg, "resume_from": str(last)}, deadline=time.time() + 300,
                         out_dir=str(tmp_path))
     result = json.loads((tmp_path / "resumed.json").read_text())

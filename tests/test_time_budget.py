@@ -36,10 +36,10 @@ def test_an_epoch_that_would_end_past_the_deadline_is_not_started(tmp_path, monk
     best = tmp_path / "best.pth"
     best.touch()
 
-    def fake(trained, deadline_in, every=2, valid=8.0):
+    def fake(trained, deadline_in, every=2, valid=8.0, saved=True):
         return types.SimpleNamespace(pace={"train": 5.0, "valid": valid, "test": 3.0, "trained": trained},
                                      configured_eval_step=every, epochs_to_run=50, deadline=1000.0 + deadline_in,
-                                     saved_model_file=str(best))
+                                     saved_model_file=str(best), save_last=saved)
 
     def outcome(trainer, epoch_idx, validates=False):
         try:
@@ -51,8 +51,10 @@ def test_an_epoch_that_would_end_past_the_deadline_is_not_started(tmp_path, monk
     assert outcome(fake([10.0] * 6, deadline_in=40.0), 6) is False
     # room for this epoch, its validation and the test, but not for a next epoch: the last one, validated
     assert outcome(fake([10.0] * 6, deadline_in=30.0), 6) is True
-    # no room for this epoch and the test: stopped (the best checkpoint so far is tested)
+    # no room for this epoch, its validation and the test: stopped (the best checkpoint so far is tested),
+    # also where the epoch alone and the test would fit: trained but never validated, it would not count
     assert outcome(fake([10.0] * 6, deadline_in=12.0), 6).startswith("stopped before epoch 7 of 50")
+    assert outcome(fake([10.0] * 6, deadline_in=15.0), 6).startswith("stopped before epoch 7 of 50")
     # an epoch that validates needs its validation too
     assert outcome(fake([10.0] * 7, deadline_in=20.0), 7, validates=True).startswith("stopped before epoch 8")
     assert outcome(fake([10.0] * 7, deadline_in=22.0), 7, validates=True) is True
@@ -65,6 +67,19 @@ def test_an_epoch_that_would_end_past_the_deadline_is_not_started(tmp_path, monk
     # with no best checkpoint there is nothing to test: it trains on, and validates to have one
     best.unlink()
     assert outcome(fake([10.0] * 6, deadline_in=1.0), 6) is True
+    # unless nothing is saved (fit(saved=False)): the weights themselves are tested, once an epoch has trained
+    assert outcome(fake([10.0] * 6, deadline_in=1.0, saved=False), 6).startswith("stopped")
+    assert outcome(fake([], deadline_in=1.0, saved=False), 0) is True
+
+
+def test_the_time_between_epochs_joins_the_estimates():
+    pace = {"valid": 8.0, "probe_valid": 8.0, "test": 4.0, "probe_test": 4.0, "trained": [10.0], "ended": 100.0,
+            "validated": True}
+    LetterTrainer._measure_pace(types.SimpleNamespace(pace=pace), 130.0)  # a validation (and a save) of 30 s
+    assert pace["valid"] == 30.0 and pace["test"] == 15.0 and pace["trained"] == [10.0]
+    pace.update(ended=200.0, validated=False)
+    LetterTrainer._measure_pace(types.SimpleNamespace(pace=pace), 202.0)  # no validation: 2 s of saving, say
+    assert pace["trained"] == [12.0] and pace["valid"] == 30.0
 
 
 def _agree_worker(rank, port, out):
@@ -91,7 +106,7 @@ def _sasrec(tiny_dataset, **overrides):
 
 
 def test_the_plan_is_made_again_from_the_first_epoch_and_the_schedule_follows(tiny_dataset, monkeypatch, caplog):
-    plans = iter([5, 2])  # the probe says 5 epochs fit; the first measured epoch says 1 + 2
+    plans = iter([5, 2, 1])  # the probe says 5 epochs fit; the first measured epoch 1 + 2, the second 2 + 1
 
     def planned(*args, **kwargs):
         return next(plans)
