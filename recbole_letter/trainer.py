@@ -666,6 +666,9 @@ class LetterTrainer(SafeCheckpoints, Trainer):
         configured = self.epochs
         if self.resumed is not None:
             self.planned_epochs = self.planned_epochs or configured
+            self.logger.info(f"time_budget: {(deadline - time.time()) / 60:.1f} min left; a resumed run keeps its "
+                             f"schedule ({self.planned_epochs} epochs) and stops before an epoch that would not "
+                             f"count before the budget's end")
             return self.planned_epochs
         left = deadline - time.time()
         planned = self.start_epoch + plan_epochs(train_epoch, valid_pass, self.configured_eval_step, test_pass, left,

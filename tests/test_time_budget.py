@@ -131,7 +131,9 @@ def test_the_plan_is_made_again_from_the_first_epoch_and_the_schedule_follows(ti
     resumed.resume_checkpoint(trainer.last_model_file)
     assert resumed.epochs_to_run == 3
     monkeypatch.setattr(letter_trainer, "plan_epochs", lambda *args, **kwargs: pytest.fail("planned again"))
-    assert quick_start.apply_time_budget(config, model, resumed, train_data, valid_data, test_data) == 3
+    with caplog.at_level("INFO"):
+        assert quick_start.apply_time_budget(config, model, resumed, train_data, valid_data, test_data) == 3
+    assert "a resumed run keeps its schedule (3 epochs)" in caplog.text
 
 
 def test_a_run_s_epochs_are_cut_to_its_budget(tiny_dataset):
