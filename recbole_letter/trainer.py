@@ -725,19 +725,19 @@ class LetterTrainer(SafeCheckpoints, Trainer):
         left = self.deadline - time.time()
         testable = os.path.isfile(self.saved_model_file) if self.save_last else bool(trained)
         go, validate, stop = 0, 1, 2
-        if validates or self.configured_eval_step <= 0:
-            need = train + (valid if validates else 0.0) + test
+        with_valid = validates or self.configured_eval_step > 0
+        need = train + (valid if with_valid else 0.0) + test
+        if validates or not with_valid:
             decision = stop if need > left and testable else go
         elif train + valid + train + test <= left:  # room for a later epoch with its validation
             decision = go
         else:  # the last epoch that fits, if it fits: validated, so that it counts
-            need = train + valid + test
             decision = stop if need > left and testable else validate
         decision = agreed(decision)
         if decision == stop:
+            parts = "the epoch, its validation and the test" if with_valid else "the epoch and the test"
             raise DeadlineReached(f"stopped before epoch {epoch_idx + 1} of {self.epochs_to_run}: "
-                                  f"{_minutes(max(0.0, left))} left, the epoch, its validation and the test need "
-                                  f"~{_minutes(need)}")
+                                  f"{_minutes(max(0.0, left))} left, {parts} need ~{_minutes(need)}")
         return validates or decision == validate
 
     def _train_epoch(self, train_data, epoch_idx, loss_func=None, show_progress=False):
