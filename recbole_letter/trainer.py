@@ -661,7 +661,8 @@ class LetterTrainer(SafeCheckpoints, Trainer):
         schedule (the epochs its first sitting planned, or the config's): only the stop applies to it.
         Returns the epochs planned."""
         self.deadline = deadline
-        self.pace = {"train": train_epoch, "valid": valid_pass, "test": test_pass, "trained": [], "probe": train_epoch,
+        # "train": the probe's epoch (measured epochs go to "trained"); "valid" and "test" are updated as they run
+        self.pace = {"train": train_epoch, "valid": valid_pass, "test": test_pass, "trained": [],
                      "probe_valid": valid_pass, "probe_test": test_pass, "ended": None, "validated": False}
         configured = self.epochs
         if self.resumed is not None:
@@ -693,7 +694,7 @@ class LetterTrainer(SafeCheckpoints, Trainer):
         if planned == self.planned_epochs:
             return
         self.logger.info(f"time_budget: epoch {epoch_idx} trained in {_minutes(measured)} (the probe said "
-                         f"{_minutes(self.pace['probe'])}): {planned} epochs fit, not {self.planned_epochs}"
+                         f"{_minutes(self.pace['train'])}): {planned} epochs fit, not {self.planned_epochs}"
                          + ("; the schedule spans them" if self.scheduler is not None else ""))
         self.planned_epochs = planned
         if self.scheduler is not None:
