@@ -347,6 +347,7 @@ RULES = {
     "cf_valid_metric": _one_of("ndcg@10", "recall@10", "loss", case=False),
     "tokenizer_lr_scheduler": _one_of("constant", "cosine"),
     "lr_scheduler": _one_of(None, "cosine"),
+    "item_codes_collisions": _one_of("free_last_code", "extra_level"),
     "state": _one_of("INFO", "DEBUG", "WARNING", "ERROR", "CRITICAL", None, case=False),
     "rm_dup_inter": _one_of(None, "first", "last"),
     "user_inter_num_interval": _interval,

@@ -88,6 +88,7 @@ CASES = [
     (["--topk=[0,10]"], "error: topk=[0, 10]: expected a positive integer or a non-empty list"),
     (["--amp_dtype=fp16"], "error: amp_dtype must be one of bfloat16, float16, ~, got 'fp16'"),
     (["--cf_valid_metric=mrr"], "error: cf_valid_metric must be one of ndcg@10, recall@10, loss, got 'mrr'"),
+    (["--item_codes_collisions=drop"], "error: item_codes_collisions must be one of free_last_code, extra_level, got 'drop'"),
     (["--metrics=[Recall,NDGC]"], "no metric 'NDGC'; did you mean 'ndcg'?"),
     (["--lerning_rate=0.1"], "error: unknown config key 'lerning_rate' (did you mean 'learning_rate'"),
     (["--data=x"], "error: unknown config key 'data'"),

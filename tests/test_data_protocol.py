@@ -209,6 +209,12 @@ def test_shared_data_loads_with_the_papers_statistics(name, expected):
     released = os.path.join(SHARED, name, "raw", f"{name}.index.json")
     codes = ItemCodes.from_index_json(released, dataset, code_limit=256)
     assert codes.n_items == expected[1] + 1 and codes.n_levels == 4 and max(codes.codebook_sizes) <= 256
+    # items of identical text share a code there (LETTER_SPEC: 25 on Instruments, 13 on Beauty besides their
+    # twins); each moves to a free last-level code, so the generators keep the release's 4 tokens per item
+    separated, moved = codes.separate("free_last_code")
+    assert moved == {"Beauty": 13, "Instruments": 25}[name] and separated.n_levels == 4
+    assert separated.collision_rate() == 0.0 and separated.codebook_sizes == codes.codebook_sizes
+    assert (separated.codes != codes.codes).any(axis=1).sum() == moved
 
 
 # ---- what the filters removed -------------------------------------------------------------------

@@ -22,6 +22,54 @@ def test_make_unique_adds_one_level_only_where_needed():
         ItemCodes(codes, [2, 4])
 
 
+def test_shared_codes_take_the_smallest_free_last_level_code():
+    # prefix (0,): item 1 keeps 1, items 2 and 4 take 0 and 2 (smallest free); prefix (2,): item 5 takes 0;
+    # prefix (1,) uses every last code of 3 (items 6, 7, 8 and 9), so items 8 and 9 stay shared
+    codes = np.array([[-1, -1], [0, 1], [0, 1], [2, 1], [0, 1], [2, 1], [1, 0], [1, 1], [1, 2], [1, 2]])
+    item_codes = ItemCodes(codes, [3, 3])
+    separated, moved = item_codes.separate("free_last_code")
+    assert moved == 3 and separated.n_levels == 3  # the group left under a full prefix: a disambiguation level
+    assert separated.codes[:, :2].tolist() == [[-1, -1], [0, 1], [0, 0], [2, 1], [0, 2], [2, 0], [1, 0], [1, 1], [1, 2], [1, 2]]
+    assert separated.codes[:, 2].tolist() == [PAD_CODE, 0, 0, 0, 0, 0, 0, 0, 0, 1]
+    assert separated.collision_rate() == 0.0 and separated.codebook_sizes == [3, 3, 2]
+    free, moved = ItemCodes(codes[:8], [3, 3]).separate()  # every group has a free code: the file's depth kept
+    assert moved == 3 and free.n_levels == 2 and free.collision_rate() == 0.0
+    extra, moved = item_codes.separate("extra_level")
+    assert moved == 0 and np.array_equal(extra.codes, item_codes.make_unique().codes)
+    unique = ItemCodes(codes[:2], [3, 3])
+    assert unique.separate()[0].codes is unique.codes  # nothing shared: nothing changes
+    with pytest.raises(ValueError, match="item_codes_collisions must be one of free_last_code, extra_level"):
+        item_codes.separate("drop")
+
+
+def test_codes_file_collisions_are_separated_and_reported(tiny_dataset, tmp_path, caplog):
+    from recbole_letter.tokenizer import get_item_codes
+
+    name, cfg = tiny_dataset
+    _, _, train_data, _, _ = quick_start.prepare("SASRec", name, config_dict=cfg)
+    dataset = train_data.dataset
+    tokens = [str(t) for t in dataset.field2id_token[dataset.iid_field][1:]]
+    index = {tok: ["<a_0>", f"<b_{k % 4}>"] for k, tok in enumerate(tokens)}  # 4 codes for every item
+    path = tmp_path / "shared.index.json"
+    path.write_text(json.dumps(index))
+    config = {"item_codes_file": str(path), "codebook_size": 256, "item_codes_collisions": "free_last_code"}
+    shared = len(tokens) - 4
+    with caplog.at_level("WARNING"):
+        codes = get_item_codes(config, dataset)  # the last level's size is the file's (4): no code is free
+    assert codes.n_levels == 3 and codes.collision_rate() == 0.0
+    assert f"{len(tokens)} items share a full code with another item (4 groups)" in caplog.text
+    assert "0 of them moved" in caplog.text and "a disambiguation level for all items (3 tokens per item)" in caplog.text
+    index[tokens[-1]] = ["<a_0>", "<b_9>"]  # the last level's codebook now has 10 codes, 5 of them free
+    path.write_text(json.dumps(index))
+    caplog.clear()
+    with caplog.at_level("WARNING"):
+        codes = get_item_codes(config, dataset)
+    assert f"{min(shared - 1, 5)} of them moved to the smallest last-level code free under their prefix" in caplog.text
+    assert (codes.n_levels == 2) == (shared - 1 <= 5) and codes.collision_rate() == 0.0
+    extra = get_item_codes({**config, "item_codes_collisions": "extra_level"}, dataset)
+    assert extra.n_levels == 3 and np.array_equal(extra.codes[:, :2], ItemCodes.from_index_json(path, dataset).codes)
+
+
 def test_save_load_round_trip(tmp_path):
     item_codes = ItemCodes(np.array([[-1, -1], [0, 1], [3, 2]]), [4, 4])
     item_codes.save(tmp_path / "codes.npz")
@@ -116,7 +164,7 @@ def test_bad_index_json_one_clear_error_each(tiny_dataset, tmp_path, caplog):
     assert codes.codebook_sizes == [8, 8, (len(tokens) - 1) // 64 + 1]  # each level's largest code + 1, as before
     assert "1 items of the file are not in the dataset (e.g. ['not-an-item'])" in caplog.text
     # the tokenizer hook checks the range against the config's codebook_size
-    config = {"item_codes_file": str(path), "codebook_size": 4}
+    config = {"item_codes_file": str(path), "codebook_size": 4, "item_codes_collisions": "free_last_code"}
     with pytest.raises(ValueError, match="is out of range for codebook_size 4"):
         get_item_codes(config, dataset)
     assert get_item_codes({**config, "codebook_size": 256}, dataset).n_items == dataset.item_num

@@ -2,9 +2,14 @@
 
 ``codes`` is an int64 array ``[n_items, n_levels]`` indexed by RecBole's internal item id; row 0 is
 RecBole's padding item and holds ``-1`` everywhere (it has no code). Level ``l`` takes values in
-``[0, codebook_sizes[l])``. After ``make_unique`` every real item has its own code sequence: items that
-still share a full code get one extra *disambiguation* level (0, 1, 2, ... inside each shared group,
-0 for every other item), so all items keep the same depth.
+``[0, codebook_sizes[l])``. Items that share a full code are separated in one of two ways:
+
+- ``take_free_last_codes``: every item of a shared code but the first takes a last-level code that no
+  item with the same prefix uses, so all items keep ``n_levels`` codes (the tokenizer does this after its
+  Sinkhorn rounds, and ``separate`` for given codes files, ``item_codes_collisions: free_last_code``);
+- ``make_unique``: one extra *disambiguation* level for all items (0, 1, 2, ... inside each shared group,
+  0 for every other item), so all items keep the same depth, one token longer. It separates what the
+  first way cannot (a prefix with no free last-level code left).
 """
 
 import json
@@ -16,6 +21,7 @@ from recbole_letter.common import CODE_TOKEN, LEVEL_LETTERS, code_token
 from recbole_letter.files import atomic_open, write_atomic
 
 PAD_CODE = -1
+COLLISION_RULES = ("free_last_code", "extra_level")
 
 
 class ItemCodes:
@@ -67,6 +73,21 @@ class ItemCodes:
         """1 - (distinct code sequences / real items): the release's definition."""
         real = self.codes[1:]
         return 1.0 - len(np.unique(real, axis=0)) / len(real)
+
+    def separate(self, collisions="free_last_code"):
+        """Codes where every real item is unique, and how many items were given a free last-level code.
+
+        ``collisions``: ``free_last_code`` = ``take_free_last_codes`` with the smallest free code (a codes
+        file carries no distances to rank them by), then ``make_unique`` for any group left; ``extra_level``
+        = ``make_unique`` alone (one more token for every item).
+        """
+        if collisions not in COLLISION_RULES:
+            raise ValueError(f"item_codes_collisions must be one of {', '.join(COLLISION_RULES)}, got {collisions!r}")
+        if collisions == "extra_level" or not self.collision_groups():
+            return self.make_unique(), 0
+        codes = take_free_last_codes(self.codes, size=self.codebook_sizes[-1])
+        moved = int((codes[:, -1] != self.codes[:, -1]).sum())
+        return ItemCodes(codes, self.codebook_sizes).make_unique(), moved
 
     def make_unique(self):
         """Return codes where every real item is unique (adds a disambiguation level if needed)."""
@@ -208,4 +229,27 @@ def _parse_code_tokens(path, item, tokens, code_limit):
             raise ValueError(f"{path}: item {item!r}: code {token!r} is out of range for codebook_size {code_limit} "
                              "(codes run 0 .. codebook_size - 1; set codebook_size to the codes' own)")  # fmt: skip
         codes.append(code)
+    return codes
+
+
+def take_free_last_codes(codes, distances=None, size=None):
+    """Separate items that share a full code on the last level: in each group (items in id order) the first
+    keeps its code and every other takes the free last-level code (one that no item with the same prefix,
+    the levels before the last, uses) ranked first by ``distances[item]`` (``[n_items, N]``, smallest
+    first; ``None`` = the smallest free code below ``size``, the last level's codebook size). A group whose prefix has no free code left keeps its shared
+    code. ``codes``: ``[n_items, L]``, row 0 padding. Returns a new array."""
+    codes = np.array(codes, dtype=np.int64)
+    groups = ItemCodes(codes).collision_groups()
+    used = {}  # prefix -> last-level codes taken under it
+    for row in codes[1:]:
+        used.setdefault(tuple(row[:-1]), set()).add(int(row[-1]))
+    size = size if distances is None else distances.shape[1]
+    for group in groups:
+        for item in np.sort(group)[1:]:
+            taken = used[tuple(codes[item, :-1])]
+            ranked = range(size) if distances is None else np.argsort(distances[item], kind="stable")
+            free = next((int(c) for c in ranked if int(c) not in taken), None)
+            if free is not None:
+                codes[item, -1] = free
+                taken.add(free)
     return codes

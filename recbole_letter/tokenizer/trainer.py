@@ -28,7 +28,7 @@ from recbole.utils import init_seed
 from tqdm import tqdm
 
 from recbole_letter.tokenizer import cache, cf_embedding
-from recbole_letter.tokenizer.item_codes import PAD_CODE, ItemCodes
+from recbole_letter.tokenizer.item_codes import PAD_CODE, ItemCodes, take_free_last_codes
 from recbole_letter.tokenizer.losses import DiversityClusters, collaborative_loss, diversity_loss, semantic_loss
 from recbole_letter.tokenizer.report import tokenizer_report
 from recbole_letter.tokenizer.rqvae import RQVAE
@@ -290,26 +290,6 @@ def assign_codes(model, semantic_emb, max_resolve_rounds):
     return before, resolved, z_hat_table
 
 
-def take_free_last_codes(codes, distances):
-    """Separate items that still share a full code: in each group (items in id order) the first keeps its
-    code and every other takes the last-level code nearest to it (smallest ``distances[item]``, ``[n_items,
-    N]``) that no item with the same prefix (levels before the last) uses. A group whose prefix has no
-    free code left keeps its shared code. Returns a new ``[n_items, L]`` array."""
-    codes = codes.copy()
-    groups = ItemCodes(codes).collision_groups()
-    used = {}  # prefix -> last-level codes taken under it
-    for row in codes[1:]:
-        used.setdefault(tuple(row[:-1]), set()).add(int(row[-1]))
-    for group in groups:
-        for item in np.sort(group)[1:]:
-            taken = used[tuple(codes[item, :-1])]
-            free = [int(c) for c in np.argsort(distances[item], kind="stable") if int(c) not in taken]
-            if free:
-                codes[item, -1] = free[0]
-                taken.add(free[0])
-    return codes
-
-
 def _with_padding(codes):
     return np.concatenate([np.full((1, codes.shape[1]), PAD_CODE, dtype=np.int64), codes.astype(np.int64)])
 
@@ -426,8 +406,9 @@ def tokenize_only(config, train_dataset, eval_data=None):
 def report_for_index_json(config, train_dataset, item_codes_file, out_dir=None, eval_data=None):
     """The same report for released codes (``*.index.json``); CF checks use this config's CF table."""
     codes = ItemCodes.from_index_json(item_codes_file, train_dataset, code_limit=config["codebook_size"])
+    final, _ = codes.separate(config["item_codes_collisions"])
     cf_emb, cf_model, _ = load_or_train_cf(config, train_dataset, cache_keys(config, train_dataset)["cf"])
     name = os.path.basename(item_codes_file).replace(".json", "")
     out_dir = out_dir or os.path.join(cache_root(config), f"released_{name}")
-    return tokenizer_report(train_dataset, codes, codes, codes.make_unique(), cf_emb=cf_emb, cf_model=cf_model,
+    return tokenizer_report(train_dataset, codes, codes, final, cf_emb=cf_emb, cf_model=cf_model,
                             eval_data=eval_data, out_dir=out_dir, title=f"released {name}")  # fmt: skip
