@@ -33,6 +33,7 @@ from recbole.utils import argument_list
 
 from recbole_letter.common import PROPERTIES_DIR
 from recbole_letter.model import ALIASES, BASELINES, GENERATIVE_MODELS, RECBOLE_FAMILIES, canonical_name, is_generative
+from recbole_letter.tokenizer.item_codes import COLLISION_RULES
 EMBEDDED_DATASETS = ("ml-100k",)
 
 
@@ -347,7 +348,7 @@ RULES = {
     "cf_valid_metric": _one_of("ndcg@10", "recall@10", "loss", case=False),
     "tokenizer_lr_scheduler": _one_of("constant", "cosine"),
     "lr_scheduler": _one_of(None, "cosine"),
-    "item_codes_collisions": _one_of("free_last_code", "extra_level"),
+    "item_codes_collisions": _one_of(*COLLISION_RULES),
     "state": _one_of("INFO", "DEBUG", "WARNING", "ERROR", "CRITICAL", None, case=False),
     "rm_dup_inter": _one_of(None, "first", "last"),
     "user_inter_num_interval": _interval,

@@ -49,6 +49,12 @@ RUN_PLACEMENT_KEYS = frozenset({
 # keys a resumed run may change although they change what it computes: a new sitting gets its own time_budget
 # (the epochs its first sitting planned, in -last.pth, hold)
 RESUME_FREE_KEYS = frozenset({"time_budget"})
+# keys added after run files were first written -> the value a run file without the key had in effect, from
+# that file's config (None: the key does not matter to that run)
+LATER_KEYS = {
+    # before the key, a codes file's shared codes got a disambiguation level for all items
+    "item_codes_collisions": lambda stored: "extra_level" if stored.get("item_codes_file") else None,
+}
 
 
 def new_run_id(model, dataset):
@@ -121,7 +127,12 @@ def check_resume_file(config, path, checkpoint=None, before_data=False):
     if "best_model_file" not in checkpoint:
         raise ValueError(f"{path} is not a '-last.pth' file written by LetterTrainer (best checkpoints "
                          f"cannot be resumed: evaluate them with --checkpoint)")
-    stored = checkpoint["config"]
+    stored = dict(checkpoint["config"])
+    unset = set()
+    for key, before in LATER_KEYS.items():
+        if key not in stored:
+            stored[key] = before(stored)
+            unset |= {key} if stored[key] is None else set()
     for key in ("model", "dataset"):
         if stored.get(key) != config[key]:
             raise ValueError(f"{path} belongs to {key} {stored.get(key)!r}, not {config[key]!r}")
@@ -138,7 +149,7 @@ def check_resume_file(config, path, checkpoint=None, before_data=False):
             getLogger().warning(f"{path}: enable_amp: auto settled to {stored.get('enable_amp')} where the run "
                                 f"started and to {current.get('enable_amp')} here: the resumed epochs run in "
                                 f"{'autocast' if current.get('enable_amp') else 'float32'}")
-    free = RUN_PLACEMENT_KEYS | RESUME_FREE_KEYS | same_content
+    free = RUN_PLACEMENT_KEYS | RESUME_FREE_KEYS | same_content | unset
     differing = sorted(key for key in compared if key not in free and stored.get(key) != current.get(key))
     if differing:
         def shown(key):

@@ -49,25 +49,34 @@ def test_codes_file_collisions_are_separated_and_reported(tiny_dataset, tmp_path
     _, _, train_data, _, _ = quick_start.prepare("SASRec", name, config_dict=cfg)
     dataset = train_data.dataset
     tokens = [str(t) for t in dataset.field2id_token[dataset.iid_field][1:]]
-    index = {tok: ["<a_0>", f"<b_{k % 4}>"] for k, tok in enumerate(tokens)}  # 4 codes for every item
     path = tmp_path / "shared.index.json"
-    path.write_text(json.dumps(index))
     config = {"item_codes_file": str(path), "codebook_size": 256, "item_codes_collisions": "free_last_code"}
-    shared = len(tokens) - 4
-    with caplog.at_level("WARNING"):
-        codes = get_item_codes(config, dataset)  # the last level's size is the file's (4): no code is free
+
+    def load(index, **overrides):
+        path.write_text(json.dumps(index))
+        caplog.clear()
+        with caplog.at_level("WARNING"):
+            return get_item_codes({**config, **overrides}, dataset)
+
+    # unique codes (16 last-level codes under each prefix), then two items take their neighbour's code:
+    # last-level codes 1 and 3 of prefix 0 fall free, and the two twins that move take them
+    index = {tok: [f"<a_{k // 16}>", f"<b_{k % 16}>"] for k, tok in enumerate(tokens)}
+    index[tokens[1]], index[tokens[3]] = index[tokens[0]], index[tokens[2]]
+    codes = load(index)
+    assert codes.n_levels == 2 and codes.collision_rate() == 0.0
+    assert "4 items share a full code with another item (2 groups)" in caplog.text
+    assert "2 of them moved to the smallest last-level code free under their prefix; 2 tokens per item, as in the file" in caplog.text
+    given = ItemCodes.from_index_json(path, dataset).codes
+    moved = np.flatnonzero((codes.codes != given).any(axis=1))
+    assert len(moved) == 2 and sorted(codes.codes[moved, 1]) == [1, 3] and (codes.codes[moved, 0] == 0).all()
+    extra = load(index, item_codes_collisions="extra_level")  # the old way: one more level for every item
+    assert extra.n_levels == 3 and np.array_equal(extra.codes[:, :2], given) and "none moved" in caplog.text
+
+    # every last-level code of the prefix is taken (the codebook is the file's: 4 codes): a level for all items
+    codes = load({tok: ["<a_0>", f"<b_{k % 4}>"] for k, tok in enumerate(tokens)})
     assert codes.n_levels == 3 and codes.collision_rate() == 0.0
     assert f"{len(tokens)} items share a full code with another item (4 groups)" in caplog.text
     assert "0 of them moved" in caplog.text and "a disambiguation level for all items (3 tokens per item)" in caplog.text
-    index[tokens[-1]] = ["<a_0>", "<b_9>"]  # the last level's codebook now has 10 codes, 5 of them free
-    path.write_text(json.dumps(index))
-    caplog.clear()
-    with caplog.at_level("WARNING"):
-        codes = get_item_codes(config, dataset)
-    assert f"{min(shared - 1, 5)} of them moved to the smallest last-level code free under their prefix" in caplog.text
-    assert (codes.n_levels == 2) == (shared - 1 <= 5) and codes.collision_rate() == 0.0
-    extra = get_item_codes({**config, "item_codes_collisions": "extra_level"}, dataset)
-    assert extra.n_levels == 3 and np.array_equal(extra.codes[:, :2], ItemCodes.from_index_json(path, dataset).codes)
 
 
 def test_save_load_round_trip(tmp_path):

@@ -327,6 +327,27 @@ def test_early_resume_check_ignores_keys_the_data_loading_sets(tmp_path):
         check_resume_file(Values(config), path)
 
 
+def test_run_files_from_before_a_key_existed_resume_with_its_value_then(tmp_path):
+    # item_codes_collisions came later: a run file without it gave a codes file's shared codes an extra level
+    from recbole_letter.trainer import CHECKPOINT_FORMAT, check_resume_file
+
+    class Values(dict):
+        final_config_dict = property(lambda self: self)
+
+    path = tmp_path / "run-last.pth"
+    for codes_file in (None, "codes.index.json"):
+        stored = {"model": "LETTER_TIGER", "dataset": "d", "item_codes_file": codes_file, "cf_emb_file": None}
+        torch.save({"format": CHECKPOINT_FORMAT, "run_id": "r", "best_model_file": "x.pth",
+                    "best_valid_score": -float("inf"), "state_dict": {}, "config": stored}, path)
+        config = {**stored, "item_codes_collisions": "free_last_code"}
+        if codes_file is None:  # no codes file: the key changes nothing
+            check_resume_file(Values(config), path)
+            continue
+        with pytest.raises(ValueError, match="item_codes_collisions: 'extra_level' there, 'free_last_code' here"):
+            check_resume_file(Values(config), path)
+        check_resume_file(Values({**config, "item_codes_collisions": "extra_level"}), path)
+
+
 def test_a_checkpoint_with_the_mark_but_not_its_keys_is_refused(tmp_path):
     # before: load_checkpoint returned it, and the caller failed later with a KeyError
     for state, missing in (({"format": CHECKPOINT_FORMAT}, "run_id, config, state_dict"),

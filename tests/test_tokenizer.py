@@ -143,8 +143,8 @@ def test_missing_encoder_names_the_fix():
 
 
 def test_identical_items_take_the_nearest_free_last_level_code():
-    from recbole_letter.tokenizer.item_codes import ItemCodes
-    from recbole_letter.tokenizer.trainer import assign_codes, take_free_last_codes
+    from recbole_letter.tokenizer.item_codes import ItemCodes, take_free_last_codes
+    from recbole_letter.tokenizer.trainer import assign_codes
 
     codes = np.array([[-1, -1], [0, 1], [0, 1], [0, 1], [1, 0], [1, 0], [2, 0], [2, 1], [2, 0]])
     distances = np.tile(np.array([[0.0, 1.0, 2.0]]), (len(codes), 1))  # code 0 nearest, then 1, then 2

@@ -22,7 +22,8 @@ def get_item_codes(config, dataset):
 
 def separate_given_codes(codes, path, collisions):
     """Unique codes from a codes file's (``ItemCodes.separate``), with a log line saying what changed: the
-    release's files leave items of identical text sharing a code (Instruments 25, Beauty 13)."""
+    release's files leave items of identical text sharing a code (Instruments: 48 items in 23 groups,
+    Beauty: 24 in 11)."""
     groups = codes.collision_groups()
     unique, moved = codes.separate(collisions)
     if groups:

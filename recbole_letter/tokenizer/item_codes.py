@@ -233,17 +233,21 @@ def _parse_code_tokens(path, item, tokens, code_limit):
 
 
 def take_free_last_codes(codes, distances=None, size=None):
-    """Separate items that share a full code on the last level: in each group (items in id order) the first
-    keeps its code and every other takes the free last-level code (one that no item with the same prefix,
-    the levels before the last, uses) ranked first by ``distances[item]`` (``[n_items, N]``, smallest
-    first; ``None`` = the smallest free code below ``size``, the last level's codebook size). A group whose prefix has no free code left keeps its shared
-    code. ``codes``: ``[n_items, L]``, row 0 padding. Returns a new array."""
+    """Separate items that share a full code on the last level: in each group (items in id order) the
+    first keeps its code and every other takes the free last-level code (one that no item with the same
+    prefix, the levels before the last, uses) ranked first by ``distances[item]`` (``[n_items, N]``,
+    smallest first). Without ``distances``: the smallest free code below ``size`` (the last level's
+    codebook size; ``None`` = its largest code + 1). A group whose prefix has no free code left keeps its
+    shared code. ``codes``: ``[n_items, L]``, row 0 padding. Returns a new array."""
     codes = np.array(codes, dtype=np.int64)
     groups = ItemCodes(codes).collision_groups()
     used = {}  # prefix -> last-level codes taken under it
     for row in codes[1:]:
         used.setdefault(tuple(row[:-1]), set()).add(int(row[-1]))
-    size = size if distances is None else distances.shape[1]
+    if distances is not None:
+        size = distances.shape[1]
+    elif size is None:
+        size = int(codes[1:, -1].max()) + 1
     for group in groups:
         for item in np.sort(group)[1:]:
             taken = used[tuple(codes[item, :-1])]
