@@ -507,6 +507,9 @@ class SafeCheckpoints:
 
 
 BUDGET_RESERVE = 0.05  # time_budget: share of the time left that a plan keeps free (the estimates' error)
+# time_budget: the plan is made again after each of a run's first two epochs and after every epoch of the
+# schedule's first third (its learning rate still high, where a longer or shorter cosine changes it least)
+REPLAN_SHARE = 1 / 3
 
 
 def plan_epochs(train_epoch, valid_pass, eval_step, test_pass, seconds_left, max_epochs, reserve=BUDGET_RESERVE):
@@ -664,9 +667,10 @@ class LetterTrainer(SafeCheckpoints, Trainer):
     def plan_to_deadline(self, deadline, train_epoch, valid_pass, test_pass):
         """Fit the run into ``deadline`` (a ``time.time()``): the epochs the config allows are cut to what fits
         from these estimates (seconds of a training epoch, a validation pass, the test pass; a probe's), and the
-        learning-rate schedule spans them. After each of the first two epochs of this process, the plan is made
-        again from the last epoch's measured time (the probe times a few batches only; a first epoch may carry
-        one-off costs). At the start of every epoch the run stops (it tests its best checkpoint and keeps its
+        learning-rate schedule spans them. After each of the first two epochs of this process, and after every
+        epoch of the schedule's first third (:data:`REPLAN_SHARE`), the plan is made again from the median of
+        the measured epochs (the probe times a few batches only; a first epoch may carry one-off costs, and
+        another program may slow a few). At the start of every epoch the run stops (it tests its best checkpoint and keeps its
         state for ``resume_from``) when that epoch would not end, with its validation and the test after it,
         before the deadline; an epoch after which no other would fit is validated. A resumed run keeps its
         schedule (the epochs its first sitting planned, or the config's): only the stop applies to it.
@@ -695,16 +699,25 @@ class LetterTrainer(SafeCheckpoints, Trainer):
             f"the {configured} epochs fit" + (", the schedule spans them" if self.lr_scheduler_name else ""))
         return self.planned_epochs
 
+    def _replans(self, epoch_idx):
+        """Whether the plan is made again before epoch ``epoch_idx`` (0-based; see plan_to_deadline): after
+        each of this process's first two epochs and every epoch of the schedule's first third, in a run that
+        did not resume."""
+        measured = len(self.pace["trained"])
+        early = measured <= 2 or epoch_idx < self.epochs_to_run * REPLAN_SHARE
+        return bool(measured) and early and self.resumed is None and epoch_idx < self.epochs_to_run
+
     def _replan(self, epoch_idx):
-        """The plan again from the last epoch's measured time (see plan_to_deadline); the schedule's length
-        follows, from the step it has reached."""
-        measured = self.pace["trained"][-1]
+        """The plan again from the median of the epochs measured so far (see plan_to_deadline); the schedule's
+        length follows, from the step it has reached."""
+        measured = float(np.median(self.pace["trained"]))
         left = self.deadline - time.time()
         planned = agreed(epoch_idx + plan_epochs(measured, self.pace["valid"], self.configured_eval_step,
                                                  self.pace["test"], left, self.epochs - epoch_idx))
         if planned == self.planned_epochs:
             return
-        self.logger.info(f"time_budget: epoch {epoch_idx} trained in {_minutes(measured)} (the probe said "
+        runs = f"epoch {epoch_idx} trained in" if epoch_idx == 1 else f"epochs 1-{epoch_idx} trained in a median of"
+        self.logger.info(f"time_budget: {runs} {_minutes(measured)} (the probe said "
                          f"{_minutes(self.pace['train'])}): {planned} epochs fit, not {self.planned_epochs}"
                          + ("; the schedule spans them" if self.scheduler is not None else ""))
         self.planned_epochs = planned
@@ -756,7 +769,7 @@ class LetterTrainer(SafeCheckpoints, Trainer):
         started = time.time()  # an epoch's time: from here (the previous state's save included) to its end
         if self.deadline is not None:
             self._measure_pace(started)
-            if 0 < len(self.pace["trained"]) <= 2 and self.resumed is None and epoch_idx < self.epochs_to_run:
+            if self._replans(epoch_idx):
                 self._replan(epoch_idx)  # before the state is saved: a resumed run keeps the new plan
         if self.save_last and epoch_idx > self.start_epoch:  # the previous epoch and its validation are done
             self._save_last(epoch_idx - 1, train_data)

@@ -82,6 +82,31 @@ def test_the_time_between_epochs_joins_the_estimates():
     assert pace["trained"] == [12.0] and pace["valid"] == 30.0
 
 
+def test_the_plan_is_made_again_through_the_schedule_s_first_third_from_the_median_epoch(monkeypatch):
+    def replans(epoch_idx, measured, planned=45, resumed=None):
+        fake = types.SimpleNamespace(pace={"trained": [170.0] * measured}, epochs_to_run=planned, resumed=resumed)
+        return LetterTrainer._replans(fake, epoch_idx)
+
+    assert not replans(0, 0)  # nothing measured yet: the probe's plan
+    assert replans(1, 1) and replans(2, 2) and replans(14, 14)  # 14 < 45 / 3
+    assert not replans(15, 15) and not replans(30, 30)  # the last two thirds keep their schedule
+    assert replans(2, 2, planned=3) and not replans(3, 3, planned=3)  # the first two always; never past the plan
+    assert not replans(1, 1, resumed={"planned_epochs": 45})  # a resumed run keeps its schedule
+
+    seen = []
+    monkeypatch.setattr(letter_trainer, "plan_epochs", lambda train, *args: seen.append(train) or 42)
+    monkeypatch.setattr(letter_trainer, "time", types.SimpleNamespace(time=lambda: 1000.0))
+    logged = []
+    fake = types.SimpleNamespace(pace={"trained": [176.0, 240.0, 160.0, 165.0, 162.0], "train": 186.0, "valid": 33.0,
+                                       "test": 33.0}, deadline=9000.0, configured_eval_step=4, epochs=50,
+                                 planned_epochs=45, scheduler=None, logger=types.SimpleNamespace(info=logged.append))
+    LetterTrainer._replan(fake, 5)
+    # one slow epoch (another program ran beside it) moves the median, not the plan's pace
+    assert seen == [165.0] and fake.planned_epochs == 5 + 42
+    assert logged == ["time_budget: epochs 1-5 trained in a median of 2.8 min (the probe said 3.1 min): 47 epochs "
+                      "fit, not 45"]
+
+
 def _agree_worker(rank, port, out):
     torch.distributed.init_process_group("gloo", rank=rank, world_size=2, init_method=f"tcp://127.0.0.1:{port}")
     try:
