@@ -128,11 +128,13 @@ def check_resume_file(config, path, checkpoint=None, before_data=False):
         raise ValueError(f"{path} is not a '-last.pth' file written by LetterTrainer (best checkpoints "
                          f"cannot be resumed: evaluate them with --checkpoint)")
     stored = dict(checkpoint["config"])
-    unset = set()
+    unset, implied = set(), set()
     for key, before in LATER_KEYS.items():
         if key not in stored:
             stored[key] = before(stored)
-            unset |= {key} if stored[key] is None else set()
+            if stored[key] is None:
+                unset.add(key)
+            implied.add(key)
     for key in ("model", "dataset"):
         if stored.get(key) != config[key]:
             raise ValueError(f"{path} belongs to {key} {stored.get(key)!r}, not {config[key]!r}")
@@ -154,6 +156,8 @@ def check_resume_file(config, path, checkpoint=None, before_data=False):
     if differing:
         def shown(key):
             text = f"{key}: {stored.get(key)!r} there, {current.get(key)!r} here"
+            if key in implied:
+                text += " (the run file is older than the key: the value its run had)"
             if key in stored_files:  # a file: say what differs, its content
                 there, here = stored_files[key][:12], (current_files.get(key) or "none")[:12]
                 text += f" (content sha256 {there} there, {here} here)"
@@ -708,13 +712,15 @@ class LetterTrainer(SafeCheckpoints, Trainer):
         return bool(measured) and early and self.resumed is None and epoch_idx < self.epochs_to_run
 
     def _replan(self, epoch_idx):
-        """The plan again from the median of the epochs measured so far (see plan_to_deadline); the schedule's
-        length follows, from the step it has reached."""
-        measured = float(np.median(self.pace["trained"]))
+        """The plan again from the (lower) median of the epochs measured so far (see plan_to_deadline); the
+        schedule's length follows, from the step it has reached."""
+        trained = sorted(self.pace["trained"])
+        measured = trained[(len(trained) - 1) // 2]  # the lower median: after two epochs, the faster one
         left = self.deadline - time.time()
         planned = agreed(epoch_idx + plan_epochs(measured, self.pace["valid"], self.configured_eval_step,
                                                  self.pace["test"], left, self.epochs - epoch_idx))
-        if planned == self.planned_epochs:
+        # after the first two epochs a plan moves by two epochs or more: not back and forth by one each epoch
+        if planned == self.planned_epochs or (len(trained) > 2 and abs(planned - self.planned_epochs) < 2):
             return
         runs = f"epoch {epoch_idx} trained in" if epoch_idx == 1 else f"epochs 1-{epoch_idx} trained in a median of"
         self.logger.info(f"time_budget: {runs} {_minutes(measured)} (the probe said "

@@ -1,4 +1,4 @@
-"""time_budget: a run's epochs sized to the minutes it may take, re-planned from its first epoch, and a stop
+"""time_budget: a run's epochs sized to the minutes it may take, re-planned from its measured epochs, and a stop
 before an epoch that would end past the deadline (LetterTrainer.plan_to_deadline, quick_start.apply_time_budget)."""
 
 import time
@@ -93,18 +93,42 @@ def test_the_plan_is_made_again_through_the_schedule_s_first_third_from_the_medi
     assert replans(2, 2, planned=3) and not replans(3, 3, planned=3)  # the first two always; never past the plan
     assert not replans(1, 1, resumed={"planned_epochs": 45})  # a resumed run keeps its schedule
 
-    seen = []
-    monkeypatch.setattr(letter_trainer, "plan_epochs", lambda train, *args: seen.append(train) or 42)
+    def replan(trained, epoch_idx, fit):  # fit: what plan_epochs says fits after epoch_idx
+        seen, logged = [], []
+        monkeypatch.setattr(letter_trainer, "plan_epochs", lambda train, *args: seen.append(train) or fit)
+        fake = types.SimpleNamespace(pace={"trained": trained, "train": 186.0, "valid": 33.0, "test": 33.0},
+                                     deadline=9000.0, configured_eval_step=4, epochs=50, planned_epochs=45,
+                                     scheduler=None, logger=types.SimpleNamespace(info=logged.append))
+        LetterTrainer._replan(fake, epoch_idx)
+        return seen[0], fake.planned_epochs, logged
+
     monkeypatch.setattr(letter_trainer, "time", types.SimpleNamespace(time=lambda: 1000.0))
-    logged = []
-    fake = types.SimpleNamespace(pace={"trained": [176.0, 240.0, 160.0, 165.0, 162.0], "train": 186.0, "valid": 33.0,
-                                       "test": 33.0}, deadline=9000.0, configured_eval_step=4, epochs=50,
-                                 planned_epochs=45, scheduler=None, logger=types.SimpleNamespace(info=logged.append))
-    LetterTrainer._replan(fake, 5)
     # one slow epoch (another program ran beside it) moves the median, not the plan's pace
-    assert seen == [165.0] and fake.planned_epochs == 5 + 42
-    assert logged == ["time_budget: epochs 1-5 trained in a median of 2.8 min (the probe said 3.1 min): 47 epochs "
-                      "fit, not 45"]
+    assert replan([176.0, 240.0, 160.0, 165.0, 162.0], 5, 42) == (165.0, 47, [
+        "time_budget: epochs 1-5 trained in a median of 2.8 min (the probe said 3.1 min): 47 epochs fit, not 45"])
+    # after two epochs, the faster one (a first epoch's one-off costs do not count)
+    assert replan([176.0, 165.0], 2, 43) == (165.0, 45, [])
+    assert replan([176.0], 1, 46) == (176.0, 47, [
+        "time_budget: epoch 1 trained in 2.9 min (the probe said 3.1 min): 47 epochs fit, not 45"])
+    # later, a plan one epoch off is kept (no cosine rebuilt back and forth); two epochs off, it moves
+    assert replan([165.0] * 5, 5, 41)[1:] == (45, [])
+    assert replan([165.0] * 5, 5, 38)[1] == 43
+
+
+def test_a_schedule_re_planned_after_its_third_epoch_still_ends_at_zero(tiny_dataset, monkeypatch):
+    fits = {0: 12, 1: 11, 2: 10, 3: 7}  # epochs after epoch_idx: 12 planned; after the 3rd epoch, 10 in all
+
+    def planned(train, valid, eval_step, test, left, max_epochs):
+        done = 12 - max_epochs if max_epochs < 12 else 0  # epoch_idx: the config's 12 epochs less those left
+        return fits[done]
+
+    monkeypatch.setattr(letter_trainer, "plan_epochs", planned)
+    config, model, trainer, train_data, valid_data, test_data = _sasrec(
+        tiny_dataset, epochs=12, lr_scheduler="cosine", warmup_ratio=0.1, time_budget=60, eval_step=4)
+    assert quick_start.apply_time_budget(config, model, trainer, train_data, valid_data, test_data) == 12
+    trainer.fit(train_data, valid_data, saved=True, show_progress=False)
+    assert trainer.epochs_to_run == 10 == len(trainer.train_loss_dict)
+    assert trainer.optimizer.param_groups[0]["lr"] == pytest.approx(0.0, abs=1e-12)
 
 
 def _agree_worker(rank, port, out):

@@ -237,8 +237,10 @@ def take_free_last_codes(codes, distances=None, size=None):
     first keeps its code and every other takes the free last-level code (one that no item with the same
     prefix, the levels before the last, uses) ranked first by ``distances[item]`` (``[n_items, N]``,
     smallest first). Without ``distances``: the smallest free code below ``size`` (the last level's
-    codebook size; ``None`` = its largest code + 1). A group whose prefix has no free code left keeps its
-    shared code. ``codes``: ``[n_items, L]``, row 0 padding. Returns a new array."""
+    codebook size). A group whose prefix has no free code left keeps its shared code. ``codes``:
+    ``[n_items, L]``, row 0 padding. Returns a new array."""
+    if distances is None and size is None:
+        raise ValueError("take_free_last_codes: give the distances to rank the free codes by, or the codebook size")
     codes = np.array(codes, dtype=np.int64)
     groups = ItemCodes(codes).collision_groups()
     used = {}  # prefix -> last-level codes taken under it
@@ -246,8 +248,6 @@ def take_free_last_codes(codes, distances=None, size=None):
         used.setdefault(tuple(row[:-1]), set()).add(int(row[-1]))
     if distances is not None:
         size = distances.shape[1]
-    elif size is None:
-        size = int(codes[1:, -1].max()) + 1
     for group in groups:
         for item in np.sort(group)[1:]:
             taken = used[tuple(codes[item, :-1])]
