@@ -672,11 +672,11 @@ class LetterTrainer(SafeCheckpoints, Trainer):
         """Fit the run into ``deadline`` (a ``time.time()``): the epochs the config allows are cut to what fits
         from these estimates (seconds of a training epoch, a validation pass, the test pass; a probe's), and the
         learning-rate schedule spans them. After each of the first two epochs of this process, and after every
-        epoch of the schedule's first third (:data:`REPLAN_SHARE`), the plan is made again from the median of
-        the measured epochs (the probe times a few batches only; a first epoch may carry one-off costs, and
-        another program may slow a few). At the start of every epoch the run stops (it tests its best checkpoint and keeps its
-        state for ``resume_from``) when that epoch would not end, with its validation and the test after it,
-        before the deadline; an epoch after which no other would fit is validated. A resumed run keeps its
+        epoch of the schedule's first third (:data:`REPLAN_SHARE`), the plan is made again from the (lower)
+        median of the measured epochs (the probe times a few batches only; a first epoch may carry one-off
+        costs, and another program may slow a few). At the start of every epoch the run stops (it tests its
+        best checkpoint and keeps its state for ``resume_from``) when that epoch would not end, with its
+        validation and the test after it, before the deadline; an epoch after which no other would fit is validated. A resumed run keeps its
         schedule (the epochs its first sitting planned, or the config's): only the stop applies to it.
         Returns the epochs planned."""
         self.deadline = deadline
