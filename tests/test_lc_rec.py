@@ -8,6 +8,7 @@ fast LoRA dropout) change no gradient, clear errors.
 
 import copy
 import json
+import logging
 import re
 
 import numpy as np
@@ -20,8 +21,11 @@ from recbole_letter.model.letter_lc_rec import (
     LC_Rec,
     LETTER_LC_Rec,
     code_token_names,
+    llm_dtype_warning,
+    load_causal_lm,
     load_prompt_templates,
 )
+from recbole_letter.model import letter_lc_rec
 from recbole_letter.trainer import load_checkpoint
 from conftest import tiny_config, write_ml100k_slice
 from numerics import float32_tolerance
@@ -334,3 +338,22 @@ def test_untied_output_head_has_its_own_code_rows(lc_config, tmp_path):
         tolerance = float32_tolerance(exact, LC_REDUCTION, LC_STEPS * model.code_len)
         for result in (model.sequence_log_likelihood(seq, seq_len, items[:, 0]), scores[:, 0]):
             torch.testing.assert_close(result.double(), exact, rtol=0, atol=tolerance)
+
+
+def test_llm_dtype_without_matrix_instructions_warns(monkeypatch, tiny_llm, caplog):
+    """llm_dtype bfloat16 / float16 where the device has no such matrix instructions: one warning line at
+    load, naming the instructions and the faster setting; none for float32 or where they exist."""
+    monkeypatch.setattr(letter_lc_rec, "native_autocast", lambda device, dtype: False)
+    assert llm_dtype_warning(torch.device("cpu"), torch.float32) is None
+    line = llm_dtype_warning(torch.device("cpu"), torch.bfloat16)
+    assert line.startswith("llm_dtype: bfloat16, but this CPU has no bfloat16 matrix instructions "
+                           "(avx512_bf16 or AMX)") and "llm_dtype: float32 is faster here" in line
+    assert "(AMX-FP16)" in llm_dtype_warning(torch.device("cpu"), torch.float16)
+    config = {"llm_path": tiny_llm, "llm_dtype": "bfloat16", "llm_gguf_file": None, "load_in_8bit": False,
+              "device": torch.device("cpu")}
+    with caplog.at_level(logging.WARNING):
+        lm = load_causal_lm(config)
+    assert lm.dtype == torch.bfloat16
+    assert [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING] == [line]
+    monkeypatch.setattr(letter_lc_rec, "native_autocast", lambda device, dtype: True)
+    assert llm_dtype_warning(torch.device("cpu"), torch.bfloat16) is None
