@@ -681,7 +681,7 @@ class LetterTrainer(SafeCheckpoints, Trainer):
         Returns the epochs planned."""
         self.deadline = deadline
         # "train": the probe's epoch (measured epochs go to "trained"); "valid" and "test" are updated as they run
-        self.pace = {"train": train_epoch, "valid": valid_pass, "test": test_pass, "trained": [],
+        self.pace = {"train": train_epoch, "valid": valid_pass, "test": test_pass, "trained": [], "validations": [],
                      "probe_valid": valid_pass, "probe_test": test_pass, "ended": None, "validated": False}
         configured = self.epochs
         if self.resumed is not None:
@@ -732,13 +732,15 @@ class LetterTrainer(SafeCheckpoints, Trainer):
 
     def _measure_pace(self, now):
         """At the start of an epoch: what ran since the previous epoch's training ended (its validation and
-        best checkpoint, or nothing) joins the estimates; the test pass is taken to scale as validation does."""
+        best checkpoint, or nothing) joins the estimates: a validation counts as the longest measured one (the
+        probe's estimate only until one is measured); the test pass is taken to scale as validation does."""
         pace = self.pace
         if pace["ended"] is None:
             return
         between = now - pace["ended"]
         if pace["validated"]:
-            pace["valid"] = max(pace["valid"], between)
+            pace["validations"].append(between)
+            pace["valid"] = max(pace["validations"])
             pace["test"] = pace["probe_test"] * pace["valid"] / max(pace["probe_valid"], 1e-9)
         else:
             pace["trained"][-1] += between

@@ -73,13 +73,24 @@ def test_an_epoch_that_would_end_past_the_deadline_is_not_started(tmp_path, monk
 
 
 def test_the_time_between_epochs_joins_the_estimates():
-    pace = {"valid": 8.0, "probe_valid": 8.0, "test": 4.0, "probe_test": 4.0, "trained": [10.0], "ended": 100.0,
-            "validated": True}
+    pace = {"valid": 8.0, "probe_valid": 8.0, "test": 4.0, "probe_test": 4.0, "trained": [10.0], "validations": [],
+            "ended": 100.0, "validated": True}
     LetterTrainer._measure_pace(types.SimpleNamespace(pace=pace), 130.0)  # a validation (and a save) of 30 s
     assert pace["valid"] == 30.0 and pace["test"] == 15.0 and pace["trained"] == [10.0]
     pace.update(ended=200.0, validated=False)
     LetterTrainer._measure_pace(types.SimpleNamespace(pace=pace), 202.0)  # no validation: 2 s of saving, say
     assert pace["trained"] == [12.0] and pace["valid"] == 30.0
+    pace.update(ended=300.0, validated=True)
+    LetterTrainer._measure_pace(types.SimpleNamespace(pace=pace), 320.0)  # a shorter one: the longest counts
+    assert pace["valid"] == 30.0
+
+
+def test_a_validation_faster_than_the_probe_said_replaces_its_estimate():
+    """The probe's estimate counts only until a validation is measured: it is not a floor."""
+    pace = {"valid": 33.0, "probe_valid": 33.0, "test": 33.0, "probe_test": 33.0, "trained": [150.0],
+            "validations": [], "ended": 100.0, "validated": True}
+    LetterTrainer._measure_pace(types.SimpleNamespace(pace=pace), 127.0)
+    assert pace["valid"] == 27.0 and pace["test"] == pytest.approx(27.0)
 
 
 def test_the_plan_is_made_again_through_the_schedule_s_first_third_from_the_median_epoch(monkeypatch):
