@@ -150,9 +150,6 @@ def load_causal_lm(config):
     if dtype_name not in DTYPES:
         raise ValueError(f"llm_dtype must be one of {sorted(DTYPES)}, got {dtype_name!r}")
     kwargs = {"dtype": DTYPES[dtype_name], **_gguf_kwargs(config)}
-    line = llm_dtype_warning(config["device"], DTYPES[dtype_name])
-    if line:
-        getLogger().warning(line)
     if config["load_in_8bit"]:
         if not torch.cuda.is_available():
             raise ValueError("load_in_8bit: True needs a CUDA GPU (bitsandbytes); set load_in_8bit: False here")
@@ -161,6 +158,9 @@ def load_causal_lm(config):
         kwargs["quantization_config"] = BitsAndBytesConfig(load_in_8bit=True)
         device = config["device"]  # under DDP: this process's GPU
         kwargs["device_map"] = {"": device if device is not None and device.type == "cuda" else torch.cuda.current_device()}
+    line = llm_dtype_warning(config["device"], DTYPES[dtype_name])
+    if line:  # DDP ranks other than 0 log errors only (quick_start), so one line per run
+        getLogger().warning(line)
     return AutoModelForCausalLM.from_pretrained(path, **kwargs)
 
 
