@@ -149,7 +149,8 @@ def known_datasets(data_path=None):
 
 
 def build_config(model, dataset, config_files=None, config_dict=None):
-    """Config layered as overall -> tokenizer -> dataset -> model -> ``config_files`` -> ``config_dict``.
+    """Config layered as overall -> tokenizer -> dataset -> model -> profile (``profile``; see
+    :func:`property_files`) -> ``config_files`` -> ``config_dict``.
 
     The model name must match exactly; keys and values of ``config_files`` and ``config_dict`` are checked
     (``config_check``: known key, type, range; a ``ConfigError`` otherwise). String values of
@@ -162,7 +163,7 @@ def build_config(model, dataset, config_files=None, config_dict=None):
         config_dict: the last layer: key -> value, or key -> string to parse as a literal.
 
     Returns:
-        A RecBole ``Config`` (:class:`LetterConfig`), its device and seeds set up.
+        A RecBole ``Config`` (:class:`LetterConfig`), its device set up (seeds are set where the data loads).
     """
     config_check.check_model_name(model)
     for path in config_files or []:

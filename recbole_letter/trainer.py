@@ -117,7 +117,8 @@ def file_hashes(config):
 def check_resume_file(config, path, checkpoint=None, before_data=False):
     """Check a ``-last.pth`` file against the run that would continue it, before anything else is done:
     a ``-last.pth`` of this format, of the same model and dataset, with the same config (keys outside
-    ``RUN_PLACEMENT_KEYS``; ``FILE_KEYS`` by content, so a moved codes file with the same content is fine),
+    ``RUN_PLACEMENT_KEYS`` and ``RESUME_FREE_KEYS``; ``enable_amp: auto`` settles again on this machine;
+    ``FILE_KEYS`` by content, so a moved codes file with the same content is fine),
     and the best checkpoint it names exists and belongs to the same run (unless none was saved yet).
     ``quick_start`` runs it right after building the config (before the data loads and the tokenizer stage);
     :meth:`LetterTrainer.resume_checkpoint` again. A ``ValueError`` says which input is wrong. Returns the
@@ -852,7 +853,7 @@ class LetterTrainer(SafeCheckpoints, Trainer):
         return tuple(total) if parts_returned else total[0]
 
     def _epochs_left_text(self, epoch_idx):
-        """``" (all epochs: ~12 min left)"``: the remaining epochs at the mean pace of this process's
+        """``" (<= 12.0 min left)"``: the remaining epochs at the mean pace of this process's
         finished ones (training and validation), an upper bound when early stopping may end the run
         sooner; empty before the first epoch has finished."""
         now = time.perf_counter()
