@@ -59,6 +59,14 @@ def native_autocast(device_type, dtype):
     return False
 
 
+def missing_instructions(device_type, dtype):
+    """``"this CPU has no bfloat16 matrix instructions (avx512_bf16 or AMX)"``: what the log lines say where
+    ``device_type`` would emulate ``dtype`` matrices (:data:`NATIVE_AUTOCAST_NEEDS`)."""
+    name = {"cpu": "CPU", "cuda": "GPU"}.get(device_type, device_type)
+    needs = NATIVE_AUTOCAST_NEEDS.get((device_type, dtype), "hardware support")
+    return f"this {name} has no {str(dtype).removeprefix('torch.')} matrix instructions ({needs})"
+
+
 def settle_enable_amp(config):
     """Turn ``enable_amp`` into the bool RecBole's trainer and the models read: ``auto`` -> True where the
     device computes ``amp_dtype`` natively (:func:`native_autocast`), False elsewhere; True / False (or 1 / 0)
@@ -69,20 +77,18 @@ def settle_enable_amp(config):
         config["enable_amp"] = bool(requested)
         if not requested:
             return None
-    name = {"cpu": "CPU", "cuda": "GPU"}.get(device, device)
-    dtype_name = str(dtype).removeprefix("torch.")
-    needs = NATIVE_AUTOCAST_NEEDS.get((device, dtype), "hardware support")
     native = native_autocast(device, dtype)
     if requested == "auto":
         config["enable_amp"] = native
         if native:
-            return "info", f"enable_amp: auto -> True: autocast to {dtype_name}, which this {name} computes natively"
-        return "info", (f"enable_amp: auto -> False: this {name} has no {dtype_name} matrix instructions "
-                        f"({needs}), so autocast would be slower than float32; running in float32")
+            name = {"cpu": "CPU", "cuda": "GPU"}.get(device, device)
+            return "info", (f"enable_amp: auto -> True: autocast to {str(dtype).removeprefix('torch.')}, which "
+                            f"this {name} computes natively")
+        return "info", (f"enable_amp: auto -> False: {missing_instructions(device, dtype)}, so autocast would be "
+                        f"slower than float32; running in float32")
     if native:
         return None
-    return "warning", (f"enable_amp: True, but this {name} has no {dtype_name} matrix instructions ({needs}): "
-                       f"autocast emulates them, many times slower than float32 (--enable_amp=auto autocasts "
+    return "warning", (f"enable_amp: True, but {missing_instructions(device, dtype)}: autocast emulates them, many times slower than float32 (--enable_amp=auto autocasts "
                        f"only where the device has them)")
 
 

@@ -46,7 +46,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from recbole.utils import InputType
 
-from recbole_letter.common import DTYPES, NATIVE_AUTOCAST_NEEDS, code_token_names, native_autocast
+from recbole_letter.common import DTYPES, code_token_names, missing_instructions, native_autocast
 from recbole_letter.model.generative_recommender import GenerativeRecommender
 from recbole_letter.model.t5_cpu import use_fast_dropout
 
@@ -167,16 +167,14 @@ def load_causal_lm(config):
 def llm_dtype_warning(device, dtype):
     """A warning line when ``llm_dtype`` puts the LM's weights in a dtype that ``device`` has no matrix
     instructions for (:func:`~recbole_letter.common.native_autocast`), else None: there every matmul of the
-    LM runs emulated (a bfloat16 ``nn.Linear`` of SmolLM2's shape took ~100x float32's time on an AVX2-only
+    LM runs emulated (a bfloat16 ``nn.Linear`` of SmolLM2's shape took ~7x float32's time on an AVX2-only
     CPU, docs/lc_rec.md)."""
     device_type = torch.device(device).type if device is not None else "cpu"
     if dtype == torch.float32 or native_autocast(device_type, dtype):
         return None
-    name = str(dtype).removeprefix("torch.")
-    needs = NATIVE_AUTOCAST_NEEDS.get((device_type, dtype), "hardware support")
-    where = {"cpu": "CPU", "cuda": "GPU"}.get(device_type, device_type)
-    return (f"llm_dtype: {name}, but this {where} has no {name} matrix instructions ({needs}): every matmul of "
-            f"the LM is emulated, many times slower than float32 (llm_dtype: float32 is faster here)")
+    return (f"llm_dtype: {str(dtype).removeprefix('torch.')}, but {missing_instructions(device_type, dtype)}: "
+            f"every matmul of the LM is emulated, many times slower than float32 (llm_dtype: float32 is faster "
+            f"here)")
 
 
 def _checked_llm_path(config):
