@@ -54,6 +54,8 @@ RESUME_FREE_KEYS = frozenset({"time_budget"})
 LATER_KEYS = {
     # before the key, a codes file's shared codes got a disambiguation level for all items
     "item_codes_collisions": lambda stored: "extra_level" if stored.get("item_codes_file") else None,
+    # before the key, every parameter decayed (it matters only where there was weight decay)
+    "decay_norms_and_biases": lambda stored: True if stored.get("weight_decay") else None,
 }
 
 
@@ -528,6 +530,29 @@ def plan_epochs(train_epoch, valid_pass, eval_step, test_pass, seconds_left, max
     return max(1, min(int(max_epochs), fits))
 
 
+# parameters transformers' Trainer keeps out of weight decay, by name (its rule, which the LETTER release trained
+# with): anything named *bias* (T5's relative-position bias table too) and the normalisation layers' scales
+NO_DECAY_NAME = re.compile(r"bias|layernorm|rmsnorm|(?:^|\.)norm(?:$|\.)|_norm(?:$|\.)")
+
+
+def is_norm_layer(module):
+    """A normalisation layer (``nn.LayerNorm``, ``nn.RMSNorm``, ``transformers``' ``T5LayerNorm``, ``LlamaRMSNorm``, ...)."""
+    return isinstance(module, (torch.nn.LayerNorm, torch.nn.RMSNorm)) or type(module).__name__.endswith(("LayerNorm", "RMSNorm"))
+
+
+def weight_decay_groups(model, weight_decay):
+    """``model``'s parameters as two optimiser groups, as ``transformers``' ``Trainer`` makes them: ``weight_decay``
+    on all but the normalisation layers' parameters and those named *bias*, which get none (``NO_DECAY_NAME``).
+    The second group is left out when it would be empty."""
+    in_norms = {f"{prefix}.{name}" if prefix else name for prefix, module in model.named_modules()
+                if is_norm_layer(module) for name, _ in module.named_parameters(recurse=False)}
+    decay, exempt = [], []
+    for name, parameter in model.named_parameters():
+        (exempt if name in in_norms or NO_DECAY_NAME.search(name.lower()) else decay).append(parameter)
+    groups = [{"params": decay, "weight_decay": weight_decay}]
+    return groups + [{"params": exempt, "weight_decay": 0.0}] if exempt else groups
+
+
 class DeadlineReached(Exception):
     """The next epoch would not fit before the run's deadline (``time_budget``; raised at the start of that epoch)."""
 
@@ -614,6 +639,21 @@ class LetterTrainer(SafeCheckpoints, Trainer):
         self.planned_epochs = None
         self.stopped_at_deadline = None
         self.configured_eval_step = self.eval_step  # self.eval_step is set per epoch (see _train_epoch)
+
+    def _build_optimizer(self, **kwargs):
+        """RecBole's optimiser; with ``decay_norms_and_biases: False`` and weight decay, over
+        :func:`weight_decay_groups` (the rule of ``transformers``' ``Trainer``, which the LETTER release trained
+        with), and one log line says how many parameters decay."""
+        weight_decay = kwargs.get("weight_decay", self.weight_decay)
+        if "params" not in kwargs and weight_decay and not self.config["decay_norms_and_biases"]:
+            groups = weight_decay_groups(self.model, weight_decay)
+            exempt = sum(p.numel() for group in groups[1:] for p in group["params"])
+            total = sum(p.numel() for p in self.model.parameters())
+            self.logger.info(f"weight decay {weight_decay} on {total - exempt:,} of {total:,} parameters: not on the "
+                             f"{exempt:,} of the normalisation layers and those named *bias* "
+                             f"(decay_norms_and_biases: False, as transformers' Trainer)")
+            kwargs["params"] = groups
+        return super()._build_optimizer(**kwargs)
 
     def set_seen_items(self, train_dataset):
         """``exclude_seen_items``: remove each user's training-split items from a sequential model's ranking,

@@ -348,6 +348,30 @@ def test_run_files_from_before_a_key_existed_resume_with_its_value_then(tmp_path
         check_resume_file(Values({**config, "item_codes_collisions": "extra_level"}), path)
 
 
+def test_run_files_from_before_weight_decay_spared_norms_resume_decaying_every_parameter(tmp_path):
+    # decay_norms_and_biases came later: a run file without it decayed every parameter, which matters only with
+    # weight decay
+    from recbole_letter.trainer import CHECKPOINT_FORMAT, check_resume_file
+
+    class Values(dict):
+        final_config_dict = property(lambda self: self)
+
+    path = tmp_path / "run-last.pth"
+    for weight_decay in (0.0, 0.01):
+        stored = {"model": "LETTER_TIGER", "dataset": "d", "item_codes_file": None, "cf_emb_file": None,
+                  "weight_decay": weight_decay}
+        torch.save({"format": CHECKPOINT_FORMAT, "run_id": "r", "best_model_file": "x.pth",
+                    "best_valid_score": -float("inf"), "state_dict": {}, "config": stored}, path)
+        config = {**stored, "decay_norms_and_biases": False}
+        if not weight_decay:
+            check_resume_file(Values(config), path)
+            continue
+        with pytest.raises(ValueError, match=r"decay_norms_and_biases: True there, False here \(the run file is "
+                                             r"older than the key"):
+            check_resume_file(Values(config), path)
+        check_resume_file(Values({**config, "decay_norms_and_biases": True}), path)
+
+
 def test_a_checkpoint_with_the_mark_but_not_its_keys_is_refused(tmp_path):
     # before: load_checkpoint returned it, and the caller failed later with a KeyError
     for state, missing in (({"format": CHECKPOINT_FORMAT}, "run_id, config, state_dict"),

@@ -448,6 +448,42 @@ def test_trainer_runs_a_backward_pass_per_length_bucket_with_one_pass_s_result(t
                        floor=float32_tolerance(exact_loss, TINY_REDUCTION, len(batches) * TINY_STEPS, k=0.5))
 
 
+def test_weight_decay_spares_the_norms_and_biases_as_the_release_s_trainer(trained_tiger, caplog):
+    # the LETTER release trained with transformers' Trainer, which decays neither the T5's layer norms' scales nor
+    # its relative-position bias tables; RecBole's optimiser (decay_norms_and_biases: True) decays every parameter
+    config, _, _, trainer, _ = trained_tiger
+    model = trainer.model
+    names = {id(p): name for name, p in model.named_parameters()}
+    spared = {name for name in names.values() if "layer_norm" in name or "relative_attention_bias" in name}
+    assert not config["decay_norms_and_biases"] and spared and len(spared) < len(names)
+    caplog.set_level("INFO")
+    lr, weight_decay = 0.1, 0.5
+    optimizer = trainer._build_optimizer(learning_rate=lr, weight_decay=weight_decay)
+    groups = [({names[id(p)] for p in group["params"]}, group["weight_decay"]) for group in optimizer.param_groups]
+    assert groups == [(set(names.values()) - spared, weight_decay), (spared, 0.0)]
+    n_spared = sum(p.numel() for name, p in model.named_parameters() if name in spared)
+    assert any(f"not on the {n_spared:,} of the normalisation layers" in r.getMessage() for r in caplog.records)
+    # one step on zero gradients: Adam's own update is 0, so a decayed weight shrinks by lr * weight_decay and a
+    # spared one stays
+    before = copy.deepcopy(model.state_dict(keep_vars=False))
+    try:
+        optimizer.zero_grad(set_to_none=False)
+        optimizer.step()
+        for name, p in model.named_parameters():
+            expected = before[name] if name in spared else before[name] * (1 - lr * weight_decay)
+            torch.testing.assert_close(p.detach(), expected, msg=name)
+    finally:
+        model.load_state_dict(before)
+    # RecBole's rule: one group, every parameter decayed
+    config["decay_norms_and_biases"] = True
+    try:
+        optimizer = trainer._build_optimizer(weight_decay=weight_decay)
+    finally:
+        config["decay_norms_and_biases"] = False
+    assert [len(group["params"]) for group in optimizer.param_groups] == [len(names)]
+    assert optimizer.param_groups[0]["weight_decay"] == weight_decay
+
+
 def test_default_length_buckets_by_device(trained_tiger):
     from recbole_letter.model.generative_recommender import GenerativeRecommender
 
