@@ -1,5 +1,5 @@
 """What RecBole's Trainer cannot already do: a warm-up + cosine LR schedule, epochs of a fixed number
-of batches, resuming a stopped run, DDP on CPU (gloo), autocast in bfloat16 on CUDA too, a training loop
+of batches, weight decay that spares norms and biases (as transformers' Trainer), resuming a stopped run, DDP on CPU (gloo), autocast in bfloat16 on CUDA too, a training loop
 that does not wait for the GPU after every batch, and checkpoints that are safe to load.
 
 Checkpoints (the best one, ``<run id>.pth``, and the state after every epoch, ``<run id>-last.pth``) hold
@@ -530,8 +530,9 @@ def plan_epochs(train_epoch, valid_pass, eval_step, test_pass, seconds_left, max
     return max(1, min(int(max_epochs), fits))
 
 
-# parameters transformers' Trainer keeps out of weight decay, by name (its rule, which the LETTER release trained
-# with): anything named *bias* (T5's relative-position bias table too) and the normalisation layers' scales
+# parameters transformers' Trainer keeps out of weight decay, by name (its rule in the pinned version; the LETTER
+# release's older one made the same split of the T5): anything named *bias* (T5's relative-position bias table
+# too) and the normalisation layers' scales
 NO_DECAY_NAME = re.compile(r"bias|layernorm|rmsnorm|(?:^|\.)norm(?:$|\.)|_norm(?:$|\.)")
 
 
@@ -541,13 +542,15 @@ def is_norm_layer(module):
 
 
 def weight_decay_groups(model, weight_decay):
-    """``model``'s parameters as two optimiser groups, as ``transformers``' ``Trainer`` makes them: ``weight_decay``
-    on all but the normalisation layers' parameters and those named *bias*, which get none (``NO_DECAY_NAME``).
-    The second group is left out when it would be empty."""
+    """``model``'s trainable parameters as two optimiser groups, as ``transformers``' ``Trainer`` makes them:
+    ``weight_decay`` on all but the normalisation layers' parameters and those named *bias*, which get none
+    (``NO_DECAY_NAME``). The second group is left out when it would be empty."""
     in_norms = {f"{prefix}.{name}" if prefix else name for prefix, module in model.named_modules()
                 if is_norm_layer(module) for name, _ in module.named_parameters(recurse=False)}
     decay, exempt = [], []
     for name, parameter in model.named_parameters():
+        if not parameter.requires_grad:
+            continue
         (exempt if name in in_norms or NO_DECAY_NAME.search(name.lower()) else decay).append(parameter)
     groups = [{"params": decay, "weight_decay": weight_decay}]
     return groups + [{"params": exempt, "weight_decay": 0.0}] if exempt else groups
@@ -581,6 +584,8 @@ class LetterTrainer(SafeCheckpoints, Trainer):
     * ``lr_scheduler: cosine``: transformers' ``get_cosine_schedule_with_warmup``, a linear warm-up over
       ``warmup_ratio`` of the steps (at least one), then a cosine to 0, stepped once per batch over the epochs
       the run trains (``epochs``, or fewer under a ``time_budget``);
+    * ``decay_norms_and_biases: False``: no weight decay on the normalisation layers' parameters and those
+      named *bias*, as ``transformers``' ``Trainer`` (:func:`weight_decay_groups`; RecBole decays every one);
     * ``train_batches_per_epoch``: an epoch ends after that many batches of a fresh shuffle (an LLM
       epoch over every training prefix can take days; validation and early stopping then come sooner);
     * resuming: at the start of every epoch the state after the previous one (weights, optimiser,
@@ -643,14 +648,18 @@ class LetterTrainer(SafeCheckpoints, Trainer):
     def _build_optimizer(self, **kwargs):
         """RecBole's optimiser; with ``decay_norms_and_biases: False`` and weight decay, over
         :func:`weight_decay_groups` (the rule of ``transformers``' ``Trainer``, which the LETTER release trained
-        with), and one log line says how many parameters decay."""
+        with), and one log line says how many parameters decay. A config without the key (a checkpoint's from
+        before it, evaluated) keeps RecBole's rule, as its run had."""
         weight_decay = kwargs.get("weight_decay", self.weight_decay)
-        if "params" not in kwargs and weight_decay and not self.config["decay_norms_and_biases"]:
+        spare = self.config["decay_norms_and_biases"] is not None and not self.config["decay_norms_and_biases"]
+        # learners RecBole gives the weight decay to (an unknown name falls back to Adam without any)
+        decays = kwargs.get("learner", self.learner).lower() in ("adam", "adamw", "sgd", "adagrad", "rmsprop")
+        if "params" not in kwargs and weight_decay and spare and decays:
             groups = weight_decay_groups(self.model, weight_decay)
             exempt = sum(p.numel() for group in groups[1:] for p in group["params"])
-            total = sum(p.numel() for p in self.model.parameters())
-            self.logger.info(f"weight decay {weight_decay} on {total - exempt:,} of {total:,} parameters: not on the "
-                             f"{exempt:,} of the normalisation layers and those named *bias* "
+            total = sum(p.numel() for group in groups for p in group["params"])
+            self.logger.info(f"weight decay {weight_decay} on {total - exempt:,} of {total:,} trainable parameters: "
+                             f"not on the {exempt:,} of the normalisation layers and those named *bias* "
                              f"(decay_norms_and_biases: False, as transformers' Trainer)")
             kwargs["params"] = groups
         return super()._build_optimizer(**kwargs)

@@ -451,11 +451,15 @@ def test_trainer_runs_a_backward_pass_per_length_bucket_with_one_pass_s_result(t
 def test_weight_decay_spares_the_norms_and_biases_as_the_release_s_trainer(trained_tiger, caplog):
     # the LETTER release trained with transformers' Trainer, which decays neither the T5's layer norms' scales nor
     # its relative-position bias tables; RecBole's optimiser (decay_norms_and_biases: True) decays every parameter
+    from transformers import Trainer
+
     config, _, _, trainer, _ = trained_tiger
     model = trainer.model
     names = {id(p): name for name, p in model.named_parameters()}
     spared = {name for name in names.values() if "layer_norm" in name or "relative_attention_bias" in name}
     assert not config["decay_norms_and_biases"] and spared and len(spared) < len(names)
+    # transformers' own rule (the method does not use its instance)
+    assert set(names.values()) - set(Trainer.get_decay_parameter_names(None, model)) == spared
     caplog.set_level("INFO")
     lr, weight_decay = 0.1, 0.5
     optimizer = trainer._build_optimizer(learning_rate=lr, weight_decay=weight_decay)
@@ -465,15 +469,19 @@ def test_weight_decay_spares_the_norms_and_biases_as_the_release_s_trainer(train
     assert any(f"not on the {n_spared:,} of the normalisation layers" in r.getMessage() for r in caplog.records)
     # one step on zero gradients: Adam's own update is 0, so a decayed weight shrinks by lr * weight_decay and a
     # spared one stays
-    before = copy.deepcopy(model.state_dict(keep_vars=False))
+    before = copy.deepcopy(model.state_dict())
+    gradients = {name: p.grad for name, p in model.named_parameters()}
     try:
-        optimizer.zero_grad(set_to_none=False)
+        for p in model.parameters():
+            p.grad = torch.zeros_like(p)
         optimizer.step()
         for name, p in model.named_parameters():
             expected = before[name] if name in spared else before[name] * (1 - lr * weight_decay)
             torch.testing.assert_close(p.detach(), expected, msg=name)
     finally:
         model.load_state_dict(before)
+        for name, p in model.named_parameters():
+            p.grad = gradients[name]
     # RecBole's rule: one group, every parameter decayed
     config["decay_norms_and_biases"] = True
     try:
