@@ -1,6 +1,7 @@
 """What RecBole's Trainer cannot already do: a warm-up + cosine LR schedule, epochs of a fixed number
-of batches, weight decay that spares norms and biases (as transformers' Trainer), resuming a stopped run, DDP on CPU (gloo), autocast in bfloat16 on CUDA too, a training loop
-that does not wait for the GPU after every batch, and checkpoints that are safe to load.
+of batches, weight decay that spares norms and biases (as transformers' Trainer), resuming a stopped run,
+DDP on CPU (gloo), autocast in bfloat16 on CUDA too, a training loop that does not wait for the GPU after
+every batch, and checkpoints that are safe to load.
 
 Checkpoints (the best one, ``<run id>.pth``, and the state after every epoch, ``<run id>-last.pth``) hold
 only tensors and plain values (the config as its final values: strings, numbers, lists, dicts), so they
@@ -537,8 +538,10 @@ NO_DECAY_NAME = re.compile(r"bias|layernorm|rmsnorm|(?:^|\.)norm(?:$|\.)|_norm(?
 
 
 def is_norm_layer(module):
-    """A normalisation layer (``nn.LayerNorm``, ``nn.RMSNorm``, ``transformers``' ``T5LayerNorm``, ``LlamaRMSNorm``, ...)."""
-    return isinstance(module, (torch.nn.LayerNorm, torch.nn.RMSNorm)) or type(module).__name__.endswith(("LayerNorm", "RMSNorm"))
+    """A normalisation layer (``nn.LayerNorm``, ``nn.RMSNorm``, ``transformers``' ``T5LayerNorm``,
+    ``LlamaRMSNorm``, ...)."""
+    return (isinstance(module, (torch.nn.LayerNorm, torch.nn.RMSNorm))
+            or type(module).__name__.endswith(("LayerNorm", "RMSNorm")))
 
 
 def weight_decay_groups(model, weight_decay):
