@@ -14,6 +14,8 @@ random state, alternating over ``--rounds`` after one untimed round; the "recbol
 on the device as before. Prints both rates, whether the two epochs' losses and weights agree, and as
 its last line ``speedup: <recbole s/batch / ours s/batch>``. On a CPU the waits cost nothing (nothing
 to overlap there) and the per-bucket backward passes are what differs; on a GPU (one bucket) the waits.
+Under ``enable_scaler`` with ``clip_grad_norm`` (the generators' default) the weights differ: RecBole's loop
+clips the loss-scaled gradients, ours the true ones.
 ``--loops=ours`` (or ``recbole``) runs one loop alone and prints, last, the process's peak memory (RSS).
 """
 

@@ -892,6 +892,7 @@ class LetterTrainer(SafeCheckpoints, Trainer):
             if chunks is None:
                 scaler.scale(loss + sync_loss).backward()
             if self.clip_grad_norm:
+                scaler.unscale_(self.optimizer)  # clip the true gradients, not the loss-scaled ones (a no-op when the scaler is off)
                 clip_grad_norm_(self.model.parameters(), **self.clip_grad_norm)
             scaler.step(self.optimizer)
             scaler.update()

@@ -492,6 +492,66 @@ def test_weight_decay_spares_the_norms_and_biases_as_the_release_s_trainer(train
     assert optimizer.param_groups[0]["weight_decay"] == weight_decay
 
 
+def test_gradients_are_clipped_at_the_release_s_norm_and_unscaled_first(trained_tiger, monkeypatch):
+    # the release's transformers Trainer clips the gradients' norm at TrainingArguments.max_grad_norm (its
+    # default, 1.0); under a loss scaler the norm must be that of the true gradients, not the scaled ones
+    import dataclasses
+    import types
+
+    from transformers import TrainingArguments
+
+    import recbole_letter.trainer as trainer_module
+    from recbole_letter.benchmark import BatchList
+
+    config, train_data, _, trainer, _ = trained_tiger
+    release_default = {f.name: f.default for f in dataclasses.fields(TrainingArguments)}["max_grad_norm"]
+    assert config["clip_grad_norm"] == {"max_norm": release_default} == trainer.clip_grad_norm
+    max_norm = 1e-3  # far below this model's gradients, so every batch is clipped
+    norms, clip = [], trainer_module.clip_grad_norm_  # norms: (before, after) clipping, per batch
+
+    def recording_clip(parameters, **kwargs):
+        parameters = [p for p in parameters if p.grad is not None]
+        before = torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(p.grad) for p in parameters]))
+        result = clip(parameters, **kwargs)
+        after = torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(p.grad) for p in parameters]))
+        norms.append((before.item(), after.item()))
+        return result
+
+    monkeypatch.setattr(trainer_module, "clip_grad_norm_", recording_clip)
+    monkeypatch.setattr(trainer, "clip_grad_norm", {"max_norm": max_norm})
+    # fit's cosine schedule has taken the learning rate to ~0; held there, both passes see the same weights
+    monkeypatch.setattr(trainer, "scheduler", types.SimpleNamespace(step=lambda: None))
+    batches = BatchList(train_data)  # the same batches for both passes
+    start = copy.deepcopy((trainer.model.state_dict(), trainer.optimizer.state_dict()))
+    by_scaler = {}
+    try:
+        for scaled in (False, True):
+            monkeypatch.setattr(trainer, "enable_scaler", scaled)
+            trainer.model.load_state_dict(start[0])
+            trainer.optimizer.load_state_dict(copy.deepcopy(start[1]))
+            norms.clear()
+            with torch.random.fork_rng():
+                torch.manual_seed(0)  # the same dropout masks
+                trainer._train_batches(batches, 0)
+            by_scaler[scaled] = list(norms)
+    finally:
+        trainer.model.load_state_dict(start[0])
+        trainer.optimizer.load_state_dict(copy.deepcopy(start[1]))
+        monkeypatch.undo()
+    assert len(by_scaler[False]) == len(by_scaler[True]) == len(batches) > 0
+    for scaled in (False, True):
+        for before, after in by_scaler[scaled]:
+            # clip_grad_norm_ multiplies by max_norm / (norm + 1e-6): the norm after is max_norm, up to that
+            # 1e-6 and the float32 rounding of the product and of the sums of squares (~1e-6 relative)
+            assert before > max_norm and after == pytest.approx(max_norm, rel=1e-3)
+    # the scaler multiplies the loss by 2 ** 16 at first, so clipping the scaled gradients would see norms
+    # 65,536x the true ones. Unscaled, they are the true gradients of the same batches at the same weights:
+    # a power-of-two scale and its inverse are exact in float32 (no gradient here nears over- or underflow),
+    # so the norms agree to float32 rounding; 1e-4 leaves room for a kernel that sums in another order
+    for (plain, _), (unscaled, _) in zip(by_scaler[False], by_scaler[True]):
+        assert unscaled == pytest.approx(plain, rel=1e-4)
+
+
 def test_default_length_buckets_by_device(trained_tiger):
     from recbole_letter.model.generative_recommender import GenerativeRecommender
 
