@@ -534,27 +534,18 @@ def plan_epochs(train_epoch, valid_pass, eval_step, test_pass, seconds_left, max
 # parameters transformers' Trainer keeps out of weight decay, by name (its rule in the pinned version; the LETTER
 # release's older one made the same split of the T5): anything named *bias* (T5's relative-position bias table
 # too) and the normalisation layers' scales
-NO_DECAY_NAME = re.compile(r"bias|layernorm|rmsnorm|(?:^|\.)norm(?:$|\.)|_norm(?:$|\.)")
-
-
-def is_norm_layer(module):
-    """A normalisation layer (``nn.LayerNorm``, ``nn.RMSNorm``, ``transformers``' ``T5LayerNorm``,
-    ``LlamaRMSNorm``, ...)."""
-    return (isinstance(module, (torch.nn.LayerNorm, torch.nn.RMSNorm))
-            or type(module).__name__.endswith(("LayerNorm", "RMSNorm")))
-
-
 def weight_decay_groups(model, weight_decay):
-    """``model``'s trainable parameters as two optimiser groups, as ``transformers``' ``Trainer`` makes them:
-    ``weight_decay`` on all but the normalisation layers' parameters and those named *bias*, which get none
-    (``NO_DECAY_NAME``). The second group is left out when it would be empty."""
-    in_norms = {f"{prefix}.{name}" if prefix else name for prefix, module in model.named_modules()
-                if is_norm_layer(module) for name, _ in module.named_parameters(recurse=False)}
+    """``model``'s trainable parameters as two optimiser groups, as ``transformers``' ``Trainer`` makes them
+    (its own rule, ``get_decay_parameter_names``, which does not use its instance): ``weight_decay`` on all
+    but the normalisation layers' parameters and those named *bias*, which get none. The second group is
+    left out when it would be empty."""
+    from transformers import Trainer as HFTrainer
+
+    decayed = set(HFTrainer.get_decay_parameter_names(None, model))
     decay, exempt = [], []
     for name, parameter in model.named_parameters():
-        if not parameter.requires_grad:
-            continue
-        (exempt if name in in_norms or NO_DECAY_NAME.search(name.lower()) else decay).append(parameter)
+        if parameter.requires_grad:
+            (decay if name in decayed else exempt).append(parameter)
     groups = [{"params": decay, "weight_decay": weight_decay}]
     return groups + [{"params": exempt, "weight_decay": 0.0}] if exempt else groups
 
