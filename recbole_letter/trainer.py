@@ -531,14 +531,12 @@ def plan_epochs(train_epoch, valid_pass, eval_step, test_pass, seconds_left, max
     return max(1, min(int(max_epochs), fits))
 
 
-# parameters transformers' Trainer keeps out of weight decay, by name (its rule in the pinned version; the LETTER
-# release's older one made the same split of the T5): anything named *bias* (T5's relative-position bias table
-# too) and the normalisation layers' scales
 def weight_decay_groups(model, weight_decay):
     """``model``'s trainable parameters as two optimiser groups, as ``transformers``' ``Trainer`` makes them
-    (its own rule, ``get_decay_parameter_names``, which does not use its instance): ``weight_decay`` on all
-    but the normalisation layers' parameters and those named *bias*, which get none. The second group is
-    left out when it would be empty."""
+    (its own rule, ``get_decay_parameter_names``, which does not use its instance; the LETTER release's older
+    version made the same split of the T5): ``weight_decay`` on all but the normalisation layers' parameters
+    and those named *bias* (T5's relative-position bias table too), which get none. The second group is left
+    out when it would be empty."""
     from transformers import Trainer as HFTrainer
 
     decayed = set(HFTrainer.get_decay_parameter_names(None, model))
