@@ -14,7 +14,6 @@ import importlib.util
 import os
 import subprocess
 import sys
-import tempfile
 import time
 
 import torch
@@ -52,7 +51,9 @@ def main():
     if args.threads:
         torch.set_num_threads(args.threads)
     data_path = os.path.abspath(args.data_path)
-    work = tempfile.mkdtemp(prefix="decoder_ab_")
+    from recbole_letter.benchmark import scratch_dir
+
+    work = scratch_dir("decoder_ab_")
     old_decoder = module_at(args.base, "recbole_letter/generation/t5_decoder.py", "base_t5_decoder", work)
     if old_decoder is None:
         old_tiger = module_at(args.base, "recbole_letter/model/letter_tiger.py", "base_letter_tiger", work)
@@ -60,7 +61,6 @@ def main():
     else:
         old_decoder_class = old_decoder.T5BeamDecoder
     old_cpu = module_at(args.base, "recbole_letter/model/t5_cpu.py", "base_t5_cpu", work)
-    os.chdir(work)  # RecBole writes ./log*, ./saved
 
     from decoding import test_histories
     from recbole_letter.model import t5_cpu

@@ -31,7 +31,6 @@ import json
 import os
 import random
 import sys
-import tempfile
 import time
 
 import numpy as np
@@ -41,6 +40,7 @@ from torch.utils.flop_counter import FlopCounterMode
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import recbole_letter  # noqa: E402,F401
+from recbole_letter.benchmark import scratch_dir  # noqa: E402
 from recbole_letter.quick_start import build_trainer, data_fingerprint, evaluate_checkpoint, prepare  # noqa: E402
 
 
@@ -201,8 +201,7 @@ def main():
     data_path = os.path.abspath(args.data_path)  # paths given relative to where the command runs
     codes = os.path.abspath(args.codes or os.path.join(data_path, args.dataset, "raw", f"{args.dataset}.index.json"))
     checkpoint = args.checkpoint and os.path.abspath(args.checkpoint)
-    work = tempfile.mkdtemp(prefix="decoding_bench_")
-    os.chdir(work)  # RecBole writes ./log*, ./saved
+    work = scratch_dir("decoding_bench_")
     config_dict = {"show_progress": False, "state": "WARNING", "beam_size": args.beam, "checkpoint_dir": os.path.join(work, "saved"), "seed": args.seed}
     if args.batch:
         config_dict["beam_batch_size"] = args.batch

@@ -12,7 +12,6 @@ say how far the decoder's matmuls run from what the same shapes reach alone (doc
 import argparse
 import os
 import sys
-import tempfile
 import time
 
 import torch
@@ -55,8 +54,9 @@ def main():
         torch.set_num_threads(args.threads)
     data_path = os.path.abspath(args.data_path)  # paths given relative to where the command runs
     codes = os.path.abspath(args.codes or os.path.join(data_path, args.dataset, "raw", f"{args.dataset}.index.json"))
-    work = tempfile.mkdtemp(prefix="decoding_profile_")
-    os.chdir(work)  # RecBole writes ./log*, ./saved
+    from recbole_letter.benchmark import scratch_dir
+
+    work = scratch_dir("decoding_profile_")
 
     from decoding import test_histories
     from recbole_letter.model.letter_tiger import LETTER_TIGER

@@ -15,7 +15,6 @@ import argparse
 import json
 import os
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -91,6 +90,7 @@ def main():
 
     import recbole
 
+    from recbole_letter.benchmark import scratch_dir
     from recbole_letter.plan import timed_train_step
     from recbole_letter.common import amp_dtype
     from recbole_letter.model.letter_lc_rec import LETTER_LC_Rec
@@ -99,8 +99,7 @@ def main():
     # paths given relative to where the command started, before moving into the scratch folder
     llm_path = args.llm_path and os.path.abspath(args.llm_path)
     tokenizer = args.tokenizer and os.path.abspath(args.tokenizer)
-    scratch = tempfile.mkdtemp(prefix="lc_rec_bench_")
-    os.chdir(scratch)  # RecBole writes ./log and ./saved
+    scratch = scratch_dir("lc_rec_bench_")
     if args.random_llm:
         if not args.tokenizer:
             parser.error("--random_llm needs --tokenizer")

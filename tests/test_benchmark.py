@@ -2,6 +2,7 @@
 
 import importlib.util
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -165,17 +166,26 @@ def test_letter_tiger_end_to_end_and_tokenize_only(tiny_dataset, tmp_path):
     assert report["collision_rate_after"] == 0.0
 
 
+def scratch_env(tmp_path):
+    """The environment of a benchmark's process with ``$TMPDIR`` an empty folder of the test's own, where the
+    script's scratch folder goes (``benchmark.scratch_dir``; torch may add its own compile cache there)."""
+    (tmp_path / "scratch").mkdir()
+    return {**os.environ, "TMPDIR": str(tmp_path / "scratch")}
+
+
 def test_decoding_benchmark_agrees_with_generate_from_a_relative_data_path(tiny_data_path, tmp_path):
     """benchmarks/decoding.py on the tiny slice (random unique codes), its --data_path given relative to
-    where the command runs (the script moves to a scratch folder afterwards)."""
+    where the command runs (the script moves to a scratch folder afterwards, and removes it at exit)."""
     data_link = tmp_path / "data"
     data_link.symlink_to(tiny_data_path, target_is_directory=True)
     proc = subprocess.run(
         [sys.executable, str(REPO / "benchmarks" / "decoding.py"), "--dataset=ml-tiny", "--data_path=data",
          "--users=2", "--release_batch=1,2", "--rounds=2", "--threads=1", "--full_eval", "--full_eval_nproc=2"],
-        capture_output=True, text=True, timeout=300, cwd=tmp_path,
+        capture_output=True, text=True, timeout=300, cwd=tmp_path, env=scratch_env(tmp_path),
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
+    left = sorted(p.name for p in (tmp_path / "scratch").glob("decoding_bench_*"))
+    assert not left, f"its scratch folder is left behind: {left}"
     lines = proc.stdout.splitlines()
     assert "top-20 lists: 2/2 identical" in proc.stdout
     assert any(line.startswith("full test evaluation: ") and " users, 2 processes (" in line for line in lines)
@@ -193,9 +203,11 @@ def test_decoding_profile_prints_the_profile_and_the_matmul_rates(tiny_data_path
     proc = subprocess.run(
         [sys.executable, str(REPO / "benchmarks" / "decoding_profile.py"), "--dataset=ml-tiny",
          f"--data_path={tiny_data_path}", f"--codes={index}", "--users=8", "--threads=1", "--rows=5"],
-        capture_output=True, text=True, timeout=300, cwd=tmp_path,
+        capture_output=True, text=True, timeout=300, cwd=tmp_path, env=scratch_env(tmp_path),
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
+    left = sorted(p.name for p in (tmp_path / "scratch").glob("decoding_profile_*"))
+    assert not left, f"its scratch folder is left behind: {left}"
     assert "users/s without the profiler" in proc.stdout and "aten::mm" in proc.stdout
     rates = [line for line in proc.stdout.splitlines() if " alone: " in line and "after a cache flush" in line]
     assert len(rates) == 4

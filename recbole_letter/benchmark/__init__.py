@@ -26,5 +26,5 @@ from recbole_letter.benchmark.runners import (
     run_cached,
     table1,
 )
-from recbole_letter.benchmark.timing import BatchList, use_tf32
+from recbole_letter.benchmark.timing import BatchList, scratch_dir, use_tf32
 from recbole_letter.benchmark.tuning import SWEEP_VALUES, sweep, tune

@@ -1,4 +1,9 @@
-"""Helpers the timing scripts in benchmarks/ share: TF32 matmuls on a GPU, replayable batches."""
+"""Helpers the timing scripts in benchmarks/ share: TF32 matmuls on a GPU, replayable batches, a scratch folder."""
+
+import atexit
+import os
+import shutil
+import tempfile
 
 import torch
 
@@ -15,3 +20,13 @@ class BatchList(list):
     loader (iteration, ``len``, ``shuffle``), so that two loops can be timed on the same batches."""
 
     shuffle = False
+
+
+def scratch_dir(prefix):
+    """A new folder under the system's temporary directory (``$TMPDIR``), made the working directory, since
+    RecBole writes ./log, ./log_tensorboard and ./saved where it runs, and removed with all it holds when the
+    script exits: a benchmark's models, logs and random LLMs are its own scratch, not the user's files."""
+    path = tempfile.mkdtemp(prefix=prefix)
+    atexit.register(shutil.rmtree, path, ignore_errors=True)
+    os.chdir(path)
+    return path
