@@ -4,7 +4,8 @@
         "recipe=saved/<run id>.curve.csv" "release settings=docs/curves/instruments_release.csv"
 
 Each argument is ``label=path`` to a ``.curve.csv`` file, as every saved run writes beside its checkpoint
-(``recbole_letter.learning_curve``). Prints each curve's last and best point.
+(``recbole_letter.learning_curve``). Prints each curve's last and best point. No two curves look alike (ten
+colours, then another line style and marker per further ten); past four curves the legend goes under the axes.
 """
 
 import argparse

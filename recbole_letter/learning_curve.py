@@ -41,6 +41,18 @@ def read_curve(path):
         return [(int(row["epoch"]), float(row["minutes"]), float(row["valid_score"])) for row in csv.DictReader(f)]
 
 
+def line_style(i):
+    """Colour, line style and marker of the ``i``-th curve: matplotlib's ten colours, then each further ten
+    curves with another line style and marker, so that 40 curves on one figure all look different."""
+    linestyle, marker = _STYLES[(i // len(_COLORS)) % len(_STYLES)]
+    return {"color": _COLORS[i % len(_COLORS)], "linestyle": linestyle, "marker": marker}
+
+
+_COLORS = ["tab:blue", "tab:orange", "tab:green", "tab:red", "tab:purple",
+           "tab:brown", "tab:pink", "tab:gray", "tab:olive", "tab:cyan"]
+_STYLES = [("-", "o"), ("--", "s"), (":", "^"), ("-.", "D")]
+
+
 def plot_curves(curves, path, metric="valid NDCG@10", title=None):
     """One line per ``(label, csv path)`` in ``curves``: the validation metric against wall-clock minutes,
     written as a PNG to ``path``.
@@ -59,17 +71,22 @@ def plot_curves(curves, path, metric="valid NDCG@10", title=None):
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(7, 4.2))
-    for label, csv_path in curves:
+    # Many long labels go under the axes, one per row, instead of over the lines.
+    below = len(curves) > 4
+    fig, ax = plt.subplots(figsize=(7, 4.2 + (0.19 * len(curves) if below else 0)))
+    for i, (label, csv_path) in enumerate(curves):
         points = read_curve(csv_path)
-        ax.plot([p[1] for p in points], [p[2] for p in points], marker="o", markersize=3, label=label)
+        ax.plot([p[1] for p in points], [p[2] for p in points], markersize=3, label=label, **line_style(i))
     ax.set_xlabel("wall-clock minutes since training began")
     ax.set_ylabel(metric)
     if title:
         ax.set_title(title)
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
+    if below:
+        ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(0, -0.14), ncol=1, frameon=False)
+    else:
+        ax.legend(fontsize=8)
     fig.tight_layout()
-    write_atomic(path, lambda tmp: fig.savefig(tmp, dpi=120, format="png"), suffix=".png")
+    write_atomic(path, lambda tmp: fig.savefig(tmp, dpi=120, format="png", bbox_inches="tight"), suffix=".png")
     plt.close(fig)
     return path

@@ -427,6 +427,28 @@ def test_ddp_resume_gives_every_rank_its_own_random_streams_back(tiny_dataset, t
         quick_start.run("SASRec", name, config_dict={**cfg, "nproc": 1, "resume_from": str(last)})
 
 
+def test_many_learning_curves_on_one_figure_all_look_different(tmp_path, monkeypatch):
+    import matplotlib.pyplot as plt
+
+    from recbole_letter.learning_curve import LearningCurve, line_style, plot_curves
+
+    assert len({tuple(line_style(i).values()) for i in range(40)}) == 40
+    curves = []
+    for i in range(12):  # past matplotlib's ten default colours
+        curve = LearningCurve(str(tmp_path / f"run{i}.curve.csv"))
+        for epoch in range(3):
+            curve.add(epoch, 10.0 * (epoch + 1), 0.01 * (i + epoch), {"ndcg@10": 0.01 * (i + epoch)})
+        curves.append((f"run {i}", curve.path))
+    figures = []
+    monkeypatch.setattr(plt, "close", figures.append)  # keep the figure to look at its lines
+    png = plot_curves(curves, str(tmp_path / "all.png"))
+    assert os.path.getsize(png) > 0
+    (ax,) = figures[0].axes
+    looks = [(line.get_color(), line.get_linestyle(), line.get_marker()) for line in ax.get_lines()]
+    assert len(looks) == 12 and len(set(looks)) == 12
+    assert [t.get_text() for t in ax.get_legend().get_texts()] == [label for label, _ in curves]
+
+
 def test_resume_from_last_checkpoint_continues_the_same_run(tiny_dataset, monkeypatch, tmp_path):
     from recbole_letter.trainer import LetterTrainer
 
