@@ -5,7 +5,8 @@
 
 Each argument is ``label=path`` to a ``.curve.csv`` file, as every saved run writes beside its checkpoint
 (``recbole_letter.learning_curve``). Prints each curve's last and best point. No two curves look alike (ten
-colours, then another line style and marker per further ten); past four curves the legend goes under the axes.
+colours, then another line style and marker per further ten); with more than one curve the legend goes under
+the axes.
 """
 
 import argparse

@@ -71,8 +71,8 @@ def plot_curves(curves, path, metric="valid NDCG@10", title=None):
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    # Many long labels go under the axes, one per row, instead of over the lines.
-    below = len(curves) > 4
+    # Several (long) labels go under the axes, one per row, instead of over the lines.
+    below = len(curves) > 1
     fig, ax = plt.subplots(figsize=(7, 4.2 + (0.19 * len(curves) if below else 0)))
     for i, (label, csv_path) in enumerate(curves):
         points = read_curve(csv_path)
