@@ -41,16 +41,16 @@ def read_curve(path):
         return [(int(row["epoch"]), float(row["minutes"]), float(row["valid_score"])) for row in csv.DictReader(f)]
 
 
+_COLORS = ["tab:blue", "tab:orange", "tab:green", "tab:red", "tab:purple",
+           "tab:brown", "tab:pink", "tab:gray", "tab:olive", "tab:cyan"]
+_STYLES = [("-", "o"), ("--", "s"), (":", "^"), ("-.", "D")]
+
+
 def line_style(i):
     """Colour, line style and marker of the ``i``-th curve: matplotlib's ten colours, then each further ten
     curves with another line style and marker, so that 40 curves on one figure all look different."""
     linestyle, marker = _STYLES[(i // len(_COLORS)) % len(_STYLES)]
     return {"color": _COLORS[i % len(_COLORS)], "linestyle": linestyle, "marker": marker}
-
-
-_COLORS = ["tab:blue", "tab:orange", "tab:green", "tab:red", "tab:purple",
-           "tab:brown", "tab:pink", "tab:gray", "tab:olive", "tab:cyan"]
-_STYLES = [("-", "o"), ("--", "s"), (":", "^"), ("-.", "D")]
 
 
 def plot_curves(curves, path, metric="valid NDCG@10", title=None):
