@@ -83,7 +83,7 @@ def plot_curves(curves, path, metric="valid NDCG@10", title=None):
         ax.set_title(title)
     ax.grid(alpha=0.3)
     if below:
-        ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(0, -0.14), ncol=1, frameon=False)
+        ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(0, -0.14), frameon=False)
     else:
         ax.legend(fontsize=8)
     fig.tight_layout()
