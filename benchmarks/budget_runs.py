@@ -9,7 +9,7 @@ on time *and* still finish its learning-rate schedule. Each job (``label:MODEL:D
 shipped configs plus those overrides) runs in its own process, all at once, with ``time_budget`` set to
 the minutes left before the deadline: the run probes a few training steps and validation batches, sizes
 its epochs to what fits (never more than the config's ``epochs``, so early stopping still applies), plans
-again from its measured epochs through the schedule's first third, and stops at the start of an epoch that would no longer fit, testing
+again from its measured epochs after every epoch, and stops at the start of an epoch that would no longer fit, testing
 its best checkpoint (``LetterTrainer.plan_to_deadline``; ``stopped_at_deadline`` in its JSON, "(deadline)"
 in the table). The parent kills what is still running 30 s after the deadline. Keep the machine quiet for
 the first minutes: a probe and a first epoch that meet another program's burst plan too few epochs.

@@ -427,7 +427,7 @@ def show_plan(config, full_dataset, train_data, valid_data, test_data):
     print(plan.format_plan(plan.plan_title(config, full_dataset), stages), flush=True)
     if config["time_budget"] is not None:
         print(f"  time_budget {config['time_budget']:g} min from the run's start: the epochs are cut to what fits "
-              f"(probed again with every process at work, then from the epochs of the schedule's first third)", flush=True)
+              f"(probed again with every process at work, then planned again from the epochs as they run)", flush=True)
     if busy:
         print(busy, flush=True)
 

@@ -515,9 +515,39 @@ class SafeCheckpoints:
 
 
 BUDGET_RESERVE = 0.05  # time_budget: share of the time left that a plan keeps free (the estimates' error)
-# time_budget: the plan is made again after each of a run's first two epochs and after every epoch of the
-# schedule's first third (its learning rate still high, where a longer or shorter cosine changes it least)
-REPLAN_SHARE = 1 / 3
+
+
+class CosineToEnd:
+    """``lr_scheduler: cosine`` as a factor of the peak learning rate at a step: a linear warm-up over
+    ``warmup_steps``, then ``(1 + cos(phase)) / 2``, the phase going linearly from ``anchor_phase`` at
+    ``anchor_step`` to pi (the rate 0) at ``total_steps``. Anchored at the warm-up's end with phase 0 (the
+    default) it is ``transformers``' ``get_cosine_schedule_with_warmup`` to the bit; :meth:`ending_at` gives the
+    same curve from a step on, ending elsewhere, so a new ``time_budget`` plan never makes the rate jump."""
+
+    def __init__(self, warmup_steps, total_steps, anchor_step=None, anchor_phase=0.0):
+        self.warmup_steps = int(warmup_steps)
+        self.total_steps = int(total_steps)
+        self.anchor_step = self.warmup_steps if anchor_step is None else int(anchor_step)
+        self.anchor_phase = float(anchor_phase)
+
+    def phase(self, step):
+        progress = float(step - self.anchor_step) / float(max(1, self.total_steps - self.anchor_step))
+        return self.anchor_phase + (math.pi - self.anchor_phase) * progress
+
+    def __call__(self, step):
+        if step < self.warmup_steps:
+            return float(step) / float(max(1, self.warmup_steps))
+        return max(0.0, 0.5 * (1.0 + math.cos(self.phase(step))))
+
+    def ending_at(self, step, total_steps):
+        """This schedule from ``step`` (past the warm-up) on, reaching 0 at ``total_steps`` instead: the rate at
+        ``step`` is kept, and the rest of the cosine is stretched or squeezed over the steps left."""
+        return CosineToEnd(self.warmup_steps, total_steps, step, self.phase(step))
+
+    def state(self):
+        """Plain values for a checkpoint: ``CosineToEnd(**state)`` is this schedule again."""
+        return {"warmup_steps": self.warmup_steps, "total_steps": self.total_steps,
+                "anchor_step": self.anchor_step, "anchor_phase": self.anchor_phase}
 
 
 def plan_epochs(train_epoch, valid_pass, eval_step, test_pass, seconds_left, max_epochs, reserve=BUDGET_RESERVE):
@@ -573,9 +603,9 @@ def _minutes(seconds):
 class LetterTrainer(SafeCheckpoints, Trainer):
     """RecBole's ``Trainer`` plus:
 
-    * ``lr_scheduler: cosine``: transformers' ``get_cosine_schedule_with_warmup``, a linear warm-up over
-      ``warmup_ratio`` of the steps (at least one), then a cosine to 0, stepped once per batch over the epochs
-      the run trains (``epochs``, or fewer under a ``time_budget``);
+    * ``lr_scheduler: cosine``: transformers' ``get_cosine_schedule_with_warmup`` (:class:`CosineToEnd`), a
+      linear warm-up over ``warmup_ratio`` of the steps (at least one), then a cosine to 0, stepped once per
+      batch over the epochs the run trains (``epochs``, or fewer under a ``time_budget``);
     * ``decay_norms_and_biases: False``: no weight decay on the normalisation layers' parameters and those
       named *bias*, as ``transformers``' ``Trainer`` (:func:`weight_decay_groups`; RecBole decays every one);
     * ``train_batches_per_epoch``: an epoch ends after that many batches of a fresh shuffle (an LLM
@@ -616,6 +646,7 @@ class LetterTrainer(SafeCheckpoints, Trainer):
         self.lr_scheduler_name = config["lr_scheduler"]
         self.warmup_ratio = config["warmup_ratio"]
         self.scheduler = None
+        self.schedule = None  # the scheduler's CosineToEnd (kept in -last.pth)
         self.train_batches_per_epoch = config["train_batches_per_epoch"]
         if self.train_batches_per_epoch is not None and int(self.train_batches_per_epoch) < 1:
             raise ValueError(f"train_batches_per_epoch must be ~ or >= 1, got {self.train_batches_per_epoch}")
@@ -679,7 +710,9 @@ class LetterTrainer(SafeCheckpoints, Trainer):
             train_data.generator.set_state(self.resumed["loader_generator"])
         self._train_batches_per_epoch = len(train_data)
         if self.lr_scheduler_name == "cosine" and self.scheduler is None:
-            self.scheduler = self._cosine_schedule(len(train_data), (self.resumed or {}).get("scheduler_steps") or 0)
+            resumed = self.resumed or {}
+            self.scheduler = self._cosine_schedule(len(train_data), resumed.get("scheduler_steps") or 0,
+                                                   resumed.get("schedule"))
             # one scheduler step after every optimiser step, without copying RecBole's epoch loop
             self.optimizer.register_step_post_hook(lambda *_: self.scheduler.step())
         self.save_last = saved
@@ -699,24 +732,30 @@ class LetterTrainer(SafeCheckpoints, Trainer):
         """The epochs this run trains: the config's ``epochs``, or fewer when a ``time_budget`` plan holds fewer."""
         return self.epochs if self.planned_epochs is None else self.planned_epochs
 
-    def _cosine_schedule(self, batches_per_epoch, steps_done):
+    def _cosine_schedule(self, batches_per_epoch, steps_done, saved=None, going_on=False):
         """The warm-up + cosine schedule over the epochs this run trains (:attr:`epochs_to_run`), at step
-        ``steps_done``."""
-        # here, not at the top: a baseline run without a schedule never loads transformers
-        from transformers import get_cosine_schedule_with_warmup
-
+        ``steps_done``: a fresh one, or ``saved`` (a :meth:`CosineToEnd.state` from ``-last.pth``), or with
+        ``going_on`` (a new ``time_budget`` plan) the running one from ``steps_done`` on, ending at the new horizon
+        (:meth:`CosineToEnd.ending_at`; a fresh one while the warm-up lasts)."""
         total_steps = max(1, batches_per_epoch * self.epochs_to_run)
-        warmup_steps = max(1, round(total_steps * self.warmup_ratio))
+        if saved is not None:
+            self.schedule = CosineToEnd(**saved)
+        elif going_on and steps_done >= self.schedule.warmup_steps:
+            self.schedule = self.schedule.ending_at(steps_done, total_steps)
+        else:
+            self.schedule = CosineToEnd(max(1, round(total_steps * self.warmup_ratio)), total_steps)
         # last_epoch = steps_done - 1: the scheduler's own first step lands on steps_done
-        return get_cosine_schedule_with_warmup(self.optimizer, warmup_steps, total_steps, last_epoch=steps_done - 1)
+        return torch.optim.lr_scheduler.LambdaLR(self.optimizer, self.schedule, last_epoch=steps_done - 1)
 
     def plan_to_deadline(self, deadline, train_epoch, valid_pass, test_pass):
         """Fit the run into ``deadline`` (a ``time.time()``): the epochs the config allows are cut to what fits
         from these estimates (seconds of a training epoch, a validation pass, the test pass; a probe's), and the
-        learning-rate schedule spans them. After each of the first two epochs of this process, and after every
-        epoch of the schedule's first third (:data:`REPLAN_SHARE`), the plan is made again from the (lower)
-        median of the measured epochs (the probe times a few batches only; a first epoch may carry one-off
-        costs, and another program may slow a few). At the start of every epoch the run stops (it tests its
+        learning-rate schedule spans them. After every epoch of this process the plan is made again from the
+        (lower) median of the measured epochs (the probe times a few batches only; a first epoch may carry
+        one-off costs, and another program may slow a few): after each of the first two, the cosine is built
+        again over the new horizon (they correct the probe, possibly by far); after later ones, when the plan
+        moves by two epochs or more, the rate goes on from where it is to 0 at the new horizon
+        (:meth:`CosineToEnd.ending_at`: no jump, however late). At the start of every epoch the run stops (it tests its
         best checkpoint and keeps its state for ``resume_from``) when that epoch would not end, with its
         validation and the test after it, before the deadline; an epoch after which no other would fit is validated. A resumed run keeps its
         schedule (the epochs its first sitting planned, or the config's): only the stop applies to it.
@@ -747,15 +786,14 @@ class LetterTrainer(SafeCheckpoints, Trainer):
 
     def _replans(self, epoch_idx):
         """Whether the plan is made again before epoch ``epoch_idx`` (0-based; see plan_to_deadline): after
-        each of this process's first two epochs and every epoch of the schedule's first third, in a run that
-        did not resume."""
+        every epoch this process has measured, up to the last one planned, in a run that did not resume."""
         measured = len(self.pace["trained"])
-        early = measured <= 2 or epoch_idx < self.epochs_to_run * REPLAN_SHARE
-        return bool(measured) and early and self.resumed is None and epoch_idx < self.epochs_to_run
+        return bool(measured) and self.resumed is None and epoch_idx < self.epochs_to_run
 
     def _replan(self, epoch_idx):
         """The plan again from the (lower) median of the epochs measured so far (see plan_to_deadline); the
-        schedule's length follows, from the step it has reached."""
+        schedule's length follows from the step it has reached: built again over the new horizon after the
+        first two epochs, going on from its rate after later ones."""
         trained = sorted(self.pace["trained"])
         measured = trained[(len(trained) - 1) // 2]  # the lower median: after two epochs, the faster one
         left = self.deadline - time.time()
@@ -765,12 +803,15 @@ class LetterTrainer(SafeCheckpoints, Trainer):
         if planned == self.planned_epochs or (len(trained) > 2 and abs(planned - self.planned_epochs) < 2):
             return
         runs = f"epoch {epoch_idx} trained in" if epoch_idx == 1 else f"epochs 1-{epoch_idx} trained in a median of"
+        going_on = len(trained) > 2
+        spans = "; the schedule goes on from its rate to 0 over them" if going_on else "; the schedule spans them"
         self.logger.info(f"time_budget: {runs} {_minutes(measured)} (the probe said "
                          f"{_minutes(self.pace['train'])}): {planned} epochs fit, not {self.planned_epochs}"
-                         + ("; the schedule spans them" if self.scheduler is not None else ""))
+                         + (spans if self.scheduler is not None else ""))
         self.planned_epochs = planned
         if self.scheduler is not None:
-            self.scheduler = self._cosine_schedule(self._train_batches_per_epoch, self.scheduler.last_epoch)
+            self.scheduler = self._cosine_schedule(self._train_batches_per_epoch, self.scheduler.last_epoch,
+                                                   going_on=going_on)
 
     def _measure_pace(self, now):
         """At the start of an epoch: what ran since the previous epoch's training ended (its validation and
@@ -928,6 +969,7 @@ class LetterTrainer(SafeCheckpoints, Trainer):
             "other_parameter": encode_other_parameter(self.model.other_parameter()),
             "optimizer": self.optimizer.state_dict(),
             "scheduler_steps": self.scheduler.last_epoch if self.scheduler is not None else None,
+            "schedule": self.schedule.state() if self.scheduler is not None else None,
             "planned_epochs": self.planned_epochs,
             "rng": rng,
             "curve": self.curve.state(),
@@ -964,7 +1006,9 @@ class LetterTrainer(SafeCheckpoints, Trainer):
         self.last_model_file = str(path)
         self.run_id = self.config["run_id"] = checkpoint["run_id"]  # the same run goes on
         set_random_state(rng, self.device)  # the loader's generator: in fit(), once the loader is known
-        self.resumed = {"scheduler_steps": checkpoint["scheduler_steps"], "loader_generator": rng["loader_generator"]}
+        # a file from before "schedule" was kept: its schedule is the fresh one over its planned epochs
+        self.resumed = {"scheduler_steps": checkpoint["scheduler_steps"], "schedule": checkpoint.get("schedule"),
+                        "loader_generator": rng["loader_generator"]}
         self.curve = LearningCurve(self.curve_path(), checkpoint.get("curve", ()))
         self.minutes_before = checkpoint.get("curve_minutes", 0.0)
         self.planned_epochs = checkpoint.get("planned_epochs")  # time_budget: the run's schedule spans these

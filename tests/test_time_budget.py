@@ -93,15 +93,14 @@ def test_a_validation_faster_than_the_probe_said_replaces_its_estimate():
     assert pace["valid"] == 27.0 and pace["test"] == pytest.approx(27.0)
 
 
-def test_the_plan_is_made_again_through_the_schedule_s_first_third_from_the_median_epoch(monkeypatch):
+def test_the_plan_is_made_again_after_every_epoch_from_the_median_epoch(monkeypatch):
     def replans(epoch_idx, measured, planned=45, resumed=None):
         fake = types.SimpleNamespace(pace={"trained": [170.0] * measured}, epochs_to_run=planned, resumed=resumed)
         return LetterTrainer._replans(fake, epoch_idx)
 
     assert not replans(0, 0)  # nothing measured yet: the probe's plan
-    assert replans(1, 1) and replans(2, 2) and replans(14, 14)  # 14 < 45 / 3
-    assert not replans(15, 15) and not replans(30, 30)  # the last two thirds keep their schedule
-    assert replans(2, 2, planned=3) and not replans(3, 3, planned=3)  # the first two always; never past the plan
+    assert replans(1, 1) and replans(2, 2) and replans(14, 14) and replans(30, 30) and replans(44, 44)
+    assert not replans(45, 45) and not replans(3, 3, planned=3)  # never past the plan
     assert not replans(1, 1, resumed={"planned_epochs": 45})  # a resumed run keeps its schedule
 
     def replan(trained, epoch_idx, fit):  # fit: what plan_epochs says fits after epoch_idx
@@ -126,20 +125,88 @@ def test_the_plan_is_made_again_through_the_schedule_s_first_third_from_the_medi
     assert replan([165.0] * 5, 5, 38)[1] == 43
 
 
-def test_a_schedule_re_planned_after_its_third_epoch_still_ends_at_zero(tiny_dataset, monkeypatch):
-    fits = {0: 12, 1: 11, 2: 10, 3: 7}  # epochs after epoch_idx: 12 planned; after the 3rd epoch, 10 in all
+@pytest.mark.parametrize("warmup_steps, total_steps", [(1, 1), (1, 7), (3, 50), (10, 1000), (25, 2580)])
+def test_the_cosine_is_transformers_to_the_bit(warmup_steps, total_steps):
+    from transformers import get_cosine_schedule_with_warmup
 
+    optimizer = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=1.0)
+    theirs = get_cosine_schedule_with_warmup(optimizer, warmup_steps, total_steps).lr_lambdas[0]
+    ours = letter_trainer.CosineToEnd(warmup_steps, total_steps)
+    assert [ours(step) for step in range(total_steps + 2)] == [theirs(step) for step in range(total_steps + 2)]
+
+
+@pytest.mark.parametrize("new_total", [1200, 800, 701])
+def test_a_new_horizon_keeps_the_rate_and_ends_it_at_zero(new_total):
+    before = letter_trainer.CosineToEnd(10, 1000)
+    after = before.ending_at(700, new_total)
+    assert after(700) == before(700) and after(3) == before(3)  # the same rate at the step reached; warm-up kept
+    rates = [after(step) for step in range(700, new_total + 1)]
+    assert all(a >= b for a, b in zip(rates, rates[1:]))  # it only falls from there
+    assert rates[-1] == pytest.approx(0.0, abs=1e-15)
+    again = letter_trainer.CosineToEnd(**after.state())  # what -last.pth keeps
+    assert [again(step) for step in range(0, new_total + 1, 7)] == [after(step) for step in range(0, new_total + 1, 7)]
+
+
+def _planned_in_all(totals):
+    """A stand-in for plan_epochs: ``totals[epoch_idx]`` epochs in all (the last one for later epochs), as
+    the epochs left after ``epoch_idx``, which _replan receives as the config's 12 epochs less those done."""
     def planned(train, valid, eval_step, test, left, max_epochs):
-        done = 12 - max_epochs if max_epochs < 12 else 0  # epoch_idx: the config's 12 epochs less those left
-        return fits[done]
+        done = 12 - max_epochs
+        return totals[min(done, len(totals) - 1)] - done
 
-    monkeypatch.setattr(letter_trainer, "plan_epochs", planned)
+    return planned
+
+
+def _record_rates(trainer):
+    """The learning rate of every optimiser step, as it steps (the scheduler sets the next one after it)."""
+    rates = []
+    trainer.optimizer.register_step_pre_hook(lambda optimizer, *_: rates.append(optimizer.param_groups[0]["lr"]))
+    return rates
+
+
+def test_a_plan_moved_late_goes_on_from_the_rate_reached_and_a_resumed_run_follows_it(tiny_dataset, tmp_path,
+                                                                                     monkeypatch, caplog):
+    # 9 epochs planned; after the 3rd, 7 in all (the cosine squeezed); after the 6th, past a third, 11 in all
+    monkeypatch.setattr(letter_trainer, "plan_epochs", _planned_in_all([9, 9, 9, 7, 7, 7, 11]))
+    run = dict(epochs=12, lr_scheduler="cosine", warmup_ratio=0.1, time_budget=60, eval_step=4)
     config, model, trainer, train_data, valid_data, test_data = _sasrec(
-        tiny_dataset, epochs=12, lr_scheduler="cosine", warmup_ratio=0.1, time_budget=60, eval_step=4)
-    assert quick_start.apply_time_budget(config, model, trainer, train_data, valid_data, test_data) == 12
-    trainer.fit(train_data, valid_data, saved=True, show_progress=False)
-    assert trainer.epochs_to_run == 10 == len(trainer.train_loss_dict)
-    assert trainer.optimizer.param_groups[0]["lr"] == pytest.approx(0.0, abs=1e-12)
+        tiny_dataset, **run, checkpoint_dir=str(tmp_path / "whole"))
+    assert quick_start.apply_time_budget(config, model, trainer, train_data, valid_data, test_data) == 9
+    rates = _record_rates(trainer)
+    with caplog.at_level("INFO"):
+        trainer.fit(train_data, valid_data, saved=True, show_progress=False)
+    assert trainer.epochs_to_run == 11 == len(trainer.train_loss_dict)
+    assert "7 epochs fit, not 9; the schedule goes on" in caplog.text
+    assert "11 epochs fit, not 7; the schedule goes on" in caplog.text
+    batches = len(train_data)
+    assert len(rates) == 11 * batches
+    warmup = trainer.schedule.warmup_steps
+    assert all(a >= b for a, b in zip(rates[warmup:], rates[warmup + 1:]))  # no rise at either new plan
+    assert trainer.optimizer.param_groups[0]["lr"] == pytest.approx(0.0, abs=1e-12)  # 0 after the last step
+
+    # the same run stopped in its 9th epoch, after the late plan, and resumed: the rest of the same rates
+    train_batches = LetterTrainer._train_batches
+
+    def stopped_in_ninth_epoch(self, train_data, epoch_idx, *args, **kwargs):
+        if epoch_idx == 8:
+            raise KeyboardInterrupt
+        return train_batches(self, train_data, epoch_idx, *args, **kwargs)
+
+    config, model, stopped, train_data, valid_data, test_data = _sasrec(
+        tiny_dataset, **run, checkpoint_dir=str(tmp_path / "stopped"))
+    quick_start.apply_time_budget(config, model, stopped, train_data, valid_data, test_data)
+    monkeypatch.setattr(LetterTrainer, "_train_batches", stopped_in_ninth_epoch)
+    with pytest.raises(KeyboardInterrupt):
+        stopped.fit(train_data, valid_data, saved=True, show_progress=False)
+    monkeypatch.undo()
+    monkeypatch.setattr(letter_trainer, "plan_epochs", lambda *args, **kwargs: pytest.fail("planned again"))
+    config, model, resumed, train_data, valid_data, test_data = _sasrec(
+        tiny_dataset, **run, resume_from=stopped.last_model_file)
+    resumed.resume_checkpoint(stopped.last_model_file)
+    assert quick_start.apply_time_budget(config, model, resumed, train_data, valid_data, test_data) == 11
+    rest = _record_rates(resumed)
+    resumed.fit(train_data, valid_data, saved=True, show_progress=False)
+    assert rest == rates[8 * batches:]
 
 
 def _agree_worker(rank, port, out):
