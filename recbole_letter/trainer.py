@@ -646,7 +646,6 @@ class LetterTrainer(SafeCheckpoints, Trainer):
         self.lr_scheduler_name = config["lr_scheduler"]
         self.warmup_ratio = config["warmup_ratio"]
         self.scheduler = None
-        self.schedule = None  # the scheduler's CosineToEnd (kept in -last.pth)
         self.train_batches_per_epoch = config["train_batches_per_epoch"]
         if self.train_batches_per_epoch is not None and int(self.train_batches_per_epoch) < 1:
             raise ValueError(f"train_batches_per_epoch must be ~ or >= 1, got {self.train_batches_per_epoch}")
@@ -739,13 +738,18 @@ class LetterTrainer(SafeCheckpoints, Trainer):
         (:meth:`CosineToEnd.ending_at`; a fresh one while the warm-up lasts)."""
         total_steps = max(1, batches_per_epoch * self.epochs_to_run)
         if saved is not None:
-            self.schedule = CosineToEnd(**saved)
+            schedule = CosineToEnd(**saved)
         elif going_on and steps_done >= self.schedule.warmup_steps:
-            self.schedule = self.schedule.ending_at(steps_done, total_steps)
+            schedule = self.schedule.ending_at(steps_done, total_steps)
         else:
-            self.schedule = CosineToEnd(max(1, round(total_steps * self.warmup_ratio)), total_steps)
+            schedule = CosineToEnd(max(1, round(total_steps * self.warmup_ratio)), total_steps)
         # last_epoch = steps_done - 1: the scheduler's own first step lands on steps_done
-        return torch.optim.lr_scheduler.LambdaLR(self.optimizer, self.schedule, last_epoch=steps_done - 1)
+        return torch.optim.lr_scheduler.LambdaLR(self.optimizer, schedule, last_epoch=steps_done - 1)
+
+    @property
+    def schedule(self):
+        """The running scheduler's :class:`CosineToEnd` (kept in ``-last.pth``)."""
+        return self.scheduler.lr_lambdas[0]
 
     def plan_to_deadline(self, deadline, train_epoch, valid_pass, test_pass):
         """Fit the run into ``deadline`` (a ``time.time()``): the epochs the config allows are cut to what fits
