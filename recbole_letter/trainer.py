@@ -803,11 +803,11 @@ class LetterTrainer(SafeCheckpoints, Trainer):
         left = self.deadline - time.time()
         planned = agreed(epoch_idx + plan_epochs(measured, self.pace["valid"], self.configured_eval_step,
                                                  self.pace["test"], left, self.epochs - epoch_idx))
+        going_on = len(trained) > 2  # after the first two epochs: the rate goes on from where it is
         # after the first two epochs a plan moves by two epochs or more: not back and forth by one each epoch
-        if planned == self.planned_epochs or (len(trained) > 2 and abs(planned - self.planned_epochs) < 2):
+        if planned == self.planned_epochs or (going_on and abs(planned - self.planned_epochs) < 2):
             return
         runs = f"epoch {epoch_idx} trained in" if epoch_idx == 1 else f"epochs 1-{epoch_idx} trained in a median of"
-        going_on = len(trained) > 2
         spans = "; the schedule goes on from its rate to 0 over them" if going_on else "; the schedule spans them"
         self.logger.info(f"time_budget: {runs} {_minutes(measured)} (the probe said "
                          f"{_minutes(self.pace['train'])}): {planned} epochs fit, not {self.planned_epochs}"
