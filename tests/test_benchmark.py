@@ -147,7 +147,7 @@ def test_tune_command_trains_every_trial(tiny_data_path, tmp_path, monkeypatch):
 def test_letter_tiger_end_to_end_and_tokenize_only(tiny_dataset, tmp_path):
     """The main job's path on the tiny slice: text + CF embeddings -> tokenizer -> T5 -> beam search."""
     name, cfg = tiny_dataset
-    cfg = {**cfg, **benchmark.QUICK_OVERRIDES, "state": "WARNING"}
+    cfg = {**cfg, **benchmark.QUICK_OVERRIDES, "state": "WARNING", "train_batches_per_epoch": 2}
     result = quick_start.run("LETTER_TIGER", name, config_dict=cfg)
     assert set(result["test_result"]) == set(benchmark.METRIC_ORDER)
     proc = subprocess.run(
@@ -213,22 +213,34 @@ def test_decoding_profile_prints_the_profile_and_the_matmul_rates(tiny_data_path
     assert len(rates) == 4
 
 
-def test_train_loop_benchmark_runs_both_loops_to_the_same_weights(tiny_data_path, tmp_path):
+def run_script(name, args, monkeypatch, capsys):
+    """``python benchmarks/<name> <args>`` in this process (``runpy``, as ``__main__``): the script's own code,
+    without the ~7 s of a fresh interpreter importing torch and recbole. Its stdout's lines."""
+    import runpy
+
+    import torch
+
+    monkeypatch.setattr(sys, "argv", [str(REPO / "benchmarks" / name), *args])
+    monkeypatch.setattr(sys, "path", list(sys.path))  # the script puts its own folder first
+    threads = torch.get_num_threads()
+    capsys.readouterr()
+    try:
+        runpy.run_path(str(REPO / "benchmarks" / name), run_name="__main__")
+    finally:
+        torch.set_num_threads(threads)  # the script's --threads
+    return capsys.readouterr().out.splitlines()
+
+
+def test_train_loop_benchmark_runs_both_loops_to_the_same_weights(tiny_data_path, tmp_path, monkeypatch, capsys):
     """benchmarks/train_loop.py on the tiny slice: RecBole's epoch loop and ours, same batches and state
     (8 length buckets, the CPU default: ours runs 8 backward passes per batch)."""
     from test_tiger import write_random_index
 
     index = write_random_index(tiny_data_path, "ml-tiny", tmp_path / "tiny.index.json")
-    proc = subprocess.run(
-        [sys.executable, str(REPO / "benchmarks" / "train_loop.py"), "--dataset=ml-tiny",
-         f"--data_path={tiny_data_path}", f"--item_codes_file={index}", "--d_model=16", "--d_ff=32",
-         "--num_heads=2", "--d_kv=8", "--num_encoder_layers=1", "--num_decoder_layers=1",
-         "--train_batch_size=64", "--batches=3", "--rounds=2",
-         "--threads=1"],
-        capture_output=True, text=True, timeout=300, cwd=tmp_path,
-    )
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    lines = proc.stdout.splitlines()
+    lines = run_script("train_loop.py", [
+        "--dataset=ml-tiny", f"--data_path={tiny_data_path}", f"--item_codes_file={index}", "--d_model=16",
+        "--d_ff=32", "--num_heads=2", "--d_kv=8", "--num_encoder_layers=1", "--num_decoder_layers=1",
+        "--train_batch_size=64", "--batches=3", "--rounds=2", "--threads=1"], monkeypatch, capsys)
     losses = next(line for line in lines if line.startswith("epoch loss"))
     recbole, ours = losses.split("recbole ")[1].split(", ours ")
     # the same steps; ours runs a backward pass per length bucket: the same gradients up to the order their
@@ -247,7 +259,8 @@ def test_train_loop_benchmark_runs_both_loops_to_the_same_weights(tiny_data_path
 
 
 @pytest.mark.parametrize("exclude_seen_items", [False, True])
-def test_checkpoint_scripts_agree_with_the_runs_own_evaluation(tiny_data_path, tmp_path, exclude_seen_items):
+def test_checkpoint_scripts_agree_with_the_runs_own_evaluation(tiny_data_path, tmp_path, exclude_seen_items,
+                                                               monkeypatch, capsys):
     """benchmarks/split_gap.py and benchmarks/seen_items.py on a tiny LETTER_TIGER checkpoint: their valid and
     test Recall@10 / NDCG@10 are the run's own (RecBole's evaluation of the same weights, seen items ranked or
     kept out of the beam as the run did), and split_gap's groups by training count hold every user once."""
@@ -260,10 +273,7 @@ def test_checkpoint_scripts_agree_with_the_runs_own_evaluation(tiny_data_path, t
     assert test["recall@10"] > 0  # a comparison with hits in it
 
     def script(name):
-        proc = subprocess.run([sys.executable, str(REPO / "benchmarks" / name), f"--checkpoint={result['checkpoint']}",
-                               "--threads=1"], capture_output=True, text=True, timeout=300, cwd=tmp_path)
-        assert proc.returncode == 0, proc.stderr[-3000:]
-        return proc.stdout.splitlines()
+        return run_script(name, [f"--checkpoint={result['checkpoint']}", "--threads=1"], monkeypatch, capsys)
 
     def close(printed, value):  # both rounded to 4 decimals, one by round(), one by format()
         return abs(float(printed) - value) <= 1.01e-4

@@ -335,11 +335,15 @@ def test_cli_several_models_writes_table(tiny_data_path, tmp_path):
     assert again[0]["test_result"] == rows[0]["test_result"]
 
 
-def test_ddp_two_processes_on_cpu(tiny_dataset, monkeypatch):
+def test_ddp_two_processes_on_cpu(tiny_dataset, tmp_path, monkeypatch):
     monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "")  # the spawned ranks use gloo: RecBole's NCCL path wants a GPU each
     name, cfg = tiny_dataset
-    result = quick_start.run("BPR", name, config_dict={**cfg, "embedding_size": 8, "nproc": 2, "port": free_port()})
+    # the process layout from a config file, as a recipe carries it (examples/cpu_recipe_instruments.yaml)
+    recipe = tmp_path / "ddp.yaml"
+    recipe.write_text(f"nproc: 2\nport: {free_port()}\n")
+    result = quick_start.run("BPR", name, config_files=[str(recipe)], config_dict={**cfg, "embedding_size": 8})
     assert set(result["test_result"]) == METRICS
+    assert load_checkpoint(result["checkpoint"])["config"]["world_size"] == 2
     # its checkpoint (a DDP config inside: cuda:<rank> on GPUs, a process group) evaluates in one process
     again = quick_start.evaluate_checkpoint(result["checkpoint"])
     # DDP averages the ranks' metrics, each already rounded to 4 places
@@ -384,16 +388,6 @@ def test_ddp_ranks_end_with_the_process_that_spawned_them(tiny_dataset, tmp_path
                 process.kill()
             except (ProcessLookupError, psutil.NoSuchProcess):
                 pass
-
-
-def test_nproc_in_a_config_file_trains_with_ddp(tiny_dataset, tmp_path, monkeypatch):
-    # a recipe file may carry its process layout (examples/cpu_recipe_instruments.yaml does)
-    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "")
-    name, cfg = tiny_dataset
-    recipe = tmp_path / "ddp.yaml"
-    recipe.write_text(f"nproc: 2\nport: {free_port()}\n")
-    result = quick_start.run("BPR", name, config_files=[str(recipe)], config_dict={**cfg, "embedding_size": 8})
-    assert load_checkpoint(result["checkpoint"])["config"]["world_size"] == 2
 
 
 def test_checkpoint_evaluates_on_this_machines_device(tiny_dataset, tmp_path):
@@ -625,7 +619,7 @@ def test_a_ddp_generator_run_builds_its_codes_once(tiny_dataset, tmp_path, monke
     monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "")
     name, cfg = tiny_dataset
     cfg = {**cfg, **QUICK_OVERRIDES, "state": "INFO", "checkpoint_dir": str(tmp_path), "nproc": 2,
-           "train_batch_size": 256, "port": free_port()}
+           "train_batch_size": 256, "train_batches_per_epoch": 2, "port": free_port()}
     result = quick_start.run("LETTER_TIGER", name, config_dict=cfg)
     printed = capfd.readouterr()
     assert (printed.out + printed.err).count("item codes built") == 1  # rank 1 logs errors only
@@ -675,30 +669,39 @@ def _one_step(model, batch, distributed, clip_grad_norm=None):
     LetterTrainer._train_batches(trainer, _Batches([batch]), 0)
 
 
-def _ddp_step_worker(rank, port, data, out, clip_grad_norm):
+CLIP_SETTINGS = [None, {"max_norm": 1e-3}]
+
+
+def _ddp_step_worker(rank, port, data, out):
     torch.distributed.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=2)
     try:
-        model = _TwoPartModel()
-        _one_step(model, data[rank::2], distributed=True, clip_grad_norm=clip_grad_norm)
-        torch.save(model.state_dict(), f"{out}.{rank}")
+        for setting, clip_grad_norm in enumerate(CLIP_SETTINGS):
+            model = _TwoPartModel()
+            _one_step(model, data[rank::2], distributed=True, clip_grad_norm=clip_grad_norm)
+            torch.save(model.state_dict(), f"{out}.{setting}.{rank}")
     finally:
         torch.distributed.destroy_process_group()
 
 
-@pytest.mark.parametrize("clip_grad_norm", [None, {"max_norm": 1e-3}])
-def test_a_ddp_step_with_loss_parts_is_the_whole_batch_step(tmp_path, clip_grad_norm):
+def test_a_ddp_step_with_loss_parts_is_the_whole_batch_step(tmp_path):
     """Under DDP ``LetterTrainer`` runs a backward pass per loss part (length bucket) on each rank, then
     averages the gradients itself (``average_gradients``): both ranks end the step with the weights one
     process gets from the whole batch (float64 up to a few ulps; the float32 shift to float32 rounding), the
     unused parameter unchanged. With ``clip_grad_norm`` (a norm far below the gradients') that holds only if
-    the clipping sees the averaged gradients, as the release's ``Trainer`` clips the global batch's."""
+    the clipping sees the averaged gradients, as the release's ``Trainer`` clips the global batch's. Both
+    settings in one pair of ranks (a spawn costs seconds: each rank imports torch and recbole)."""
     data = torch.randn(8, 5, dtype=torch.float64)
     out = tmp_path / "weights"
-    torch.multiprocessing.spawn(_ddp_step_worker, args=(free_port(), data, str(out), clip_grad_norm), nprocs=2,
-                                join=True)
+    torch.multiprocessing.spawn(_ddp_step_worker, args=(free_port(), data, str(out)), nprocs=2, join=True)
+    for setting, clip_grad_norm in enumerate(CLIP_SETTINGS):
+        _check_ddp_step(data, [torch.load(f"{out}.{setting}.{rank}", weights_only=True) for rank in (0, 1)],
+                        clip_grad_norm)
+
+
+def _check_ddp_step(data, ranks, clip_grad_norm):
+    """The two ranks' weights after the step: equal, and the whole batch's step in one process."""
     whole = _TwoPartModel()
     _one_step(whole, data, distributed=False, clip_grad_norm=clip_grad_norm)
-    ranks = [torch.load(f"{out}.{rank}", weights_only=True) for rank in (0, 1)]
     for name, value in whole.state_dict().items():
         assert torch.equal(ranks[0][name], ranks[1][name]), name
         tolerance = {"rtol": 1e-12, "atol": 1e-14} if value.dtype == torch.float64 else {"rtol": 1e-6, "atol": 1e-7}

@@ -19,7 +19,7 @@ def plan_lines(text):
 
 def test_the_plan_names_every_stage_estimates_it_and_sees_the_cache(tiny_dataset, capsys):
     name, cfg = tiny_dataset
-    cfg = {**cfg, **benchmark.QUICK_OVERRIDES, "show_plan": True}
+    cfg = {**cfg, **benchmark.QUICK_OVERRIDES, "show_plan": True, "train_batches_per_epoch": 2}
     quick_start.run("LETTER_TIGER", name, config_dict=cfg)
     first = plan_lines(capsys.readouterr().out)
     assert first[0].startswith(f"Plan: LETTER_TIGER on {name}")
