@@ -703,12 +703,12 @@ def _check_ddp_step(data, ranks, clip_grad_norm):
     whole = _TwoPartModel()
     _one_step(whole, data, distributed=False, clip_grad_norm=clip_grad_norm)
     for name, value in whole.state_dict().items():
-        assert torch.equal(ranks[0][name], ranks[1][name]), name
+        assert torch.equal(ranks[0][name], ranks[1][name]), (name, clip_grad_norm)
         tolerance = {"rtol": 1e-12, "atol": 1e-14} if value.dtype == torch.float64 else {"rtol": 1e-6, "atol": 1e-7}
         if clip_grad_norm and value.dtype == torch.float64:
             # the clipping scales every step by max_norm / (total norm), and the total norm takes in the float32
             # shift's gradient, which the two ways sum in another order: the float64 steps (at most lr x max_norm
             # long, lr 0.1 in _one_step) agree to a few float32 roundings of their length
             tolerance["atol"] = 0.1 * clip_grad_norm["max_norm"] * 4 * torch.finfo(torch.float32).eps
-        torch.testing.assert_close(ranks[0][name], value, **tolerance)
+        torch.testing.assert_close(ranks[0][name], value, **tolerance, msg=lambda m: f"{name}, {clip_grad_norm}: {m}")
     assert torch.equal(ranks[0]["unused"], torch.ones(2, dtype=torch.float64))

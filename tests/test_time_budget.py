@@ -168,7 +168,7 @@ def test_a_plan_moved_late_goes_on_from_the_rate_reached_and_a_resumed_run_follo
                                                                                      monkeypatch, caplog):
     # 9 epochs planned; after the 3rd, 7 in all (the cosine squeezed); after the 6th, past a third, 11 in all
     monkeypatch.setattr(letter_trainer, "plan_epochs", _planned_in_all([9, 9, 9, 7, 7, 7, 11]))
-    # batches of 512 (~29 an epoch on the slice): enough steps for the schedule's shape, 8x fewer than batch 64
+    # batches of 512 (27 an epoch on the slice): enough steps for the schedule's shape, 8x fewer than batch 64
     run = dict(epochs=12, lr_scheduler="cosine", warmup_ratio=0.1, time_budget=60, eval_step=4, train_batch_size=512)
     config, model, trainer, train_data, valid_data, test_data = _sasrec(
         tiny_dataset, **run, checkpoint_dir=str(tmp_path / "whole"))
