@@ -213,6 +213,20 @@ def test_decoding_profile_prints_the_profile_and_the_matmul_rates(tiny_data_path
     assert len(rates) == 4
 
 
+def test_the_scripts_run_in_process_start_in_a_fresh_interpreter_from_any_folder(tmp_path):
+    """What ``run_script`` skips for the scripts the tests below run in-process: each one's own ``sys.path``
+    line and imports (all at the top of these two), in a fresh interpreter started outside the repository
+    (``--help``: after the imports, before any work). Both start at once: a fresh interpreter spends seconds
+    importing torch and recbole."""
+    options = {"split_gap.py": "--checkpoint", "seen_items.py": "--checkpoint"}
+    procs = {name: subprocess.Popen([sys.executable, str(REPO / "benchmarks" / name), "--help"], cwd=tmp_path,
+                                    stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for name in options}
+    for name, proc in procs.items():
+        out, err = proc.communicate(timeout=300)
+        assert proc.returncode == 0, f"{name}: {err[-3000:]}"
+        assert options[name] in out, name
+
+
 def run_script(name, args, monkeypatch, capsys):
     """``python benchmarks/<name> <args>`` in this process (``runpy``, as ``__main__``): the script's own code,
     without the ~7 s of a fresh interpreter importing torch and recbole. Its stdout's lines."""
@@ -231,16 +245,22 @@ def run_script(name, args, monkeypatch, capsys):
     return capsys.readouterr().out.splitlines()
 
 
-def test_train_loop_benchmark_runs_both_loops_to_the_same_weights(tiny_data_path, tmp_path, monkeypatch, capsys):
+def test_train_loop_benchmark_runs_both_loops_to_the_same_weights(tiny_data_path, tmp_path):
     """benchmarks/train_loop.py on the tiny slice: RecBole's epoch loop and ours, same batches and state
     (8 length buckets, the CPU default: ours runs 8 backward passes per batch)."""
     from test_tiger import write_random_index
 
     index = write_random_index(tiny_data_path, "ml-tiny", tmp_path / "tiny.index.json")
-    lines = run_script("train_loop.py", [
-        "--dataset=ml-tiny", f"--data_path={tiny_data_path}", f"--item_codes_file={index}", "--d_model=16",
-        "--d_ff=32", "--num_heads=2", "--d_kv=8", "--num_encoder_layers=1", "--num_decoder_layers=1",
-        "--train_batch_size=64", "--batches=3", "--rounds=2", "--threads=1"], monkeypatch, capsys)
+    proc = subprocess.run(  # a fresh interpreter: the script imports recbole's Trainer itself, in main()
+        [sys.executable, str(REPO / "benchmarks" / "train_loop.py"), "--dataset=ml-tiny",
+         f"--data_path={tiny_data_path}", f"--item_codes_file={index}", "--d_model=16", "--d_ff=32",
+         "--num_heads=2", "--d_kv=8", "--num_encoder_layers=1", "--num_decoder_layers=1",
+         "--train_batch_size=64", "--batches=3", "--rounds=2",
+         "--threads=1"],
+        capture_output=True, text=True, timeout=300, cwd=tmp_path,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    lines = proc.stdout.splitlines()
     losses = next(line for line in lines if line.startswith("epoch loss"))
     recbole, ours = losses.split("recbole ")[1].split(", ours ")
     # the same steps; ours runs a backward pass per length bucket: the same gradients up to the order their
