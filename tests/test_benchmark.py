@@ -214,10 +214,10 @@ def test_decoding_profile_prints_the_profile_and_the_matmul_rates(tiny_data_path
 
 
 def test_the_scripts_run_in_process_start_in_a_fresh_interpreter_from_any_folder(tmp_path):
-    """What ``run_script`` skips for the scripts the tests below run in-process: each one's own ``sys.path``
-    line and imports (all at the top of these two), in a fresh interpreter started outside the repository
-    (``--help``: after the imports, before any work). Both start at once: a fresh interpreter spends seconds
-    importing torch and recbole."""
+    """What ``run_script`` skips for split_gap.py and seen_items.py, which test_checkpoint_scripts_agree_... runs
+    in-process: each one's own ``sys.path`` line and imports (all at the top), in a fresh interpreter started
+    outside the repository (``--help``: after the imports, before any work). Both start at once: a fresh
+    interpreter spends seconds importing torch and recbole."""
     options = {"split_gap.py": "--checkpoint", "seen_items.py": "--checkpoint"}
     procs = {name: subprocess.Popen([sys.executable, str(REPO / "benchmarks" / name), "--help"], cwd=tmp_path,
                                     stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for name in options}
