@@ -25,6 +25,7 @@ from recbole.config import Config
 from recbole.data import data_preparation
 from recbole.trainer import Trainer
 from recbole.utils import EvaluatorType, InputType, ModelType, get_trainer, init_logger, init_seed
+from tqdm import tqdm
 
 import recbole_letter  # noqa: F401  (applies the compatibility fixes)
 from recbole_letter import compat, config_check, plan
@@ -546,6 +547,18 @@ def end_with_parent(parent_pid, interval=1.0):
     threading.Thread(target=watch, name="end-with-parent", daemon=True).start()
 
 
+def _start_rank(parent_pid, nproc):
+    """What every spawned rank does first: end with its parent (``end_with_parent``), take its share of the
+    cores (``share_cores``), and give tqdm a thread lock in place of the ``multiprocessing`` one it would make
+    for its first bar. That lock is a named semaphore, which only the exit handlers ``_end_rank`` skips would
+    release; the parent's resource tracker then warned at every DDP run's end ("There appear to be 1 leaked
+    semaphore objects to clean up at shutdown"). A spawned rank shares its lock with no other process, so a
+    thread lock guards its bars as well."""
+    end_with_parent(parent_pid)
+    share_cores(nproc)
+    tqdm.set_lock(threading.RLock())
+
+
 def _end_rank():
     """End a spawned DDP rank whose work is done and whose result is queued, without tearing anything down.
 
@@ -590,8 +603,7 @@ def _log_process_layout(config):
 
 
 def _spawned_worker(rank, parent_pid, model, dataset, config_files, config_dict, saved, queue):
-    end_with_parent(parent_pid)
-    share_cores(config_dict["nproc"])
+    _start_rank(parent_pid, config_dict["nproc"])
     _run_single(model, dataset, config_files, {**config_dict, "local_rank": rank}, saved, queue)
     _end_rank()
 
@@ -685,8 +697,7 @@ def evaluate_checkpoint(path, config_dict=None, splits=("valid", "test")):
 
 
 def _evaluate_worker(rank, parent_pid, path, config_dict, splits, layout, queue):
-    end_with_parent(parent_pid)
-    share_cores(layout["nproc"])
+    _start_rank(parent_pid, layout["nproc"])
     result = _evaluate_checkpoint(path, config_dict, splits, layout={**layout, "local_rank": rank})
     if rank == 0:
         queue.put(result)
