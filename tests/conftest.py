@@ -6,11 +6,28 @@ from pathlib import Path
 
 import pytest
 import recbole
+import torch
 
 import recbole_letter  # noqa: F401  (compatibility fixes before any recbole use)
+from recbole_letter.quick_start import usable_cores
 
 ML100K = Path(recbole.__file__).parent / "dataset_example" / "ml-100k"
 TINY_USERS = 150
+# torch's threads in a fresh process: what a process a test starts gets (a DDP rank, a command line)
+FRESH_PROCESS_THREADS = torch.get_num_threads()
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    # workers side by side share the cores, as DDP ranks do (quick_start.share_cores): threads of two workers
+    # on one core wait for one another at every parallel region
+    torch.set_num_threads(max(1, FRESH_PROCESS_THREADS // int(os.environ["PYTEST_XDIST_WORKER_COUNT"])))
+
+
+def pytest_xdist_auto_num_workers(config):
+    """``-n auto`` (pytest.ini): one worker per usable core, at most 4 (each imports torch and recbole, and a DDP
+    test starts two more processes), and none on one core; ``PYTEST_XDIST_AUTO_NUM_WORKERS`` overrides it."""
+    if os.environ.get("PYTEST_XDIST_AUTO_NUM_WORKERS"):
+        return int(os.environ["PYTEST_XDIST_AUTO_NUM_WORKERS"])
+    cores = usable_cores()
+    return min(cores, 4) if cores > 1 else 0
 
 
 @pytest.fixture(autouse=True)

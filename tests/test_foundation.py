@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from conftest import FRESH_PROCESS_THREADS
 from recbole_letter import common, quick_start
 from recbole_letter.learning_curve import read_curve
 from recbole_letter.quick_start import free_port
@@ -640,7 +641,7 @@ def test_a_ddp_generator_run_builds_its_codes_once(tiny_dataset, tmp_path, monke
     layout = re.search(r"DDP: 2 processes here, (\d+) torch threads? each", printed.out + printed.err)
     assert layout, "no DDP layout line"
     if not any(os.environ.get(name) for name in quick_start.THREAD_VARIABLES):
-        assert int(layout.group(1)) == max(1, min(torch.get_num_threads(), quick_start.usable_cores()) // 2)
+        assert int(layout.group(1)) == max(1, min(FRESH_PROCESS_THREADS, quick_start.usable_cores()) // 2)
     assert set(result["test_result"]) == {"recall@5", "recall@10", "ndcg@5", "ndcg@10"}
 
 
