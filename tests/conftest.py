@@ -23,9 +23,12 @@ if os.environ.get("PYTEST_XDIST_WORKER"):
 
 def pytest_xdist_auto_num_workers(config):
     """``-n auto`` (pytest.ini): one worker per usable core, at most 4 (each imports torch and recbole, and a DDP
-    test starts two more processes), and none on one core; ``PYTEST_XDIST_AUTO_NUM_WORKERS`` overrides it."""
+    test starts two more processes); none on one core, nor for tests named one by one (``file.py::test``), where
+    starting workers costs more than it saves. ``PYTEST_XDIST_AUTO_NUM_WORKERS`` overrides it."""
     if os.environ.get("PYTEST_XDIST_AUTO_NUM_WORKERS"):
         return int(os.environ["PYTEST_XDIST_AUTO_NUM_WORKERS"])
+    if config.args and all("::" in arg for arg in config.args):
+        return 0
     cores = usable_cores()
     return min(cores, 4) if cores > 1 else 0
 

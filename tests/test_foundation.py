@@ -378,7 +378,7 @@ def test_ddp_ranks_end_with_the_process_that_spawned_them(tiny_dataset, tmp_path
                               env={**os.environ, "CUDA_VISIBLE_DEVICES": ""})
     ranks = []
     try:
-        for _ in range(600):  # until both ranks train (their checkpoint of an epoch exists), <= 60 s
+        for _ in range(1200):  # until both ranks train (their checkpoint of an epoch exists), <= 120 s
             assert parent.poll() is None, "the run ended before it was stopped"
             try:
                 ranks = [p for p in psutil.Process(parent.pid).children() if "spawn_main" in " ".join(p.cmdline())]
@@ -624,6 +624,23 @@ def test_ddp_ranks_share_the_cores_unless_a_thread_count_is_set(monkeypatch, var
         assert torch.get_num_threads() == threads
     finally:
         torch.set_num_threads(before)
+
+
+def test_the_suite_runs_in_a_worker_per_core_and_tests_named_one_by_one_in_this_process(monkeypatch):
+    """pytest.ini's ``-n auto``: how many worker processes tests/conftest.py asks pytest-xdist for."""
+    from types import SimpleNamespace
+
+    import conftest
+
+    monkeypatch.delenv("PYTEST_XDIST_AUTO_NUM_WORKERS", raising=False)
+    workers = conftest.pytest_xdist_auto_num_workers
+    for cores, expected in ((1, 0), (2, 2), (3, 3), (64, 4)):
+        monkeypatch.setattr(conftest, "usable_cores", lambda: cores)
+        assert workers(SimpleNamespace(args=["tests"])) == expected, cores
+    assert workers(SimpleNamespace(args=["tests/test_plan.py", "tests/test_tiger.py::test_x"])) == 4
+    assert workers(SimpleNamespace(args=["tests/test_plan.py::test_x", "tests/test_tiger.py::test_y"])) == 0
+    monkeypatch.setenv("PYTEST_XDIST_AUTO_NUM_WORKERS", "3")
+    assert workers(SimpleNamespace(args=["tests/test_plan.py::test_x"])) == 3
 
 
 def test_a_ddp_generator_run_builds_its_codes_once(tiny_dataset, tmp_path, monkeypatch, capfd):
