@@ -365,7 +365,9 @@ def build_model(config, train_dataset, item_codes=None):
     """The model of ``config["model"]`` on ``train_dataset`` (the training split), on the config's device.
 
     A generator gets ``item_codes``, or those of the tokenizer stage (:func:`tokenizer_stage`) when none
-    are given; its constructor only receives them.
+    are given; its constructor only receives them. After the stage the random streams are seeded again, as
+    before it (``seed`` + ``local_rank``): a tokenizer that trains draws from them and one read from the cache
+    does not, and the model's weights (so the run's result) must not depend on which happened.
 
     Args:
         config: the run's config.
@@ -380,6 +382,7 @@ def build_model(config, train_dataset, item_codes=None):
         return model_class(config, train_dataset).to(config["device"])
     if item_codes is None:
         item_codes = tokenizer_stage(config, model_class, train_dataset)
+        init_seed(config["seed"] + config["local_rank"], config["reproducibility"])
     return model_class(config, train_dataset, item_codes).to(config["device"])
 
 

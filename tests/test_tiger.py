@@ -325,6 +325,30 @@ def test_tiger_config_and_bad_beam(tiny_data_path, tmp_path):
         TIGER(config, train_data.dataset, TIGER.tokenize(config, train_data.dataset))
 
 
+def test_a_generator_starts_from_the_same_weights_whether_its_codes_were_built_or_read(tiny_data_path, tmp_path,
+                                                                                      monkeypatch):
+    """A tokenizer stage that trains draws from the random streams, one that reads its cache does not; the
+    model's weights start from the run's seed either way (``quick_start.build_model`` seeds again after the
+    stage), so a command gives the same result the first time and again from the cache."""
+    from recbole_letter import quick_start
+
+    config, _, train_data, _, _ = quick_start.prepare("LETTER_TIGER", "ml-tiny",
+                                                      config_dict=_tiny_tiger_config(tiny_data_path, tmp_path))
+    stage = quick_start.tokenizer_stage
+
+    def initial_weights(draws):
+        def drawing_stage(*args):  # the stage, drawing as much as a tokenizer's training would
+            torch.rand(draws), np.random.rand(draws), [random.random() for _ in range(draws)]
+            return stage(*args)
+
+        monkeypatch.setattr(quick_start, "tokenizer_stage", drawing_stage)
+        return quick_start.build_model(config, train_data.dataset).state_dict()
+
+    read, built = initial_weights(0), initial_weights(1000)
+    assert read.keys() == built.keys()
+    assert all(torch.equal(read[name], built[name]) for name in read)
+
+
 @pytest.mark.parametrize("buckets", [3, 8])
 def test_length_buckets_give_the_same_loss_and_gradients(trained_tiger, buckets):
     config, train_data, _, trainer, _ = trained_tiger
