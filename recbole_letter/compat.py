@@ -33,6 +33,13 @@ Each fix is applied once, at ``import recbole_letter``, and touches only what Re
   becomes :func:`create_dataset`, which always builds the dataset from the atomic files, and
   ``load_split_dataloaders`` finds nothing, so the loaders are always built; ``config_check`` refuses the
   four keys that save or name such files. Nothing is unpickled.
+* With ``rm_dup_inter`` set (``properties/overall.yaml``: ``first``, so ml-100k and any dataset without its own
+  property file), RecBole sorts the interactions by time with pandas' default ``quicksort`` before dropping
+  repeated pairs. That sort is not stable, and numpy runs it with the widest SIMD kernel the CPU has: the order
+  of a user's interactions with equal timestamps, and so which of them leave-one-out holds out for valid and
+  test, came out differently on AVX-512, AVX2 and older CPUs (ml-100k's test split changed with
+  ``NPY_DISABLE_CPU_FEATURES=X86_V3``). ``Dataset._remove_duplication`` sorts stably instead: ties keep the
+  file's order on every CPU, as RecBole's later sorts (``np.argsort(kind="stable")``) already do.
 """
 
 import importlib
@@ -71,11 +78,13 @@ def apply():
 
     hyper_tuning.np = _NumpyWithGeneratorRNG()
     import recbole.data
+    import recbole.data.dataset
     import recbole.data.utils
 
     # before anything imports the name (recbole_letter.quick_start: ``from recbole.data import create_dataset``)
     recbole.data.create_dataset = recbole.data.utils.create_dataset = create_dataset
     recbole.data.utils.load_split_dataloaders = _no_saved_dataloaders
+    recbole.data.dataset.Dataset._remove_duplication = _remove_duplication
     _APPLIED = True
 
 
@@ -91,6 +100,22 @@ def create_dataset(config):
         name = {ModelType.SEQUENTIAL: "SequentialDataset",
                 ModelType.KNOWLEDGE: "KnowledgeBasedDataset"}.get(config["MODEL_TYPE"], "Dataset")
     return getattr(dataset_module, name)(config)
+
+
+def _remove_duplication(self):
+    """RecBole's ``Dataset._remove_duplication`` with a stable time sort (see the module docstring): with
+    ``rm_dup_inter`` (``first`` / ``last``), the interactions sorted by time, ties in the file's order, then the
+    first or last of each repeated (user, item) pair kept."""
+    keep = self.config["rm_dup_inter"]
+    if keep is None:
+        return
+    self._check_field("uid_field", "iid_field")
+    if self.time_field in self.inter_feat:
+        self.inter_feat.sort_values(by=[self.time_field], ascending=True, inplace=True, kind="stable")
+    else:
+        self.logger.warning(f"Timestamp field has not been loaded or specified, thus strategy [{keep}] of "
+                            f"duplication removal may be meaningless.")
+    self.inter_feat.drop_duplicates(subset=[self.uid_field, self.iid_field], keep=keep, inplace=True)
 
 
 def _no_saved_dataloaders(config):

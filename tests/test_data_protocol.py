@@ -292,6 +292,36 @@ def test_default_ml100k_statistics_unchanged():
     assert report["kept"] == {"users": 943, "items": 1349, "interactions": 99287}
 
 
+def test_interactions_at_one_time_keep_the_files_order_on_every_cpu(tmp_path):
+    """``rm_dup_inter`` (overall.yaml: ``first``) sorts by time before dropping repeated pairs; ties keep the
+    file's order (compat: a stable sort), so leave-one-out holds out the same interactions on every CPU (a
+    quicksort's tie order follows numpy's SIMD kernel: ml-100k's split differed between AVX2 and older ones)."""
+    import random
+
+    from recbole.data import create_dataset
+
+    rng = random.Random(0)
+    rows = [(f"u{u}", f"i{rng.randrange(300)}", 1000 + 10 * rng.randrange(4)) for u in range(40) for _ in range(50)]
+    rng.shuffle(rows)
+    rows.append(rows[0])  # a repeated (user, item) pair at the same time: the first row of the two stays
+    (tmp_path / "ties").mkdir()
+    write_lines(tmp_path / "ties" / "ties.inter", [HEADER] + [f"{u}\t{i}\t{t}" for u, i, t in rows])
+    config = quick_start.build_config("SASRec", "ties", config_dict={
+        "data_path": str(tmp_path), "state": "WARNING", "load_col": {"inter": ["user_id", "item_id", "timestamp"]},
+        "user_inter_num_interval": None, "item_inter_num_interval": None})
+    assert config["rm_dup_inter"] == "first"
+    dataset = create_dataset(config)
+    inter = dataset.inter_feat
+    users = dataset.field2id_token["user_id"][inter["user_id"].to_numpy()]
+    items = dataset.field2id_token["item_id"][inter["item_id"].to_numpy()]
+    loaded = list(zip(users, items, inter["timestamp"].to_numpy()))
+    in_time_order = sorted(rows, key=lambda row: row[2])  # Python's sort is stable: ties in the file's order
+    kept = {}
+    for u, i, t in in_time_order:  # the first of each repeated pair
+        kept.setdefault((u, i), (u, i, t))
+    assert [(u, i, float(t)) for u, i, t in loaded] == [(u, i, float(t)) for u, i, t in kept.values()]
+
+
 # ---- bad atomic rows: one line naming the file and the line -------------------------------------
 HEADER = "user_id:token\titem_id:token\ttimestamp:float"
 
