@@ -272,10 +272,13 @@ def test_filter_report_counts_each_filter_and_warns(tmp_path):
     assert [m for level, m in lines.records if level == "WARNING"] == [
         "data Yelp: 1 items of the catalogue (7) have no interaction (they come from Yelp.item only); "
         "they are ranked but never a target"]
-    # the wrappers are gone after the block: RecBole's own methods again
+    # the wrappers are gone after the block: the methods of before it again (compat's stable-sort one here)
     from recbole.data.dataset import Dataset
 
-    assert Dataset._remove_duplication.__qualname__ == "Dataset._remove_duplication"
+    from recbole_letter import compat
+
+    assert Dataset._remove_duplication is compat._remove_duplication
+    assert Dataset._filter_by_inter_num.__qualname__ == "Dataset._filter_by_inter_num"
     assert not hasattr(Dataset._remove_duplication, "__wrapped__")
 
 
