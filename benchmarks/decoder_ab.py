@@ -11,6 +11,7 @@ Prints both rates, the ratio, and whether the two decoders gave the same lists.
 
 import argparse
 import importlib.util
+import inspect
 import os
 import subprocess
 import sys
@@ -74,9 +75,13 @@ def main():
     model = LETTER_TIGER(config, train_data.dataset, LETTER_TIGER.tokenize(config, train_data.dataset)).eval()
     item_seq, item_seq_len = test_histories(model, test_data, args.users)
 
+    # the base's buffers reused from chunk to chunk too, where its decoder has them (since 2026-11-28)
+    takes_workspace = "workspace" in inspect.signature(old_decoder_class).parameters
+
     def base_step_fn(self, seq, seq_len, workspace=None):
         tokens, mask = self._trim(*self.history_code_tokens(seq, seq_len))
-        return old_decoder_class(self.t5, tokens, mask, self.pad_token_id, max_steps=self.code_len)
+        extra = {"workspace": workspace} if takes_workspace else {}
+        return old_decoder_class(self.t5, tokens, mask, self.pad_token_id, max_steps=self.code_len, **extra)
 
     sides = {"base": (base_step_fn, getattr(old_cpu.FeedForward, "_activation", None)),
              "this": (LETTER_TIGER.build_step_fn, t5_cpu.FeedForward._activation)}

@@ -7,7 +7,8 @@ Same LETTER_TIGER weights (release architecture, random init unless --checkpoint
 the same users in the same order for both sides: the first --users test users of RecBole's leave-one-out split.
 
 * ours: ``GenerativeRecommender.generate_items`` (``constrained_beam_search`` + ``T5BeamDecoder``), which
-  sorts and chunks the users it is given as it does in a real evaluation;
+  sorts and chunks the users it is given as it does in a real evaluation, and decodes the chunks in
+  ``decode_workers`` threads (``--decode_workers``; the model's default: torch's thread count on a CPU);
 * release: ``T5ForConditionalGeneration.generate(num_beams=20, num_return_sequences=20,
   prefix_allowed_tokens_fn=...)`` over a Python dict trie ``prefix tuple -> allowed tokens``, timed at
   each ``--release_batch`` size (users per call); the speedup is against the fastest.
@@ -183,6 +184,8 @@ def main():
     parser.add_argument("--beam", type=int, default=20)
     parser.add_argument("--users", type=int, default=256, help="test users decoded by both sides, in the same order")
     parser.add_argument("--batch", type=int, default=0, help="users per beam batch, ours (0 = the model's beam_batch_size)")
+    parser.add_argument("--decode_workers", type=int, default=0, help="threads ours decodes its chunks in (0 = the "
+                        "model's decode_workers: ~, torch's thread count on a CPU)")
     parser.add_argument("--release_batch", default="1,2,4,8,16,32,64", help="users per generate call (comma list: each is timed; the speedup is against the fastest)")
     parser.add_argument("--checkpoint", default=None, help="trained LETTER_TIGER checkpoint (default: random init)")
     parser.add_argument("--rounds", type=int, default=1, help="parts the users are decoded in (ours gets each part in one "
@@ -205,6 +208,8 @@ def main():
     config_dict = {"show_progress": False, "state": "WARNING", "beam_size": args.beam, "checkpoint_dir": os.path.join(work, "saved"), "seed": args.seed}
     if args.batch:
         config_dict["beam_batch_size"] = args.batch
+    if args.decode_workers:
+        config_dict["decode_workers"] = args.decode_workers
     if args.dataset != "ml-100k":
         config_dict["data_path"] = data_path
     if not os.path.isfile(codes):
@@ -281,7 +286,7 @@ def main():
     rates = {side: n_users / sum(s) for side, s in seconds.items()}
     best_batch = max(release_batches, key=lambda batch: rates[batch])
     print(f"ours:    {n_users} users in {sum(seconds['ours']):.2f} s = {rates['ours']:.1f} users/s "
-          f"(<= {model.beam_batch_size} users per beam batch; mean of {len(release_batches)} passes, one before each "
+          f"(<= {model.beam_batch_size} users per beam batch, {model.decode_workers_on(device)} decoding thread(s); mean of {len(release_batches)} passes, one before each "
           f"generate batch size; rounds: {round_rates(chunks, seconds['ours'])})")
     our_ids, our_scores = lists["ours"]
     for batch in release_batches:
@@ -299,7 +304,13 @@ def main():
 
     # arithmetic: multiply-adds per user of both sides on these users, against this CPU's matmul peak
     with torch.no_grad():  # the calls that were timed: the same padding
-        our_macs = macs_per_user(lambda: [ours(rows) for rows in chunks], n_users)
+        # in the calling thread: FlopCounterMode counts only its own thread's products, and decode_workers only
+        # shares the same chunks out among threads
+        workers, model.decode_workers = model.decode_workers, 1
+        try:
+            our_macs = macs_per_user(lambda: [ours(rows) for rows in chunks], n_users)
+        finally:
+            model.decode_workers = workers
         release_macs = macs_per_user(lambda: [release(rows, best_batch) for rows in chunks], n_users)
     peak = max(*peaks, matmul_peak(device))
     limit = peak / our_macs

@@ -4,7 +4,8 @@ and the decoder's projection matmuls timed alone (warm, and after a write that f
     python benchmarks/decoding_profile.py --dataset=Beauty --data_path=../shared/data --threads=1
 
 LETTER_TIGER at the release's architecture (random init, seed 2020) on LETTER's released codes of the dataset
-(``--codes``: another ``*.index.json``), beam 20, the first ``--users`` test users (as ``decoding.py``). Prints users per second without the profiler,
+(``--codes``: another ``*.index.json``), beam 20, the first ``--users`` test users (as ``decoding.py``), in one decoding
+thread (``decode_workers: 1``) at the given torch threads. Prints users per second without the profiler,
 the profiler's table (self CPU time, grouped by operator and input shapes) and the matmul timings, whose rates
 say how far the decoder's matmuls run from what the same shapes reach alone (docs/generation.md).
 """
@@ -66,13 +67,16 @@ def main():
                    "item_codes_file": codes, "checkpoint_dir": os.path.join(work, "saved")}
     config, _, train_data, _, test_data = prepare("LETTER_TIGER", args.dataset, config_dict=config_dict)
     model = LETTER_TIGER(config, train_data.dataset, LETTER_TIGER.tokenize(config, train_data.dataset)).eval()
+    # one decoding thread at torch's thread count: the kernels' times then compare with the products timed alone
+    # below at that count (decode_workers would split them among threads of fewer torch threads)
+    model.decode_workers = 1
     item_seq, item_seq_len = test_histories(model, test_data, args.users)
     with torch.no_grad():
         model.generate_items(item_seq[:64], item_seq_len[:64])  # warm-up
         start = time.perf_counter()
         model.generate_items(item_seq, item_seq_len)
         print(f"{len(item_seq) / (time.perf_counter() - start):.1f} users/s without the profiler, "
-              f"torch threads {torch.get_num_threads()}")
+              f"torch threads {torch.get_num_threads()}, one decoding thread")
         with profile(record_shapes=True) as prof:
             model.generate_items(item_seq, item_seq_len)
     print(prof.key_averages(group_by_input_shape=True).table(sort_by="self_cpu_time_total", row_limit=args.rows,

@@ -316,7 +316,7 @@ POSITIVE_INTS = (
     "num_levels", "code_dim", "cf_hidden_size", "cf_inner_size", "cf_n_layers", "cf_n_heads", "cf_epochs",
     "cf_batch_size", "tokenizer_epochs", "tokenizer_batch_size", "tokenizer_init_samples",
     "tokenizer_eval_interval", "text_encoder_batch_size", "text_encoder_max_length", "div_num_clusters",
-    "div_cluster_interval", "beam_size", "beam_batch_size", "length_buckets", "train_batches_per_epoch",
+    "div_cluster_interval", "beam_size", "beam_batch_size", "decode_workers", "length_buckets", "train_batches_per_epoch",
     "d_model", "d_ff", "num_heads", "d_kv", "num_encoder_layers", "num_decoder_layers", "lora_r",
     "relative_attention_num_buckets", "relative_attention_max_distance", "hidden_size", "n_heads",
     "embedding_size", "world_size",

@@ -257,6 +257,24 @@ def test_decoding_gives_real_items_with_teacher_forced_scores(lc_config):
     assert (torch.isfinite(full).sum(1) == 10).all() and torch.isinf(full[:, 0]).all()
 
 
+def test_chunks_decoded_in_two_threads_give_one_thread_s_lists(lc_config):
+    """``decode_workers: 2`` on the LLM's own KV cache (transformers' forward from two threads at once): the lists
+    and scores of one thread decoding the chunks in turn, up to float32 rounding."""
+    name, cfg = lc_config
+    _, model, _, test_data = _build(LETTER_LC_Rec, name, {**cfg, "beam_batch_size": 3})
+    model.eval()
+    batch = _first_batch(test_data)
+    seq, seq_len = batch[model.ITEM_SEQ][:11], batch[model.ITEM_SEQ_LEN][:11]  # chunks of 3, 3, 3 and 2 users
+    results = {}
+    for workers in (1, 2):
+        model.decode_workers = workers
+        results[workers] = model.generate_items(seq, seq_len, beam_size=10)
+    assert torch.equal(results[1][0], results[2][0])
+    # each within float32_tolerance of the exact scores (test above), so within twice it of each other
+    bound = 2 * float32_tolerance(results[1][1], LC_REDUCTION, LC_STEPS * model.code_len)
+    torch.testing.assert_close(results[2][1].double(), results[1][1].double(), rtol=0, atol=bound)
+
+
 def test_trains_saves_and_reloads_through_recbole(lc_config):
     name, cfg = lc_config
     result = quick_start.run("LC_Rec", name, config_dict={**cfg, "freeze_code_embeddings": False, "train_batch_size": 512})

@@ -5,6 +5,8 @@ import copy
 import json
 import os
 import random
+import threading
+import time
 
 import numpy as np
 import pytest
@@ -838,6 +840,92 @@ def test_amp_dtype_is_the_autocast_dtype_of_training_and_decoding(tiny_data_path
     assert torch.get_autocast_dtype("cpu") == torch.bfloat16  # torch's own default is back
     with pytest.raises(ValueError, match="amp_dtype must be one of"):
         quick_start.run("LETTER_TIGER", "ml-tiny", config_dict={**config_dict, "amp_dtype": "float8"})
+
+
+def test_chunks_decoded_in_threads_give_one_thread_s_lists(trained_tiger):
+    """``decode_workers: 2``: the chunks of beam_batch_size users go to two threads sharing torch's threads; every
+    chunk is decoded once, under no_grad and autocast as in the calling thread, and the lists and scores are those
+    of one thread decoding the chunks in turn (each chunk's numbers do not depend on the thread, up to float32
+    rounding where a product's blocking differs with the thread count)."""
+    config, train_data, test_data, trainer, _ = trained_tiger
+    model = trainer.model.eval()
+    batch = next(iter(test_data))[0]
+    seen = []
+    build_step_fn = type(model).build_step_fn
+
+    def recording_build_step_fn(self, item_seq, *args):
+        seen.append((len(item_seq), torch.is_grad_enabled(), torch.is_autocast_enabled("cpu"), torch.get_num_threads()))
+        return build_step_fn(self, item_seq, *args)
+
+    threads = torch.get_num_threads()
+    saved = model.beam_batch_size, model.decode_workers, model.enable_amp
+    try:
+        model.beam_batch_size = 3  # several chunks, the last one shorter
+        results = {}
+        for workers, amp in ((1, False), (2, False), (1, True), (2, True)):
+            model.decode_workers, model.enable_amp = workers, amp
+            seen.clear()
+            type(model).build_step_fn = recording_build_step_fn
+            try:
+                with torch.enable_grad():  # generate_items turns it off, in every thread
+                    results[workers, amp] = model.generate_items(batch[model.ITEM_SEQ], batch[model.ITEM_SEQ_LEN])
+            finally:
+                type(model).build_step_fn = build_step_fn
+            n_users = len(batch[model.ITEM_SEQ])
+            assert sorted(size for size, *_ in seen) == sorted(len(c) for c in torch.arange(n_users).split(3))
+            assert {tuple(state) for _, *state in seen} == {(False, amp, max(1, threads // workers))}
+            assert torch.get_num_threads() == threads  # restored after the threads
+    finally:
+        model.beam_batch_size, model.decode_workers, model.enable_amp = saved
+    # float32: each side within float32_tolerance of the exact scores, so within twice it of each other (under
+    # autocast a bfloat16 rounding may differ with the blocking, and near ties with it: only its states are checked)
+    (ids_one, scores_one), (ids_two, scores_two) = results[1, False], results[2, False]
+    assert torch.equal(ids_one, ids_two)
+    bound = 2 * float32_tolerance(scores_one, TINY_REDUCTION, TINY_STEPS * model.code_len)
+    torch.testing.assert_close(scores_two, scores_one, rtol=0, atol=bound)
+
+
+def test_worker_threads_take_each_task_once_and_stop_at_the_first_error():
+    from recbole_letter.model.generative_recommender import in_worker_threads
+
+    done, threads, torch_threads = [], set(), set()
+
+    def work(claimed):
+        for index in claimed:
+            done.append(index)
+            threads.add(threading.get_ident())
+            torch_threads.add(torch.get_num_threads())
+
+    in_worker_threads(work, 50, 3)
+    assert sorted(done) == list(range(50)) and torch_threads == {max(1, torch.get_num_threads() // 3)}
+    done.clear(), threads.clear()
+    in_worker_threads(work, 50, 1)  # one worker: a plain loop in this thread
+    assert done == list(range(50)) and threads == {threading.get_ident()}
+
+    def failing(claimed):
+        for index in claimed:
+            done.append(index)
+            if index == 5:
+                raise RuntimeError("chunk 5")
+            time.sleep(0.01)
+
+    done.clear()
+    threads_before = torch.get_num_threads()
+    with pytest.raises(RuntimeError, match="chunk 5"):
+        in_worker_threads(failing, 1000, 2)
+    assert len(done) < 20 and torch.get_num_threads() == threads_before
+
+
+def test_decode_workers_default_to_the_cpu_threads_and_to_one_on_a_gpu():
+    from types import SimpleNamespace
+
+    from recbole_letter.model.generative_recommender import MAX_AUTO_DECODE_WORKERS, GenerativeRecommender
+
+    workers_on = GenerativeRecommender.decode_workers_on
+    threads = torch.get_num_threads()
+    assert workers_on(SimpleNamespace(decode_workers=None), "cpu") == min(threads, MAX_AUTO_DECODE_WORKERS)
+    assert workers_on(SimpleNamespace(decode_workers=None), "cuda") == 1
+    assert workers_on(SimpleNamespace(decode_workers=3), "cpu") == 3
 
 
 def test_exclude_seen_items_keeps_training_items_out_of_beams_and_rankings(trained_tiger, tiny_data_path):

@@ -36,12 +36,17 @@ pad = 0, eos = 1, codes from 2 (``vocab_size`` = 2 + sum of codebook sizes). ``s
 
 Config keys read here: ``tau`` (loss temperature), ``beam_size`` (>= max ``topk``), ``enable_amp`` /
 ``amp_dtype`` (decoding autocasts as training does), ``beam_batch_size`` (users decoded at once in
-``full_sort_predict``), ``exclude_seen_items`` (beam search skips the items a user met in the training
+``full_sort_predict``), ``decode_workers`` (threads that decode those chunks side by side, sharing torch's
+threads out; ``~`` = ``decode_workers_on``), ``exclude_seen_items`` (beam search skips the items a user met in the training
 split and history, see ``recbole_letter.model.seen_items``), ``length_buckets`` (training batches run as
 this many sub-batches of similar history length, each padded only to its own longest history: the same
 loss and gradients for less padding; ``~`` = ``default_length_buckets``), ``item_codes_file`` and the tokenizer's keys (through
 ``get_item_codes``).
 """
+
+import itertools
+import threading
+from concurrent.futures import ThreadPoolExecutor
 
 import torch
 import torch.nn.functional as F
@@ -61,6 +66,48 @@ from recbole_letter.tokenizer import get_item_codes
 from recbole_letter.tokenizer.item_codes import ItemCodes
 
 
+# decode_workers: ~ uses at most this many threads (measured at 2, the most this project's machines have)
+MAX_AUTO_DECODE_WORKERS = 4
+
+
+def in_worker_threads(work, n_tasks, workers):
+    """``work(claimed)`` in ``min(workers, n_tasks)`` threads, where ``claimed`` yields task indices in
+    ``range(n_tasks)`` that no other thread has taken (the next free one each time: long and short tasks
+    balance out). More than one thread: torch's threads are shared out among them (``threads // workers`` each,
+    at least one), torch's count is restored after, and the first error stops every thread at its next task and
+    is raised here. One thread: ``work`` runs in the calling thread, as a plain loop would."""
+    workers = min(int(workers), n_tasks)
+    if workers <= 1:
+        work(iter(range(n_tasks)))
+        return
+    taken, stop = itertools.count(), threading.Event()  # next() on a count is atomic under the GIL
+
+    def claimed():
+        while not stop.is_set() and (index := next(taken)) < n_tasks:
+            yield index
+
+    def worker():
+        try:
+            work(claimed())
+        except BaseException:
+            stop.set()
+            raise
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(max(1, threads // workers))  # read by each thread when it starts
+    try:
+        with ThreadPoolExecutor(workers) as pool:
+            futures = [pool.submit(worker) for _ in range(workers)]
+            try:
+                for future in futures:
+                    future.result()
+            except BaseException:  # an error, or Ctrl-C here: the other threads stop at their next task
+                stop.set()
+                raise
+    finally:
+        torch.set_num_threads(threads)
+
+
 def at_least_float32(logits):
     """``logits`` in float32, or float64 where they are float64 (autocast's half types go up; a float64
     reference model stays exact)."""
@@ -78,6 +125,11 @@ class GenerativeRecommender(SequentialRecommender):
         self.tau = float(config["tau"])
         self.beam_size = int(config["beam_size"])
         self.beam_batch_size = int(config["beam_batch_size"])
+        self.decode_workers = config["decode_workers"]  # None: decode_workers_on decides at each call
+        if self.decode_workers is not None and self.decode_workers > 1 and config["device"] is not None \
+                and torch.device(config["device"]).type != "cpu":
+            raise ValueError(f"decode_workers: {self.decode_workers} decodes chunks in CPU threads; on "
+                             f"{config['device']} leave it ~ (one chunk after another)")
         self.length_buckets = int(config["length_buckets"] or self.default_length_buckets(config["device"]))
         # the trainer autocasts calculate_loss to amp_dtype under enable_amp; decoding follows the same switch
         self.enable_amp = bool(config["enable_amp"])
@@ -134,6 +186,17 @@ class GenerativeRecommender(SequentialRecommender):
         """``length_buckets: ~``: 8 on a CPU, where padding costs arithmetic, 1 on a GPU, where a padded batch
         is no slower (launch-bound); the figures are in docs/generation.md."""
         return 1 if device is not None and torch.device(device).type == "cuda" else 8
+
+    def decode_workers_on(self, device):
+        """How many threads ``generate_items`` decodes its chunks in: ``decode_workers``, or for ``~`` torch's
+        thread count on a CPU (at most ``MAX_AUTO_DECODE_WORKERS``) and 1 elsewhere. The threads share torch's
+        threads out (one each on 2 cores): two chunks at one torch thread each decode faster than one chunk at
+        two (docs/generation.md, "Chunks in threads")."""
+        if self.decode_workers is not None:
+            return int(self.decode_workers)
+        if torch.device(device).type != "cpu":
+            return 1
+        return min(torch.get_num_threads(), MAX_AUTO_DECODE_WORKERS)
 
     @staticmethod
     def cpu_kernels_setting(value, device):
@@ -220,18 +283,22 @@ class GenerativeRecommender(SequentialRecommender):
         trie = self.trie
         # decode users of similar history length together: less padding in every chunk
         order = torch.argsort(item_seq_len, stable=True)
-        ids, scores = [], []
-        workspace = {}  # buffers a step function keeps for the next chunk (see build_step_fn)
-        with torch.autocast(item_seq.device.type, dtype=self.amp_dtype, enabled=self.enable_amp):
-            for start in range(0, item_seq.shape[0], self.beam_batch_size):
-                chunk = order[start : start + self.beam_batch_size]
-                step_fn = self.build_step_fn(item_seq[chunk], item_seq_len[chunk], workspace)
-                chunk_excluded = None if excluded is None else excluded[chunk]
-                chunk_ids, chunk_scores = constrained_beam_search(step_fn, trie, len(chunk), beam_size, chunk_excluded)
-                ids.append(chunk_ids)
-                scores.append(chunk_scores)
+        chunks = order.split(self.beam_batch_size)
+        results = [None] * len(chunks)
+
+        def decode(claimed):
+            workspace = {}  # buffers a step function keeps for the next chunk (see build_step_fn)
+            # grad mode and autocast are per thread: set in each worker
+            with torch.no_grad(), torch.autocast(item_seq.device.type, dtype=self.amp_dtype, enabled=self.enable_amp):
+                for index in claimed:
+                    chunk = chunks[index]
+                    step_fn = self.build_step_fn(item_seq[chunk], item_seq_len[chunk], workspace)
+                    chunk_excluded = None if excluded is None else excluded[chunk]
+                    results[index] = constrained_beam_search(step_fn, trie, len(chunk), beam_size, chunk_excluded)
+
+        in_worker_threads(decode, len(chunks), self.decode_workers_on(item_seq.device))
         restore = torch.argsort(order)
-        return torch.cat(ids)[restore], torch.cat(scores)[restore]
+        return torch.cat([ids for ids, _ in results])[restore], torch.cat([s for _, s in results])[restore]
 
     def excluded_items(self, interaction):
         """The items beam search keeps out for ``interaction``'s users under ``exclude_seen_items`` (their
