@@ -8,7 +8,8 @@ the same users in the same order for both sides: the first --users test users of
 
 * ours: ``GenerativeRecommender.generate_items`` (``constrained_beam_search`` + ``T5BeamDecoder``), which
   sorts and chunks the users it is given as it does in a real evaluation, and decodes the chunks in
-  ``decode_workers`` threads (``--decode_workers``; the model's default: torch's thread count on a CPU);
+  ``decode_workers`` threads (``--decode_workers``; the model's default on a CPU: the largest divisor of torch's
+  thread count up to 4);
 * release: ``T5ForConditionalGeneration.generate(num_beams=20, num_return_sequences=20,
   prefix_allowed_tokens_fn=...)`` over a Python dict trie ``prefix tuple -> allowed tokens``, timed at
   each ``--release_batch`` size (users per call); the speedup is against the fastest.
@@ -185,7 +186,7 @@ def main():
     parser.add_argument("--users", type=int, default=256, help="test users decoded by both sides, in the same order")
     parser.add_argument("--batch", type=int, default=0, help="users per beam batch, ours (0 = the model's beam_batch_size)")
     parser.add_argument("--decode_workers", type=int, default=0, help="threads ours decodes its chunks in (0 = the "
-                        "model's decode_workers: ~, torch's thread count on a CPU)")
+                        "model's decode_workers: ~, on a CPU the largest divisor of torch's thread count up to 4)")
     parser.add_argument("--release_batch", default="1,2,4,8,16,32,64", help="users per generate call (comma list: each is timed; the speedup is against the fastest)")
     parser.add_argument("--checkpoint", default=None, help="trained LETTER_TIGER checkpoint (default: random init)")
     parser.add_argument("--rounds", type=int, default=1, help="parts the users are decoded in (ours gets each part in one "
@@ -286,7 +287,7 @@ def main():
     rates = {side: n_users / sum(s) for side, s in seconds.items()}
     best_batch = max(release_batches, key=lambda batch: rates[batch])
     print(f"ours:    {n_users} users in {sum(seconds['ours']):.2f} s = {rates['ours']:.1f} users/s "
-          f"(<= {model.beam_batch_size} users per beam batch, {model.decode_workers_on(device)} decoding thread(s); mean of {len(release_batches)} passes, one before each "
+          f"(<= {model.beam_batch_size} users per beam batch, up to {model.decode_workers_on(device)} decoding thread(s); mean of {len(release_batches)} passes, one before each "
           f"generate batch size; rounds: {round_rates(chunks, seconds['ours'])})")
     our_ids, our_scores = lists["ours"]
     for batch in release_batches:

@@ -855,16 +855,19 @@ def test_chunks_decoded_in_threads_give_one_thread_s_lists(trained_tiger):
 
     def recording_build_step_fn(self, item_seq, *args):
         seen.append((len(item_seq), torch.is_grad_enabled(), torch.is_autocast_enabled("cpu"), torch.get_num_threads()))
+        idents.add(threading.get_ident())
+        time.sleep(0.05)  # long enough chunks that a second thread gets some
         return build_step_fn(self, item_seq, *args)
 
-    threads = torch.get_num_threads()
-    saved = model.beam_batch_size, model.decode_workers, model.enable_amp
+    threads, idents = 4, set()  # 4 torch threads in any test process: 2 for each of 2 decoding threads
+    saved = model.beam_batch_size, model.decode_workers, model.enable_amp, torch.get_num_threads()
+    torch.set_num_threads(threads)
     try:
         model.beam_batch_size = 3  # several chunks, the last one shorter
         results = {}
         for workers, amp in ((1, False), (2, False), (1, True), (2, True)):
             model.decode_workers, model.enable_amp = workers, amp
-            seen.clear()
+            seen.clear(), idents.clear()
             type(model).build_step_fn = recording_build_step_fn
             try:
                 with torch.enable_grad():  # generate_items turns it off, in every thread
@@ -873,10 +876,11 @@ def test_chunks_decoded_in_threads_give_one_thread_s_lists(trained_tiger):
                 type(model).build_step_fn = build_step_fn
             n_users = len(batch[model.ITEM_SEQ])
             assert sorted(size for size, *_ in seen) == sorted(len(c) for c in torch.arange(n_users).split(3))
-            assert {tuple(state) for _, *state in seen} == {(False, amp, max(1, threads // workers))}
-            assert torch.get_num_threads() == threads  # restored after the threads
+            assert {tuple(state) for _, *state in seen} == {(False, amp, threads // workers)}
+            assert len(idents) == workers and torch.get_num_threads() == threads  # restored after the threads
     finally:
-        model.beam_batch_size, model.decode_workers, model.enable_amp = saved
+        model.beam_batch_size, model.decode_workers, model.enable_amp, previous_threads = saved
+        torch.set_num_threads(previous_threads)
     # float32: each side within float32_tolerance of the exact scores, so within twice it of each other (under
     # autocast a bfloat16 rounding may differ with the blocking, and near ties with it: only its states are checked)
     (ids_one, scores_one), (ids_two, scores_two) = results[1, False], results[2, False]
@@ -889,16 +893,26 @@ def test_worker_threads_take_each_task_once_and_stop_at_the_first_error():
     from recbole_letter.model.generative_recommender import in_worker_threads
 
     done, threads, torch_threads = [], set(), set()
+    all_started = threading.Barrier(3, timeout=30)
 
     def work(claimed):
         for index in claimed:
+            if threading.get_ident() not in threads:
+                threads.add(threading.get_ident())
+                torch_threads.add(torch.get_num_threads())
+                all_started.wait()  # each thread's first task waits for the other two: all three take part
             done.append(index)
-            threads.add(threading.get_ident())
-            torch_threads.add(torch.get_num_threads())
 
-    in_worker_threads(work, 50, 3)
-    assert sorted(done) == list(range(50)) and torch_threads == {max(1, torch.get_num_threads() // 3)}
+    previous = torch.get_num_threads()
+    torch.set_num_threads(7)
+    try:
+        in_worker_threads(work, 50, 3)
+        assert torch.get_num_threads() == 7
+    finally:
+        torch.set_num_threads(previous)
+    assert sorted(done) == list(range(50)) and len(threads) == 3 and torch_threads == {2}  # 7 // 3
     done.clear(), threads.clear()
+    all_started = threading.Barrier(1)
     in_worker_threads(work, 50, 1)  # one worker: a plain loop in this thread
     assert done == list(range(50)) and threads == {threading.get_ident()}
 
@@ -922,8 +936,16 @@ def test_decode_workers_default_to_the_cpu_threads_and_to_one_on_a_gpu():
     from recbole_letter.model.generative_recommender import MAX_AUTO_DECODE_WORKERS, GenerativeRecommender
 
     workers_on = GenerativeRecommender.decode_workers_on
-    threads = torch.get_num_threads()
-    assert workers_on(SimpleNamespace(decode_workers=None), "cpu") == min(threads, MAX_AUTO_DECODE_WORKERS)
+    previous = torch.get_num_threads()
+    try:
+        found = {}
+        for threads in (1, 2, 3, 4, 5, 6, 16):
+            torch.set_num_threads(threads)
+            found[threads] = workers_on(SimpleNamespace(decode_workers=None), "cpu")
+        # the most threads up to the cap that divide torch's threads evenly: none left idle
+        assert MAX_AUTO_DECODE_WORKERS == 4 and found == {1: 1, 2: 2, 3: 3, 4: 4, 5: 1, 6: 3, 16: 4}
+    finally:
+        torch.set_num_threads(previous)
     assert workers_on(SimpleNamespace(decode_workers=None), "cuda") == 1
     assert workers_on(SimpleNamespace(decode_workers=3), "cpu") == 3
 

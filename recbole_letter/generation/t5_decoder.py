@@ -34,7 +34,8 @@ class T5BeamDecoder:
     ``T5ForConditionalGeneration`` forward up to float rounding (tested).
 
     ``workspace`` (a dict, see ``GenerativeRecommender.generate_items``) keeps the self-attention cache's
-    two buffers for the next decoder of the same ``generate_items`` call: large buffers that the CPU
+    two buffers for the next decoder that the same thread of a ``generate_items`` call builds (each of its
+    decoding threads has its own): large buffers that the CPU
     allocator would otherwise map afresh from the operating system for every chunk and fault in page by
     page (docs/generation.md, "How TIGER decodes").
 
@@ -44,7 +45,7 @@ class T5BeamDecoder:
         attention_mask: ``[B, S]``, 1 on real tokens.
         decoder_start_token_id: the first decoder input.
         max_steps: the most decoder steps a call sequence will take (the cache's length).
-        workspace: a dict shared by the decoders of one ``generate_items`` call, or ``None``.
+        workspace: a dict shared by the decoders one thread of a ``generate_items`` call builds, or ``None``.
 
     Called as ``step(last_tokens, beam_origin)`` (``None, None`` first), it returns the next token's
     logits, ``[B, V]`` on the first call and ``[B * k, V]`` after: the ``step_fn`` of

@@ -26,8 +26,9 @@ Hooks a subclass implements
     The decoding step function of ``recbole_letter.generation.beam_search`` for these ``B`` users:
     ``step_fn(None, None) -> [B, V]``, then ``step_fn(last_tokens [R], beam_origin [R]) -> [R, V]``
     (reorder the cache by ``beam_origin`` first). Called under ``torch.no_grad`` in eval mode.
-    ``workspace`` is a dict that ``generate_items`` passes to every chunk of users of one call: a step
-    function may keep large buffers there (its KV cache) and reuse them for the next chunk.
+    ``workspace`` is a dict that ``generate_items`` passes to every chunk of users one of its decoding threads
+    takes (one dict per thread): a step function may keep large buffers there (its KV cache) and reuse them for
+    that thread's next chunk.
 
 Token layout: a subclass with its own vocabulary (an LLM) passes ``first_code_token`` (id of the
 first added code token), ``eos_token_id`` and ``pad_token_id`` to ``__init__``; the default is
@@ -46,7 +47,7 @@ loss and gradients for less padding; ``~`` = ``default_length_buckets``), ``item
 
 import itertools
 import threading
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import ThreadPoolExecutor, wait
 
 import torch
 import torch.nn.functional as F
@@ -73,14 +74,17 @@ MAX_AUTO_DECODE_WORKERS = 4
 def in_worker_threads(work, n_tasks, workers):
     """``work(claimed)`` in ``min(workers, n_tasks)`` threads, where ``claimed`` yields task indices in
     ``range(n_tasks)`` that no other thread has taken (the next free one each time: long and short tasks
-    balance out). More than one thread: torch's threads are shared out among them (``threads // workers`` each,
-    at least one), torch's count is restored after, and the first error stops every thread at its next task and
-    is raised here. One thread: ``work`` runs in the calling thread, as a plain loop would."""
+    balance out). More than one thread: each sets its share of torch's threads (``threads // workers``, at least
+    one) before its first task, the first error in any thread stops the others at their next task and is raised
+    here once all have stopped, and torch's count is the caller's again after. One thread: ``work`` runs in the
+    calling thread, as a plain loop would."""
     workers = min(int(workers), n_tasks)
     if workers <= 1:
         work(iter(range(n_tasks)))
         return
-    taken, stop = itertools.count(), threading.Event()  # next() on a count is atomic under the GIL
+    taken, stop, errors = itertools.count(), threading.Event(), []  # next() on a count is atomic under the GIL
+    threads = torch.get_num_threads()
+    share = max(1, threads // workers)
 
     def claimed():
         while not stop.is_set() and (index := next(taken)) < n_tasks:
@@ -88,22 +92,24 @@ def in_worker_threads(work, n_tasks, workers):
 
     def worker():
         try:
+            # in this thread itself: a thread's torch threads are settled at its first parallel operation, which
+            # a product alone may not be (docs/generation.md, "Chunks in threads")
+            torch.set_num_threads(share)
             work(claimed())
-        except BaseException:
+        except BaseException as error:
+            errors.append(error)
             stop.set()
-            raise
 
-    threads = torch.get_num_threads()
-    torch.set_num_threads(max(1, threads // workers))  # read by each thread when it starts
     try:
         with ThreadPoolExecutor(workers) as pool:
             futures = [pool.submit(worker) for _ in range(workers)]
             try:
-                for future in futures:
-                    future.result()
-            except BaseException:  # an error, or Ctrl-C here: the other threads stop at their next task
+                wait(futures)
+            except BaseException:  # Ctrl-C while waiting: the threads stop at their next task
                 stop.set()
                 raise
+        if errors:
+            raise errors[0]
     finally:
         torch.set_num_threads(threads)
 
@@ -188,15 +194,17 @@ class GenerativeRecommender(SequentialRecommender):
         return 1 if device is not None and torch.device(device).type == "cuda" else 8
 
     def decode_workers_on(self, device):
-        """How many threads ``generate_items`` decodes its chunks in: ``decode_workers``, or for ``~`` torch's
-        thread count on a CPU (at most ``MAX_AUTO_DECODE_WORKERS``) and 1 elsewhere. The threads share torch's
-        threads out (one each on 2 cores): two chunks at one torch thread each decode faster than one chunk at
-        two (docs/generation.md, "Chunks in threads")."""
+        """How many threads ``generate_items`` decodes its chunks in: ``decode_workers``, or for ``~`` on a CPU
+        the largest divisor of torch's thread count up to ``MAX_AUTO_DECODE_WORKERS`` (2 on 2 cores), and 1
+        elsewhere. The threads share torch's threads out (one each on 2 cores): two chunks at one torch thread
+        each decode faster than one chunk at two (docs/generation.md, "Chunks in threads")."""
         if self.decode_workers is not None:
             return int(self.decode_workers)
         if torch.device(device).type != "cpu":
             return 1
-        return min(torch.get_num_threads(), MAX_AUTO_DECODE_WORKERS)
+        threads = torch.get_num_threads()
+        # the most threads, up to the cap, that share torch's threads out evenly (6 -> 3 of 2; 5 -> 1 of 5)
+        return max(n for n in range(1, MAX_AUTO_DECODE_WORKERS + 1) if threads % n == 0)
 
     @staticmethod
     def cpu_kernels_setting(value, device):
