@@ -38,6 +38,14 @@ def _in_tmp_cwd(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
 
 
+@pytest.fixture
+def keep_torch_threads():
+    """A test that sets torch's thread count leaves the process's as it found it."""
+    threads = torch.get_num_threads()
+    yield
+    torch.set_num_threads(threads)
+
+
 def write_ml100k_slice(folder, name, n_users=TINY_USERS):
     """Copy the interactions of the first ``n_users`` users of ml-100k (and their items' titles)."""
     folder = Path(folder) / name

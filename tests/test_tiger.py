@@ -842,7 +842,7 @@ def test_amp_dtype_is_the_autocast_dtype_of_training_and_decoding(tiny_data_path
         quick_start.run("LETTER_TIGER", "ml-tiny", config_dict={**config_dict, "amp_dtype": "float8"})
 
 
-def test_chunks_decoded_in_threads_give_one_thread_s_lists(trained_tiger):
+def test_chunks_decoded_in_threads_give_one_thread_s_lists(trained_tiger, monkeypatch, keep_torch_threads):
     """``decode_workers: 2``: the chunks of beam_batch_size users go to two threads sharing torch's threads; every
     chunk is decoded once, under no_grad and autocast as in the calling thread, and the lists and scores are those
     of one thread decoding the chunks in turn (each chunk's numbers do not depend on the thread, up to float32
@@ -850,7 +850,8 @@ def test_chunks_decoded_in_threads_give_one_thread_s_lists(trained_tiger):
     config, train_data, test_data, trainer, _ = trained_tiger
     model = trainer.model.eval()
     batch = next(iter(test_data))[0]
-    seen = []
+    n_users = len(batch[model.ITEM_SEQ])
+    seen, idents = [], set()
     build_step_fn = type(model).build_step_fn
 
     def recording_build_step_fn(self, item_seq, *args):
@@ -859,28 +860,20 @@ def test_chunks_decoded_in_threads_give_one_thread_s_lists(trained_tiger):
         time.sleep(0.05)  # long enough chunks that a second thread gets some
         return build_step_fn(self, item_seq, *args)
 
-    threads, idents = 4, set()  # 4 torch threads in any test process: 2 for each of 2 decoding threads
-    saved = model.beam_batch_size, model.decode_workers, model.enable_amp, torch.get_num_threads()
+    monkeypatch.setattr(type(model), "build_step_fn", recording_build_step_fn)
+    monkeypatch.setattr(model, "beam_batch_size", 3)  # several chunks, the last one shorter
+    threads = 4  # in any test process: 2 for each of 2 decoding threads
     torch.set_num_threads(threads)
-    try:
-        model.beam_batch_size = 3  # several chunks, the last one shorter
-        results = {}
-        for workers, amp in ((1, False), (2, False), (1, True), (2, True)):
-            model.decode_workers, model.enable_amp = workers, amp
-            seen.clear(), idents.clear()
-            type(model).build_step_fn = recording_build_step_fn
-            try:
-                with torch.enable_grad():  # generate_items turns it off, in every thread
-                    results[workers, amp] = model.generate_items(batch[model.ITEM_SEQ], batch[model.ITEM_SEQ_LEN])
-            finally:
-                type(model).build_step_fn = build_step_fn
-            n_users = len(batch[model.ITEM_SEQ])
-            assert sorted(size for size, *_ in seen) == sorted(len(c) for c in torch.arange(n_users).split(3))
-            assert {tuple(state) for _, *state in seen} == {(False, amp, threads // workers)}
-            assert len(idents) == workers and torch.get_num_threads() == threads  # restored after the threads
-    finally:
-        model.beam_batch_size, model.decode_workers, model.enable_amp, previous_threads = saved
-        torch.set_num_threads(previous_threads)
+    results = {}
+    for workers, amp in ((1, False), (2, False), (1, True), (2, True)):
+        monkeypatch.setattr(model, "decode_workers", workers)
+        monkeypatch.setattr(model, "enable_amp", amp)
+        seen.clear(), idents.clear()
+        with torch.enable_grad():  # generate_items turns it off, in every thread
+            results[workers, amp] = model.generate_items(batch[model.ITEM_SEQ], batch[model.ITEM_SEQ_LEN])
+        assert sorted(size for size, *_ in seen) == sorted(len(c) for c in torch.arange(n_users).split(3))
+        assert {tuple(state) for _, *state in seen} == {(False, amp, threads // workers)}
+        assert len(idents) == workers and torch.get_num_threads() == threads  # restored after the threads
     # float32: each side within float32_tolerance of the exact scores, so within twice it of each other (under
     # autocast a bfloat16 rounding may differ with the blocking, and near ties with it: only its states are checked)
     (ids_one, scores_one), (ids_two, scores_two) = results[1, False], results[2, False]
@@ -889,7 +882,7 @@ def test_chunks_decoded_in_threads_give_one_thread_s_lists(trained_tiger):
     torch.testing.assert_close(scores_two, scores_one, rtol=0, atol=bound)
 
 
-def test_worker_threads_take_each_task_once_and_stop_at_the_first_error():
+def test_worker_threads_take_each_task_once_and_stop_at_the_first_error(keep_torch_threads):
     from recbole_letter.model.generative_recommender import in_worker_threads
 
     done, threads, torch_threads = [], set(), set()
@@ -903,13 +896,9 @@ def test_worker_threads_take_each_task_once_and_stop_at_the_first_error():
                 all_started.wait()  # each thread's first task waits for the other two: all three take part
             done.append(index)
 
-    previous = torch.get_num_threads()
     torch.set_num_threads(7)
-    try:
-        in_worker_threads(work, 50, 3)
-        assert torch.get_num_threads() == 7
-    finally:
-        torch.set_num_threads(previous)
+    in_worker_threads(work, 50, 3)
+    assert torch.get_num_threads() == 7
     assert sorted(done) == list(range(50)) and len(threads) == 3 and torch_threads == {2}  # 7 // 3
     done.clear(), threads.clear()
     all_started = threading.Barrier(1)
@@ -924,30 +913,25 @@ def test_worker_threads_take_each_task_once_and_stop_at_the_first_error():
             time.sleep(0.01)
 
     done.clear()
-    threads_before = torch.get_num_threads()
     with pytest.raises(RuntimeError, match="chunk 5"):
         in_worker_threads(failing, 1000, 2)
-    assert len(done) < 20 and torch.get_num_threads() == threads_before
+    assert len(done) < 20 and torch.get_num_threads() == 7
 
 
-def test_decode_workers_default_to_the_cpu_threads_and_to_one_on_a_gpu():
+def test_decode_workers_default_to_the_cpu_threads_and_to_one_on_a_gpu(keep_torch_threads):
     from types import SimpleNamespace
 
     from recbole_letter.model.generative_recommender import MAX_AUTO_DECODE_WORKERS, GenerativeRecommender
 
-    workers_on = GenerativeRecommender.decode_workers_on
-    previous = torch.get_num_threads()
-    try:
-        found = {}
-        for threads in (1, 2, 3, 4, 5, 6, 16):
-            torch.set_num_threads(threads)
-            found[threads] = workers_on(SimpleNamespace(decode_workers=None), "cpu")
-        # the most threads up to the cap that divide torch's threads evenly: none left idle
-        assert MAX_AUTO_DECODE_WORKERS == 4 and found == {1: 1, 2: 2, 3: 3, 4: 4, 5: 1, 6: 3, 16: 4}
-    finally:
-        torch.set_num_threads(previous)
-    assert workers_on(SimpleNamespace(decode_workers=None), "cuda") == 1
-    assert workers_on(SimpleNamespace(decode_workers=3), "cpu") == 3
+    def workers_on(decode_workers, device, threads=1):
+        torch.set_num_threads(threads)
+        return GenerativeRecommender.decode_workers_on(SimpleNamespace(decode_workers=decode_workers), device)
+
+    # the most threads up to the cap that divide torch's threads evenly: none left idle
+    found = {threads: workers_on(None, "cpu", threads) for threads in (1, 2, 3, 4, 5, 6, 16)}
+    assert MAX_AUTO_DECODE_WORKERS == 4 and found == {1: 1, 2: 2, 3: 3, 4: 4, 5: 1, 6: 3, 16: 4}
+    assert workers_on(None, "cuda") == 1
+    assert workers_on(3, "cpu") == 3
 
 
 def test_exclude_seen_items_keeps_training_items_out_of_beams_and_rankings(trained_tiger, tiny_data_path):
