@@ -2,9 +2,10 @@
 
     python benchmarks/decoder_ab.py --base=81a1a76 --dataset=Beauty --data_path=../shared/data --threads=2
 
-Same LETTER_TIGER weights (release architecture, random init), same users (the first --users test users),
-``generate_items`` timed with the T5 decoder (``generation/t5_decoder.py``'s ``T5BeamDecoder``; before it moved
-there, ``model/letter_tiger.py``'s ``_T5BeamDecoder``) and the CPU feed-forward's activation of ``--base``
+Same LETTER_TIGER weights (release architecture, random init), same users (--users test users, by default spread
+evenly over the split: ``decoding.py``'s --pool), ``generate_items`` (``model/generative_recommender.py``: the
+chunks and their threads) with the T5 decoder (``generation/t5_decoder.py``'s ``T5BeamDecoder``; before it moved
+there, ``model/letter_tiger.py``'s ``_T5BeamDecoder``) and the CPU feed-forward's activation, all of ``--base``
 (loaded from ``git show``) and of the working tree, alternating over --rounds, the first round untimed.
 Prints both rates, the ratio, and whether the two decoders gave the same lists.
 """
@@ -45,6 +46,8 @@ def main():
     parser.add_argument("--dataset", default="Beauty")
     parser.add_argument("--data_path", default=os.path.join(REPO, "..", "shared", "data"))
     parser.add_argument("--users", type=int, default=1024)
+    parser.add_argument("--pool", default="spread", choices=["spread", "first"], help="test users spread evenly over "
+                        "the split, or its first --users (decoding.py's --pool)")
     parser.add_argument("--rounds", type=int, default=4, help="rounds of both decoders; the first is untimed")
     parser.add_argument("--threads", type=int, default=0)
     parser.add_argument("--amp", action="store_true", help="decode under autocast (enable_amp)")
@@ -62,6 +65,7 @@ def main():
     else:
         old_decoder_class = old_decoder.T5BeamDecoder
     old_cpu = module_at(args.base, "recbole_letter/model/t5_cpu.py", "base_t5_cpu", work)
+    old_recommender = module_at(args.base, "recbole_letter/model/generative_recommender.py", "base_recommender", work)
 
     from decoding import test_histories
     from recbole_letter.model import t5_cpu
@@ -73,7 +77,7 @@ def main():
                    "data_path": data_path, "item_codes_file": codes, "enable_amp": args.amp}
     config, _, train_data, _, test_data = prepare("LETTER_TIGER", args.dataset, config_dict=config_dict)
     model = LETTER_TIGER(config, train_data.dataset, LETTER_TIGER.tokenize(config, train_data.dataset)).eval()
-    item_seq, item_seq_len = test_histories(model, test_data, args.users)
+    item_seq, item_seq_len = test_histories(model, test_data, args.users, args.pool)
 
     # the base's buffers reused from chunk to chunk too, where its decoder has them (since 2026-11-28)
     takes_workspace = "workspace" in inspect.signature(old_decoder_class).parameters
@@ -83,14 +87,19 @@ def main():
         extra = {"workspace": workspace} if takes_workspace else {}
         return old_decoder_class(self.t5, tokens, mask, self.pad_token_id, max_steps=self.code_len, **extra)
 
-    sides = {"base": (base_step_fn, getattr(old_cpu.FeedForward, "_activation", None)),
-             "this": (LETTER_TIGER.build_step_fn, t5_cpu.FeedForward._activation)}
+    # generate_items too (how the users are sorted, chunked and shared out among decoding threads)
+    from recbole_letter.model.generative_recommender import GenerativeRecommender
+
+    sides = {"base": (base_step_fn, getattr(old_cpu.FeedForward, "_activation", None),
+                      old_recommender.GenerativeRecommender.generate_items),
+             "this": (LETTER_TIGER.build_step_fn, t5_cpu.FeedForward._activation, GenerativeRecommender.generate_items)}
     seconds, lists = dict.fromkeys(sides, 0.0), {}
     with torch.no_grad():
         for round_index in range(args.rounds):
             for name in sides if round_index % 2 == 0 else reversed(list(sides)):
-                step_fn, activation = sides[name]
+                step_fn, activation, generate_items = sides[name]
                 LETTER_TIGER.build_step_fn = step_fn
+                LETTER_TIGER.generate_items = generate_items
                 if activation is not None:
                     t5_cpu.FeedForward._activation = activation
                 start = time.perf_counter()

@@ -4,7 +4,8 @@
     python benchmarks/decoding.py --dataset=ml-100k           # random unique codes (4 x 256)
 
 Same LETTER_TIGER weights (release architecture, random init unless --checkpoint), beam 20, top-20 lists, and
-the same users in the same order for both sides: the first --users test users of RecBole's leave-one-out split.
+the same users in the same order for both sides: --users test users of RecBole's leave-one-out split, spread evenly
+over it (``--pool=spread``, the default) or its first ones (``--pool=first``).
 
 * ours: ``GenerativeRecommender.generate_items`` (``constrained_beam_search`` + ``T5BeamDecoder``), which
   sorts and chunks the users it is given as it does in a real evaluation, and decodes the chunks in
@@ -66,15 +67,23 @@ def random_index(dataset_path, name, out, levels=4, size=256, seed=0):
     return out
 
 
-def test_histories(model, test_data, n_users):
+def test_histories(model, test_data, n_users, pool="spread"):
+    """The histories ``(item_seq, item_seq_len)`` of ``n_users`` test users, in the test split's order: the first
+    ``n_users`` (``pool="first"``), or ``n_users`` spread evenly over the whole split (``"spread"``), whose history
+    lengths are those of a full test evaluation (Beauty: the first 256 users average 9.6 items, all 7.2)."""
+    if pool not in ("first", "spread"):
+        raise ValueError(f"pool must be 'first' or 'spread', not {pool!r}")
     seqs, lens = [], []
     for batch in test_data:
-        interaction = batch[0]
-        seqs.append(interaction[model.ITEM_SEQ])
-        lens.append(interaction[model.ITEM_SEQ_LEN])
-        if sum(len(s) for s in seqs) >= n_users:
+        seqs.append(batch[0][model.ITEM_SEQ])
+        lens.append(batch[0][model.ITEM_SEQ_LEN])
+        if pool == "first" and sum(len(s) for s in seqs) >= n_users:
             break
-    return torch.cat(seqs)[:n_users], torch.cat(lens)[:n_users]
+    seqs, lens = torch.cat(seqs), torch.cat(lens)
+    if pool == "first" or n_users >= len(seqs):
+        return seqs[:n_users], lens[:n_users]
+    rows = torch.linspace(0, len(seqs) - 1, n_users, dtype=torch.float64).round().long()  # distinct: n_users < len
+    return seqs[rows], lens[rows]
 
 
 def release_generate(model, item_seq, item_seq_len, beam, batch_size):
@@ -184,6 +193,8 @@ def main():
     parser.add_argument("--codes", default=None, help="*.index.json (default: <data_path>/<dataset>/raw/<dataset>.index.json, else random)")
     parser.add_argument("--beam", type=int, default=20)
     parser.add_argument("--users", type=int, default=256, help="test users decoded by both sides, in the same order")
+    parser.add_argument("--pool", default="spread", choices=["spread", "first"], help="which test users: spread evenly "
+                        "over the test split (its history lengths) or its first --users (before 2026-12-07 the only pool)")
     parser.add_argument("--batch", type=int, default=0, help="users per beam batch, ours (0 = the model's beam_batch_size)")
     parser.add_argument("--decode_workers", type=int, default=0, help="threads ours decodes its chunks in (0 = the "
                         "model's decode_workers: ~, on a CPU the largest divisor of torch's thread count up to 4)")
@@ -241,8 +252,9 @@ def main():
     print(f"data + model: {time.perf_counter() - t0:.1f} s on {device}; items {model.n_items - 1}, tokens/item {model.code_len}, "
           f"vocab {model.vocab_size}, torch threads {torch.get_num_threads()}")
     n_users = args.users
-    item_seq, item_seq_len = (t.to(device) for t in test_histories(model, test_data, n_users))
+    item_seq, item_seq_len = (t.to(device) for t in test_histories(model, test_data, n_users, args.pool))
     n_users = len(item_seq)
+    print(f"users: {n_users} ({args.pool} pool), mean history {item_seq_len.float().mean().item():.2f} items")
 
     def ours(rows):
         return model.generate_items(item_seq[rows], item_seq_len[rows])

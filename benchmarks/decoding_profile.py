@@ -4,8 +4,8 @@ and the decoder's projection matmuls timed alone (warm, and after a write that f
     python benchmarks/decoding_profile.py --dataset=Beauty --data_path=../shared/data --threads=1
 
 LETTER_TIGER at the release's architecture (random init, seed 2020) on LETTER's released codes of the dataset
-(``--codes``: another ``*.index.json``), beam 20, the first ``--users`` test users (as ``decoding.py``), in one decoding
-thread (``decode_workers: 1``) at the given torch threads. Prints users per second without the profiler,
+(``--codes``: another ``*.index.json``), beam 20, ``--users`` test users (spread over the split, or its first:
+``--pool``, as ``decoding.py``), in one decoding thread (``decode_workers: 1``) at the given torch threads. Prints users per second without the profiler,
 the profiler's table (self CPU time, grouped by operator and input shapes) and the matmul timings, whose rates
 say how far the decoder's matmuls run from what the same shapes reach alone (docs/generation.md).
 """
@@ -48,6 +48,8 @@ def main():
     parser.add_argument("--data_path", default=os.path.join("..", "shared", "data"))
     parser.add_argument("--codes", default=None, help="*.index.json (default: <data_path>/<dataset>/raw/<dataset>.index.json)")
     parser.add_argument("--users", type=int, default=512)
+    parser.add_argument("--pool", default="spread", choices=["spread", "first"], help="test users spread evenly over "
+                        "the split, or its first --users (decoding.py's --pool)")
     parser.add_argument("--threads", type=int, default=0, help="torch threads (0 = torch default)")
     parser.add_argument("--rows", type=int, default=30, help="rows of the profiler table")
     args = parser.parse_args()
@@ -70,7 +72,7 @@ def main():
     # one decoding thread at torch's thread count: the kernels' times then compare with the products timed alone
     # below at that count (decode_workers would split them among threads of fewer torch threads)
     model.decode_workers = 1
-    item_seq, item_seq_len = test_histories(model, test_data, args.users)
+    item_seq, item_seq_len = test_histories(model, test_data, args.users, args.pool)
     with torch.no_grad():
         model.generate_items(item_seq[:64], item_seq_len[:64])  # warm-up
         start = time.perf_counter()

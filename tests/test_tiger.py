@@ -882,6 +882,37 @@ def test_chunks_decoded_in_threads_give_one_thread_s_lists(trained_tiger, monkey
     torch.testing.assert_close(scores_two, scores_one, rtol=0, atol=bound)
 
 
+def test_chunks_hold_users_of_similar_history_length_the_longest_first(trained_tiger, monkeypatch):
+    """generate_items decodes its users sorted by history length (little padding per chunk), the longest chunk
+    first (decoding threads are not left waiting for a long chunk at the end), and returns them in the
+    caller's order."""
+    config, train_data, test_data, trainer, _ = trained_tiger
+    model = trainer.model.eval()
+    batch = next(iter(test_data))[0]
+    # the tiny data's test histories are all of the longest length: cut them to 1..5 items, left-aligned as RecBole's
+    item_seq_len = torch.arange(len(batch[model.ITEM_SEQ])) % 5 + 1
+    keep = torch.arange(batch[model.ITEM_SEQ].shape[1]) < item_seq_len[:, None]
+    item_seq = batch[model.ITEM_SEQ] * keep
+    chunk_lengths = []
+    build_step_fn = type(model).build_step_fn
+
+    def recording_build_step_fn(self, seq, seq_len, *args):
+        chunk_lengths.append(seq_len.tolist())
+        return build_step_fn(self, seq, seq_len, *args)
+
+    monkeypatch.setattr(type(model), "build_step_fn", recording_build_step_fn)
+    monkeypatch.setattr(model, "beam_batch_size", 3)
+    monkeypatch.setattr(model, "decode_workers", 1)
+    ids, _ = model.generate_items(item_seq, item_seq_len)
+    assert sorted(sum(chunk_lengths, [])) == sorted(item_seq_len.tolist())
+    assert all(min(longer) >= max(shorter) for longer, shorter in zip(chunk_lengths, chunk_lengths[1:]))
+    # each user's own list: decoding the users one at a time gives the same top item
+    monkeypatch.setattr(model, "beam_batch_size", 1)
+    for user in range(0, len(item_seq), 5):
+        alone, _ = model.generate_items(item_seq[user : user + 1], item_seq_len[user : user + 1])
+        assert alone[0, 0] == ids[user, 0]
+
+
 def test_worker_threads_take_each_task_once_and_stop_at_the_first_error(keep_torch_threads):
     from recbole_letter.model.generative_recommender import in_worker_threads
 

@@ -289,8 +289,9 @@ class GenerativeRecommender(SequentialRecommender):
         ``excluded`` (optional BoolTensor ``[B, n_items]``): items each user must not get."""
         beam_size = beam_size or self.beam_size
         trie = self.trie
-        # decode users of similar history length together: less padding in every chunk
-        order = torch.argsort(item_seq_len, stable=True)
+        # decode users of similar history length together (less padding in every chunk), the longest first: the
+        # chunks that take longest are then not left to the end while other decoding threads idle
+        order = torch.argsort(item_seq_len, stable=True, descending=True)
         chunks = order.split(self.beam_batch_size)
         results = [None] * len(chunks)
 
