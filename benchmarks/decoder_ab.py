@@ -1,12 +1,16 @@
 """Decoding speed of this checkout's TIGER decoder against an earlier commit's, interleaved in one process.
 
-    python benchmarks/decoder_ab.py --base=81a1a76 --dataset=Beauty --data_path=../shared/data --threads=2
+    python benchmarks/decoder_ab.py --base=e4ed8db --dataset=Beauty --data_path=../shared/data --threads=2
 
 Same LETTER_TIGER weights (release architecture, random init), same users (--users test users, by default spread
 evenly over the split: ``decoding.py``'s --pool), ``generate_items`` (``model/generative_recommender.py``: the
 chunks and their threads) with the T5 decoder (``generation/t5_decoder.py``'s ``T5BeamDecoder``; before it moved
 there, ``model/letter_tiger.py``'s ``_T5BeamDecoder``) and the CPU feed-forward's activation, all of ``--base``
-(loaded from ``git show``) and of the working tree, alternating over --rounds, the first round untimed.
+(loaded from ``git show``; what those files import, and the model's other methods, are this checkout's) and of
+the working tree, alternating over --rounds, the first round untimed. ``--decoder_only`` swaps the
+decoder and the activation only, as the script did before stop 48 (a base older than 4eb1ead decodes in one thread,
+so swapping its ``generate_items`` too would also compare one decoding thread with two); ``--pool=first`` picks the
+users as before then.
 Prints both rates, the ratio, and whether the two decoders gave the same lists.
 """
 
@@ -45,12 +49,15 @@ def main():
     parser.add_argument("--base", required=True, help="the commit to compare against")
     parser.add_argument("--dataset", default="Beauty")
     parser.add_argument("--data_path", default=os.path.join(REPO, "..", "shared", "data"))
+    parser.add_argument("--codes", default=None, help="*.index.json (default: <data_path>/<dataset>/raw/<dataset>.index.json)")
     parser.add_argument("--users", type=int, default=1024)
     parser.add_argument("--pool", default="spread", choices=["spread", "first"], help="test users spread evenly over "
                         "the split, or its first --users (decoding.py's --pool)")
     parser.add_argument("--rounds", type=int, default=4, help="rounds of both decoders; the first is untimed")
     parser.add_argument("--threads", type=int, default=0)
     parser.add_argument("--amp", action="store_true", help="decode under autocast (enable_amp)")
+    parser.add_argument("--decoder_only", action="store_true", help="both sides use this checkout's generate_items "
+                        "(the script before stop 48 swapped only the decoder and the activation)")
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -65,14 +72,18 @@ def main():
     else:
         old_decoder_class = old_decoder.T5BeamDecoder
     old_cpu = module_at(args.base, "recbole_letter/model/t5_cpu.py", "base_t5_cpu", work)
-    old_recommender = module_at(args.base, "recbole_letter/model/generative_recommender.py", "base_recommender", work)
+    old_recommender = None if args.decoder_only else module_at(
+        args.base, "recbole_letter/model/generative_recommender.py", "base_recommender", work)
+    if old_recommender is None and not args.decoder_only:
+        print(f"{args.base} has no recbole_letter/model/generative_recommender.py: both sides use this checkout's "
+              "generate_items")
 
     from decoding import test_histories
     from recbole_letter.model import t5_cpu
     from recbole_letter.model.letter_tiger import LETTER_TIGER
     from recbole_letter.quick_start import prepare
 
-    codes = os.path.join(data_path, args.dataset, "raw", f"{args.dataset}.index.json")
+    codes = os.path.abspath(args.codes or os.path.join(data_path, args.dataset, "raw", f"{args.dataset}.index.json"))
     config_dict = {"show_progress": False, "state": "WARNING", "checkpoint_dir": os.path.join(work, "saved"),
                    "data_path": data_path, "item_codes_file": codes, "enable_amp": args.amp}
     config, _, train_data, _, test_data = prepare("LETTER_TIGER", args.dataset, config_dict=config_dict)
@@ -90,22 +101,32 @@ def main():
     # generate_items too (how the users are sorted, chunked and shared out among decoding threads)
     from recbole_letter.model.generative_recommender import GenerativeRecommender
 
-    sides = {"base": (base_step_fn, getattr(old_cpu.FeedForward, "_activation", None),
-                      old_recommender.GenerativeRecommender.generate_items),
-             "this": (LETTER_TIGER.build_step_fn, t5_cpu.FeedForward._activation, GenerativeRecommender.generate_items)}
+    this_generate_items = GenerativeRecommender.generate_items
+    base_generate_items = this_generate_items if old_recommender is None else old_recommender.GenerativeRecommender.generate_items
+    sides = {"base": (base_step_fn, getattr(old_cpu.FeedForward, "_activation", None), base_generate_items),
+             "this": (LETTER_TIGER.build_step_fn, t5_cpu.FeedForward._activation, this_generate_items)}
     seconds, lists = dict.fromkeys(sides, 0.0), {}
-    with torch.no_grad():
-        for round_index in range(args.rounds):
-            for name in sides if round_index % 2 == 0 else reversed(list(sides)):
-                step_fn, activation, generate_items = sides[name]
-                LETTER_TIGER.build_step_fn = step_fn
-                LETTER_TIGER.generate_items = generate_items
-                if activation is not None:
-                    t5_cpu.FeedForward._activation = activation
-                start = time.perf_counter()
-                lists[name] = model.generate_items(item_seq, item_seq_len)
-                if round_index:
-                    seconds[name] += time.perf_counter() - start
+    swapped = [(LETTER_TIGER, "build_step_fn"), (LETTER_TIGER, "generate_items"), (t5_cpu.FeedForward, "_activation")]
+    saved = {(cls, name): cls.__dict__.get(name) for cls, name in swapped}
+    try:
+        with torch.no_grad():
+            for round_index in range(args.rounds):
+                for name in sides if round_index % 2 == 0 else reversed(list(sides)):
+                    step_fn, activation, generate_items = sides[name]
+                    LETTER_TIGER.build_step_fn = step_fn
+                    LETTER_TIGER.generate_items = generate_items
+                    if activation is not None:
+                        t5_cpu.FeedForward._activation = activation
+                    start = time.perf_counter()
+                    lists[name] = model.generate_items(item_seq, item_seq_len)
+                    if round_index:
+                        seconds[name] += time.perf_counter() - start
+    finally:  # the classes as they were: the script also runs inside the tests' process
+        for (cls, name), value in saved.items():
+            if value is not None:
+                setattr(cls, name, value)
+            elif name in cls.__dict__:
+                delattr(cls, name)
     timed_users = len(item_seq) * (args.rounds - 1)
     rates = {name: timed_users / s for name, s in seconds.items()}
     same = torch.equal(lists["base"][0], lists["this"][0])

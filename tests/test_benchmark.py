@@ -213,6 +213,27 @@ def test_decoding_profile_prints_the_profile_and_the_matmul_rates(tiny_data_path
     assert len(rates) == 4
 
 
+def test_decoder_ab_times_a_commit_s_decoding_against_this_checkout_s(tiny_data_path, tmp_path, monkeypatch, capsys):
+    """benchmarks/decoder_ab.py against HEAD on the tiny slice (random unique codes): the same lists on both sides,
+    and the classes it swaps methods on are as they were after it."""
+    from test_tiger import write_random_index
+
+    from recbole_letter.model import t5_cpu
+    from recbole_letter.model.letter_tiger import LETTER_TIGER
+
+    before = {name: LETTER_TIGER.__dict__.get(name) for name in ("build_step_fn", "generate_items")}
+    activation = t5_cpu.FeedForward._activation
+    index = write_random_index(tiny_data_path, "ml-tiny", tmp_path / "tiny.index.json")
+    for extra in ([], ["--decoder_only", "--pool=first"]):
+        lines = run_script("decoder_ab.py", ["--base=HEAD", "--dataset=ml-tiny", f"--data_path={tiny_data_path}",
+                                             f"--codes={index}", "--users=4", "--rounds=2", "--threads=1", *extra],
+                           monkeypatch, capsys)
+        assert any(line.startswith("lists identical") for line in lines), lines
+        assert lines[-1].startswith("speedup: ") and float(lines[-1].split()[1]) > 0
+        assert {name: LETTER_TIGER.__dict__.get(name) for name in before} == before
+        assert t5_cpu.FeedForward._activation is activation
+
+
 def test_the_scripts_run_in_process_start_in_a_fresh_interpreter_from_any_folder(tmp_path):
     """What ``run_script`` skips for split_gap.py and seen_items.py, which test_checkpoint_scripts_agree_... runs
     in-process: each one's own ``sys.path`` line and imports (all at the top), in a fresh interpreter started

@@ -884,33 +884,41 @@ def test_chunks_decoded_in_threads_give_one_thread_s_lists(trained_tiger, monkey
 
 def test_chunks_hold_users_of_similar_history_length_the_longest_first(trained_tiger, monkeypatch):
     """generate_items decodes its users sorted by history length (little padding per chunk), the longest chunk
-    first (decoding threads are not left waiting for a long chunk at the end), and returns them in the
-    caller's order."""
+    first (decoding threads are not left waiting for a long chunk at the end), and returns every user's list in
+    the caller's order. A stand-in search returns each user's first history item, so no float rounding enters."""
+    from recbole_letter.model import generative_recommender
+
     config, train_data, test_data, trainer, _ = trained_tiger
     model = trainer.model.eval()
     batch = next(iter(test_data))[0]
+    n_users = len(batch[model.ITEM_SEQ])
     # the tiny data's test histories are all of the longest length: cut them to 1..5 items, left-aligned as RecBole's
-    item_seq_len = torch.arange(len(batch[model.ITEM_SEQ])) % 5 + 1
+    assert (batch[model.ITEM_SEQ_LEN] == batch[model.ITEM_SEQ].shape[1]).all()
+    item_seq_len = torch.arange(n_users) % 5 + 1
     keep = torch.arange(batch[model.ITEM_SEQ].shape[1]) < item_seq_len[:, None]
     item_seq = batch[model.ITEM_SEQ] * keep
+    item_seq[:, 0] = torch.arange(1, n_users + 1)  # a first item of its own for every user
     chunk_lengths = []
-    build_step_fn = type(model).build_step_fn
 
-    def recording_build_step_fn(self, seq, seq_len, *args):
+    def first_items_as_step_fn(self, seq, seq_len, workspace=None):
         chunk_lengths.append(seq_len.tolist())
-        return build_step_fn(self, seq, seq_len, *args)
+        return seq[:, 0]
 
-    monkeypatch.setattr(type(model), "build_step_fn", recording_build_step_fn)
+    def search_returning_the_first_items(step_fn, trie, batch_size, beam_size, excluded=None):
+        return step_fn[:, None].expand(batch_size, beam_size), torch.zeros(batch_size, beam_size)
+
+    monkeypatch.setattr(type(model), "build_step_fn", first_items_as_step_fn)
+    monkeypatch.setattr(generative_recommender, "constrained_beam_search", search_returning_the_first_items)
     monkeypatch.setattr(model, "beam_batch_size", 3)
-    monkeypatch.setattr(model, "decode_workers", 1)
-    ids, _ = model.generate_items(item_seq, item_seq_len)
-    assert sorted(sum(chunk_lengths, [])) == sorted(item_seq_len.tolist())
-    assert all(min(longer) >= max(shorter) for longer, shorter in zip(chunk_lengths, chunk_lengths[1:]))
-    # each user's own list: decoding the users one at a time gives the same top item
-    monkeypatch.setattr(model, "beam_batch_size", 1)
-    for user in range(0, len(item_seq), 5):
-        alone, _ = model.generate_items(item_seq[user : user + 1], item_seq_len[user : user + 1])
-        assert alone[0, 0] == ids[user, 0]
+    for workers in (1, 2):
+        monkeypatch.setattr(model, "decode_workers", workers)
+        chunk_lengths.clear()
+        ids, _ = model.generate_items(item_seq, item_seq_len)
+        assert torch.equal(ids[:, 0], item_seq[:, 0])  # each user's own, in the caller's order
+        assert sorted(sum(chunk_lengths, [])) == sorted(item_seq_len.tolist())
+        if workers == 1:  # in turn: the order of the chunks
+            assert len(chunk_lengths) > 1
+            assert all(min(longer) >= max(shorter) for longer, shorter in zip(chunk_lengths, chunk_lengths[1:]))
 
 
 def test_worker_threads_take_each_task_once_and_stop_at_the_first_error(keep_torch_threads):
