@@ -6,8 +6,9 @@ and the decoder's projection matmuls timed alone (warm, and after a write that f
 LETTER_TIGER at the release's architecture (random init, seed 2020) on LETTER's released codes of the dataset
 (``--codes``: another ``*.index.json``), beam 20, ``--users`` test users (spread over the split, or its first:
 ``--pool``, as ``decoding.py``), in one decoding thread (``decode_workers: 1``) at the given torch threads. Prints
-users per second without the profiler, the profiler's table (self CPU time, grouped by operator and input shapes) and the matmul timings, whose rates
-say how far the decoder's matmuls run from what the same shapes reach alone (docs/generation.md).
+users per second without the profiler, the profiler's table (self CPU time, grouped by operator and input shapes)
+and the matmul timings, whose rates say how far the decoder's matmuls run from what the same shapes reach alone
+(docs/generation.md).
 """
 
 import argparse

@@ -213,6 +213,33 @@ def test_decoding_profile_prints_the_profile_and_the_matmul_rates(tiny_data_path
     assert len(rates) == 4
 
 
+def test_decoding_pools_are_the_first_users_or_distinct_users_spread_over_the_split(monkeypatch):
+    """decoding.py's test_histories: ``first`` takes the split's first users, ``spread`` distinct users from
+    its whole length (first and last included), both in the split's order; a pool as large as the split is all
+    of it; another pool name is an error."""
+    from types import SimpleNamespace
+
+    import torch
+
+    monkeypatch.setattr(sys, "path", [str(REPO / "benchmarks"), *sys.path])
+    spec = importlib.util.spec_from_file_location("decoding_pools", REPO / "benchmarks" / "decoding.py")
+    decoding = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(decoding)
+    model = SimpleNamespace(ITEM_SEQ="item_seq", ITEM_SEQ_LEN="item_seq_len")
+    users = torch.arange(23)  # batches of 5 users: a user's history is its number, its length number % 4 + 1
+    test_data = [({"item_seq": rows[:, None].repeat(1, 3), "item_seq_len": rows % 4 + 1},) for rows in users.split(5)]
+    seq, lens = decoding.test_histories(model, test_data, 7, "first")
+    assert seq[:, 0].tolist() == list(range(7)) and torch.equal(lens, seq[:, 0] % 4 + 1)
+    seq, lens = decoding.test_histories(model, test_data, 7, "spread")
+    picked = seq[:, 0].tolist()
+    assert picked[0] == 0 and picked[-1] == 22 and picked == sorted(set(picked)) and len(picked) == 7
+    assert torch.equal(lens, seq[:, 0] % 4 + 1)
+    for n in (22, 23, 30):
+        assert len(set(decoding.test_histories(model, test_data, n, "spread")[0][:, 0].tolist())) == min(n, 23)
+    with pytest.raises(ValueError, match="pool"):
+        decoding.test_histories(model, test_data, 7, "last")
+
+
 def test_decoder_ab_times_a_commit_s_decoding_against_this_checkout_s(tiny_data_path, tmp_path, monkeypatch, capsys):
     """benchmarks/decoder_ab.py against HEAD on the tiny slice (random unique codes): the same lists on both sides,
     and the classes it swaps methods on are as they were after it."""
