@@ -102,7 +102,8 @@ def main():
     from recbole_letter.model.generative_recommender import GenerativeRecommender
 
     this_generate_items = GenerativeRecommender.generate_items
-    base_generate_items = this_generate_items if old_recommender is None else old_recommender.GenerativeRecommender.generate_items
+    base_generate_items = (this_generate_items if old_recommender is None
+                           else old_recommender.GenerativeRecommender.generate_items)
     sides = {"base": (base_step_fn, getattr(old_cpu.FeedForward, "_activation", None), base_generate_items),
              "this": (LETTER_TIGER.build_step_fn, t5_cpu.FeedForward._activation, this_generate_items)}
     seconds, lists = dict.fromkeys(sides, 0.0), {}

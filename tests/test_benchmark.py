@@ -122,17 +122,20 @@ def test_params_file_is_read_as_literals_never_evaluated(monkeypatch, tmp_path, 
     assert not marker.exists() and calls == []
 
 
-def run_recbole_letter_main(argv):
-    spec = importlib.util.spec_from_file_location("run_recbole_letter", REPO / "run_recbole_letter.py")
+def load_file(path, name):
+    """The Python file ``path`` (a script of this repository) imported as module ``name``."""
+    spec = importlib.util.spec_from_file_location(name, path)
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
-    return module.main(argv)
+    return module
+
+
+def run_recbole_letter_main(argv):
+    return load_file(REPO / "run_recbole_letter.py", "run_recbole_letter").main(argv)
 
 
 def test_tune_command_trains_every_trial(tiny_data_path, tmp_path, monkeypatch):
-    spec = importlib.util.spec_from_file_location("run_recbole_letter", REPO / "run_recbole_letter.py")
-    run_recbole_letter = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(run_recbole_letter)
+    run_recbole_letter = load_file(REPO / "run_recbole_letter.py", "run_recbole_letter")
     monkeypatch.chdir(tmp_path)
     (tmp_path / "hyper.test").write_text("learning_rate choice [0.01,0.001]\n")
     argv = ["--benchmark=tune", "--model=BPR", "--dataset=ml-tiny", "--params_file=hyper.test",
@@ -221,10 +224,8 @@ def test_decoding_pools_are_the_first_users_or_distinct_users_spread_over_the_sp
 
     import torch
 
-    monkeypatch.setattr(sys, "path", [str(REPO / "benchmarks"), *sys.path])
-    spec = importlib.util.spec_from_file_location("decoding_pools", REPO / "benchmarks" / "decoding.py")
-    decoding = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(decoding)
+    monkeypatch.setattr(sys, "path", list(sys.path))  # the script puts the repository first
+    decoding = load_file(REPO / "benchmarks" / "decoding.py", "decoding_pools")
     model = SimpleNamespace(ITEM_SEQ="item_seq", ITEM_SEQ_LEN="item_seq_len")
     users = torch.arange(23)  # batches of 5 users: a user's history is its number, its length number % 4 + 1
     test_data = [({"item_seq": rows[:, None].repeat(1, 3), "item_seq_len": rows % 4 + 1},) for rows in users.split(5)]
