@@ -91,9 +91,10 @@ def stage_times(model, item_seq, item_seq_len):
     def timed_linear(x, weight, bias=None):
         start = time.perf_counter()
         out = linear(x, weight, bias)
+        seconds = time.perf_counter() - start
         entry = products.setdefault((x.numel() // x.shape[-1], x.shape[-1], weight.shape[0]), [0, 0.0])
         entry[0] += 1
-        entry[1] += time.perf_counter() - start
+        entry[1] += seconds
         return out
 
     with contextlib.ExitStack() as stack:

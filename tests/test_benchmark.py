@@ -217,13 +217,16 @@ def test_decoding_profile_prints_the_profile_and_the_matmul_rates(tiny_data_path
     lines = proc.stdout.splitlines()
     start = next(i for i, line in enumerate(lines) if line.startswith("wall time by stage"))
     wall = float(lines[start].split(": ")[1].split()[0])
-    stages = {line.split(": ")[0].strip(): float(line.split(": ")[1].split()[0]) for line in lines[start + 1:start + 8]}
+    stages = {line.split(": ")[0].strip(): float(line.split(": ")[1].split()[0])
+              for line in lines[start + 1:start + 8]}
     assert len(stages) == 7 and all(seconds >= 0 for seconds in stages.values()), stages
     # nested stages within their callers, callers within the pass (the printed figures are rounded to 1 ms)
-    encoder, set_up = stages["encoder (encode_by_length)"], stages["decoder set-up (encoder + cross-attention keys/values)"]
+    encoder = stages["encoder (encode_by_length)"]
+    set_up = stages["decoder set-up (encoder + cross-attention keys/values)"]
     steps, search = stages["decoder steps"], stages["beam search (steps included)"]
     assert 0 < encoder <= set_up + 0.001 and 0 < steps <= search + 0.001 and set_up + search <= wall + 0.002
-    assert stages["of which self-attention (_attend)"] + stages["of which cache reorder (_follow_beams)"] <= steps + 0.002
+    nested = stages["of which self-attention (_attend)"] + stages["of which cache reorder (_follow_beams)"]
+    assert nested <= steps + 0.002
     assert 0 < stages["projections (F.linear, across the stages)"] <= wall + 0.001
     assert " GMAC/s" in lines[start + 8]
 
